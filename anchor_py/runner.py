@@ -1,0 +1,225 @@
+"""Base classes of the generated ``TaskRunner`` and ``AsyncTaskRunner``.
+
+The generated classes only add one typed method per task; enqueueing lives here. Each
+task is one round trip through ``anchor.enqueue`` (``anchor.enqueue_many`` for a list),
+so the SQL core applies the definition's defaults, unique tags and schema validation.
+
+- ``enqueue`` takes a connection or a pool and commits the task before returning. A
+  connection must be in autocommit mode or idle (no transaction open): committing a
+  transaction the caller opened would commit the caller's work too, so that is refused.
+- ``enqueue_with_tx`` joins the caller's transaction (open or about to open) on a
+  connection, so a rollback removes the task. An autocommit connection is refused: its
+  insert would commit by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import pydantic
+from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from anchor_py import queries
+from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
+
+__all__ = ["AsyncTaskRunnerBase", "AutocommitConnectionError", "OpenTransactionError", "TaskRunnerBase"]
+
+_OVERRIDABLE = (
+    "run_at",
+    "delay",
+    "unique_tag",
+    "retry_intervals",
+    "max_attempts",
+    "timeout",
+    "priority",
+    "queue",
+)
+
+
+class AutocommitConnectionError(ValueError):
+    """``*_with_tx`` was given an autocommit connection, which cannot hold the task back."""
+
+
+class OpenTransactionError(ValueError):
+    """``run_*`` was given a connection with a transaction open that it must not commit."""
+
+
+def _params_json(params: pydantic.BaseModel) -> dict[str, Any]:
+    if not isinstance(params, pydantic.BaseModel):
+        raise TypeError(f"params must be a generated Parameters model, got {type(params).__name__}")
+    return params.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _enqueue_query_args(
+    task_name: str, params: pydantic.BaseModel, overrides: tuple[TaskOverride, ...]
+) -> dict[str, Any]:
+    arguments = dict.fromkeys(_OVERRIDABLE)
+    arguments.update(enqueue_arguments(overrides))
+    arguments["name"] = task_name
+    arguments["params"] = Jsonb(_params_json(params))
+    return arguments
+
+
+def _enqueue_many_query_args(
+    task_name: str, params_list: Sequence[pydantic.BaseModel], overrides: tuple[TaskOverride, ...]
+) -> dict[str, Any]:
+    arguments = dict.fromkeys(_OVERRIDABLE)
+    arguments.update(enqueue_arguments(overrides))
+    unique_tag = arguments.pop("unique_tag")
+    if unique_tag is not None:
+        raise InvalidOverride(
+            "with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one"
+        )
+    arguments["name"] = task_name
+    arguments["params"] = Jsonb([_params_json(params) for params in params_list])
+    return arguments
+
+
+def _refuse_autocommit(tx: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    if tx.autocommit:
+        raise AutocommitConnectionError(
+            "this connection is in autocommit mode, so the task would commit on its own and a rollback "
+            "could not remove it; pass a connection with autocommit off (e.g. inside conn.transaction())"
+        )
+
+
+def _refuse_open_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    if not conn.autocommit and conn.info.transaction_status != TransactionStatus.IDLE:
+        raise OpenTransactionError(
+            "this connection has a transaction open; use the *_with_tx method to enqueue inside it, "
+            "or commit first"
+        )
+
+
+def _fetch_row(
+    conn: psycopg.Connection[Any], query: str, arguments: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    # tuple_row whatever row factory the caller configured on the connection
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        return cursor.execute(query, arguments).fetchone()
+
+
+async def _fetch_row_async(
+    conn: psycopg.AsyncConnection[Any], query: str, arguments: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(query, arguments)
+        return await cursor.fetchone()
+
+
+def _returned_id(row: tuple[Any, ...] | None) -> int:
+    if row is None or row[0] is None:
+        raise RuntimeError("anchor.enqueue returned no task id")
+    return int(row[0])
+
+
+def _returned_ids(row: tuple[Any, ...] | None, expected: int) -> list[int]:
+    ids = [] if row is None or row[0] is None else [int(task_id) for task_id in row[0]]
+    if len(ids) != expected:
+        raise RuntimeError(f"anchor.enqueue_many returned {len(ids)} ids for {expected} tasks")
+    return ids
+
+
+class TaskRunnerBase:
+    """Enqueues tasks through a psycopg ``Connection`` or ``ConnectionPool``."""
+
+    def __init__(self, db: psycopg.Connection[Any] | ConnectionPool[Any]) -> None:
+        if not isinstance(db, (psycopg.Connection, ConnectionPool)):
+            raise TypeError(f"expected a psycopg Connection or ConnectionPool, got {type(db).__name__}")
+        self._db = db
+
+    def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
+        """Enqueue one task and commit it; returns its id."""
+        return _returned_id(
+            self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
+        )
+
+    def enqueue_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        task_name: str,
+        params: pydantic.BaseModel,
+        *overrides: TaskOverride,
+    ) -> int:
+        """Enqueue one task inside the caller's transaction on ``tx``; returns its id."""
+        if not isinstance(tx, psycopg.Connection):
+            raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
+        _refuse_autocommit(tx)
+        return _returned_id(
+            _fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
+        )
+
+    def enqueue_many(
+        self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one task per params in a single round trip and commit them; ids in input order."""
+        arguments = _enqueue_many_query_args(task_name, params_list, overrides)
+        if not params_list:
+            return []
+        return _returned_ids(self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
+
+    def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
+        if isinstance(self._db, ConnectionPool):
+            with self._db.connection() as pooled:
+                return _fetch_row(pooled, query, arguments)
+        conn = self._db
+        _refuse_open_transaction(conn)
+        if conn.autocommit:
+            return _fetch_row(conn, query, arguments)
+        with conn.transaction():
+            return _fetch_row(conn, query, arguments)
+
+
+class AsyncTaskRunnerBase:
+    """Enqueues tasks through a psycopg ``AsyncConnection`` or ``AsyncConnectionPool``."""
+
+    def __init__(self, db: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]) -> None:
+        if not isinstance(db, (psycopg.AsyncConnection, AsyncConnectionPool)):
+            raise TypeError(
+                f"expected a psycopg AsyncConnection or AsyncConnectionPool, got {type(db).__name__}"
+            )
+        self._db = db
+
+    async def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
+        """Enqueue one task and commit it; returns its id."""
+        row = await self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
+        return _returned_id(row)
+
+    async def enqueue_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        task_name: str,
+        params: pydantic.BaseModel,
+        *overrides: TaskOverride,
+    ) -> int:
+        """Enqueue one task inside the caller's transaction on ``tx``; returns its id."""
+        if not isinstance(tx, psycopg.AsyncConnection):
+            raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
+        _refuse_autocommit(tx)
+        arguments = _enqueue_query_args(task_name, params, overrides)
+        return _returned_id(await _fetch_row_async(tx, queries.ENQUEUE, arguments))
+
+    async def enqueue_many(
+        self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one task per params in a single round trip and commit them; ids in input order."""
+        arguments = _enqueue_many_query_args(task_name, params_list, overrides)
+        if not params_list:
+            return []
+        return _returned_ids(await self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
+
+    async def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
+        if isinstance(self._db, AsyncConnectionPool):
+            async with self._db.connection() as pooled:
+                return await _fetch_row_async(pooled, query, arguments)
+        conn = self._db
+        _refuse_open_transaction(conn)
+        if conn.autocommit:
+            return await _fetch_row_async(conn, query, arguments)
+        async with conn.transaction():
+            return await _fetch_row_async(conn, query, arguments)

@@ -1,0 +1,264 @@
+"""What task code and enqueueing code use: overrides, error kinds and the task context.
+
+Overrides adjust one enqueue (``run_send_email(params, with_timeout("30m"))``). Each is
+validated when it is created, so a bad value raises ``InvalidOverride`` in the caller's
+code before anything reaches the database. They are applied in order, so a later
+override of the same setting wins (``with_delay`` and ``with_run_at`` replace each
+other: both decide when the task first runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
+
+__all__ = [
+    "FatalTaskError",
+    "InvalidOverride",
+    "RetryTaskWithoutErrorEvent",
+    "TaskContext",
+    "TaskOverride",
+    "current_task",
+    "enqueue_arguments",
+    "is_fatal",
+    "is_retry_without_event",
+    "with_delay",
+    "with_priority",
+    "with_queue",
+    "with_retry_policy",
+    "with_run_at",
+    "with_timeout",
+    "with_unique_tag",
+]
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+# --- errors raised by task code -------------------------------------------------------
+
+
+class FatalTaskError(Exception):
+    """Raise (or chain with ``raise ... from``) to fail the task now, without retrying.
+
+    The failure is final at once and the task's onFailed hook runs.
+    """
+
+
+class RetryTaskWithoutErrorEvent(Exception):
+    """Raise to retry the task by its policy without recording an error event.
+
+    The attempt is spent as with any failure; use it for expected, transient refusals
+    such as rate limits.
+    """
+
+
+def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True when ``exc`` is a FatalTaskError or has one in its ``__cause__`` chain."""
+    return any(isinstance(link, FatalTaskError) for link in _cause_chain(exc))
+
+
+def is_retry_without_event(exc: BaseException) -> bool:
+    """True when ``exc`` is a RetryTaskWithoutErrorEvent or has one in its ``__cause__`` chain."""
+    return any(isinstance(link, RetryTaskWithoutErrorEvent) for link in _cause_chain(exc))
+
+
+# --- overrides --------------------------------------------------------------------------
+
+
+class InvalidOverride(ValueError):
+    """An override was given a value it cannot take."""
+
+    def __init__(self, override: str, value: object, reason: str) -> None:
+        super().__init__(f"{override}({value!r}): {reason}")
+        self.override = override
+        self.value = value
+
+
+@dataclass(frozen=True)
+class TaskOverride:
+    """One validated change to the enqueue arguments, made by a ``with_*`` function."""
+
+    description: str
+    apply: Callable[[dict[str, Any]], None]
+
+    def __repr__(self) -> str:
+        return f"<TaskOverride {self.description}>"
+
+
+def enqueue_arguments(overrides: tuple[TaskOverride, ...]) -> dict[str, Any]:
+    """The keyword arguments of ``anchor.enqueue`` that the overrides set, applied in order."""
+    arguments: dict[str, Any] = {}
+    for override in overrides:
+        if not isinstance(override, TaskOverride):
+            raise TypeError(f"expected a TaskOverride from a with_* function, got {override!r}")
+        override.apply(arguments)
+    return arguments
+
+
+def _setting(description: str, **values: Any) -> TaskOverride:
+    return TaskOverride(description, lambda arguments: arguments.update(values))
+
+
+def _positive_duration(override: str, value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise InvalidOverride(override, value, "must be a positive duration")
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except InvalidDuration as error:
+            raise InvalidOverride(
+                override, value, f"{error.reason} (expected e.g. '30s', '5m', '1h30m')"
+            ) from None
+    raise InvalidOverride(override, value, "must be a duration string such as '5m' or a timedelta")
+
+
+def _int32(override: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOverride(override, value, "must be an integer")
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise InvalidOverride(override, value, f"must be between {INT32_MIN} and {INT32_MAX}")
+    return value
+
+
+def with_retry_policy(interval: str | timedelta, max_attempts: int | bool = -1) -> TaskOverride:
+    """Retry after ``interval`` (``"5m"`` or a backoff list ``"1m,2m,4m"``).
+
+    ``max_attempts`` counts every execution: ``-1`` (or ``True``) is unlimited, ``False``
+    means a single attempt (no retry), ``n >= 1`` allows n executions in total.
+    """
+    if isinstance(interval, timedelta):
+        intervals = [_positive_duration("with_retry_policy", interval)]
+    elif isinstance(interval, str):
+        try:
+            intervals = parse_intervals(interval)
+        except InvalidDuration as error:
+            raise InvalidOverride("with_retry_policy", interval, error.reason) from None
+    else:
+        raise InvalidOverride(
+            "with_retry_policy", interval, "interval must be a duration string or a timedelta"
+        )
+    if isinstance(max_attempts, bool):
+        attempts = -1 if max_attempts else 1
+    else:
+        attempts = _int32("with_retry_policy", max_attempts)
+        if attempts == 0 or attempts < -1:
+            raise InvalidOverride(
+                "with_retry_policy", max_attempts, "max_attempts must be -1 (unlimited) or >= 1"
+            )
+    return _setting(
+        f"with_retry_policy({interval!r}, {max_attempts!r})", retry_intervals=intervals, max_attempts=attempts
+    )
+
+
+def with_timeout(timeout: str | timedelta) -> TaskOverride:
+    """Limit one execution to ``timeout`` (``"30m"``); the task's YAML value otherwise (1h default)."""
+    return _setting(f"with_timeout({timeout!r})", timeout=_positive_duration("with_timeout", timeout))
+
+
+def with_delay(delay: str | timedelta) -> TaskOverride:
+    """Run no earlier than ``delay`` from now, measured on the database clock."""
+    value = _positive_duration("with_delay", delay)
+
+    def apply(arguments: dict[str, Any]) -> None:
+        arguments.pop("run_at", None)
+        arguments["delay"] = value
+
+    return TaskOverride(f"with_delay({delay!r})", apply)
+
+
+def with_run_at(run_at: datetime) -> TaskOverride:
+    """Run no earlier than ``run_at`` (a timezone-aware datetime)."""
+    if not isinstance(run_at, datetime):
+        raise InvalidOverride("with_run_at", run_at, "must be a datetime")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise InvalidOverride(
+            "with_run_at", run_at, "must be timezone-aware (e.g. datetime.now(timezone.utc))"
+        )
+
+    def apply(arguments: dict[str, Any]) -> None:
+        arguments.pop("delay", None)
+        arguments["run_at"] = run_at
+
+    return TaskOverride(f"with_run_at({run_at.isoformat()})", apply)
+
+
+def with_unique_tag(tag: str) -> TaskOverride:
+    """Enqueue only if no live task (pending, running, failing) holds ``tag``.
+
+    When one does, the enqueue returns that task's id instead of adding a new one.
+    """
+    if not isinstance(tag, str) or not tag.strip():
+        raise InvalidOverride("with_unique_tag", tag, "must be a non-empty string")
+    return _setting(f"with_unique_tag({tag!r})", unique_tag=tag)
+
+
+def with_priority(priority: int) -> TaskOverride:
+    """Order among due tasks of the same queue: lower runs first (default 0)."""
+    return _setting(f"with_priority({priority!r})", priority=_int32("with_priority", priority))
+
+
+def with_queue(queue: str) -> TaskOverride:
+    """Put the task on ``queue`` instead of the one its definition names."""
+    if not isinstance(queue, str) or not queue or queue != queue.strip():
+        raise InvalidOverride(
+            "with_queue", queue, "must be a non-empty string without surrounding whitespace"
+        )
+    return _setting(f"with_queue({queue!r})", queue=queue)
+
+
+# --- the running task -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What an execution knows about its task (the ``ctx`` argument of executors and hooks)."""
+
+    task_id: int
+    task_name: str
+    attempt: int
+    max_attempts: int
+    queue: str
+    deadline: datetime | None
+    scheduled_at: datetime | None
+
+
+_current_task: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("anchor_current_task")
+
+
+def current_task() -> TaskContext:
+    """The context of the task being executed, from anywhere inside its execution.
+
+    Raises LookupError outside an execution.
+    """
+    try:
+        return _current_task.get()
+    except LookupError:
+        raise LookupError("current_task() was called outside a task execution") from None
+
+
+@contextlib.contextmanager
+def _bind_task(ctx: TaskContext) -> Iterator[TaskContext]:
+    """Make ``ctx`` the current task for the duration of the block (used by the worker)."""
+    token = _current_task.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current_task.reset(token)

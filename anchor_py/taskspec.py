@@ -1,0 +1,150 @@
+"""The runtime description of generated tasks (``zgen/taskgen.py`` builds ``TASKS`` from it).
+
+``TaskSpec`` ties a task name to its parameter model, the executor methods that run it and
+the definition registered with ``anchor.register_tasks``; ``TaskSet`` is the whole file's
+worth, sorted by name, with a content hash so a worker can tell whether the definitions
+it carries are the ones stored.
+
+``JsonDate`` and ``JsonDateTime`` are the field types generated for ``format: date`` and
+``format: date-time``. Parameter models are strict, but these fields also accept their
+JSON form, an RFC 3339 string, so a stored params document validates as it was written.
+The accepted strings are exactly those the SQL validator accepts:
+
+- date: ``YYYY-MM-DD`` (a real calendar date);
+- date-time: ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``, ``T`` and ``Z`` in either
+  case; the UTC offset is required (digits past microseconds are truncated).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pydantic
+
+__all__ = ["JsonDate", "JsonDateTime", "TaskSet", "TaskSpec"]
+
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_DATE_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+
+
+def _date_from_json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # the strict date validator accepts a date and rejects the rest
+    match = _DATE.fullmatch(value)
+    if match is None:
+        raise ValueError("a date must be written YYYY-MM-DD")
+    year, month, day = (int(part) for part in match.groups())
+    return datetime.date(year, month, day)
+
+
+def _date_time_from_json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # the strict validator accepts an aware datetime and rejects the rest
+    match = _DATE_TIME.fullmatch(value)
+    if match is None:
+        raise ValueError("a date-time must be RFC 3339 with a UTC offset, e.g. 2024-05-01T12:00:00Z")
+    year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
+    offset = datetime.timedelta(0)
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise ValueError("a UTC offset must be between -23:59 and +23:59")
+        offset = datetime.timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+        if sign == "-":
+            offset = -offset
+    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
+    return datetime.datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        microsecond,
+        tzinfo=datetime.timezone(offset),
+    )
+
+
+JsonDate = Annotated[datetime.date, pydantic.BeforeValidator(_date_from_json)]
+"""A ``datetime.date`` that also accepts its JSON form ``YYYY-MM-DD``."""
+
+JsonDateTime = Annotated[pydantic.AwareDatetime, pydantic.BeforeValidator(_date_time_from_json)]
+"""A timezone-aware ``datetime.datetime`` that also accepts its RFC 3339 JSON form."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One generated task: how to parse its params and which executor methods run it."""
+
+    name: str
+    description: str
+    params_model: type[pydantic.BaseModel]
+    execute_method: str
+    hook_method: str | None
+    definition: dict[str, Any]
+
+
+class TaskSet:
+    """All tasks of one task file, sorted by name: what a worker runs and registers."""
+
+    def __init__(self, specs: Iterable[TaskSpec], version: int = 1) -> None:
+        ordered = tuple(sorted(specs, key=lambda spec: spec.name))
+        names = [spec.name for spec in ordered]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique, repeated: {', '.join(duplicates)}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version must be a positive integer, got {version!r}")
+        self._specs = ordered
+        self._by_name = {spec.name: spec for spec in ordered}
+        self._version = version
+
+    @property
+    def specs(self) -> tuple[TaskSpec, ...]:
+        return self._specs
+
+    @property
+    def version(self) -> int:
+        """The task file's ``version:`` (1 when absent), passed to ``anchor.register_tasks``."""
+        return self._version
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    def by_name(self, name: str) -> TaskSpec:
+        """The spec of task ``name``; KeyError naming the known tasks when there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no task named {name!r}; known tasks: {', '.join(self._by_name)}") from None
+
+    def definitions_json(self) -> str:
+        """The definitions for ``anchor.register_tasks`` as canonical JSON (sorted keys, compact)."""
+        definitions = [spec.definition for spec in self._specs]
+        return json.dumps(definitions, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 (hex) of ``definitions_json()``: equal hashes, equal definitions."""
+        return hashlib.sha256(self.definitions_json().encode("utf-8")).hexdigest()
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __repr__(self) -> str:
+        return f"TaskSet(version={self._version}, tasks=[{', '.join(self._by_name)}])"

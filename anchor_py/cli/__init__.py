@@ -1,0 +1,53 @@
+"""The `anchor` command: one entry point, a subcommand per module of this package.
+
+Each command module exposes `register(subparsers)`, which adds its subcommands and sets `handler` on them:
+a function taking the parsed arguments and returning the exit code. A user mistake raises `UsageError`
+(exit 2, its message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from anchor_py.cli.common import UsageError
+
+# Listed in the order `anchor --help` shows them.
+COMMAND_MODULES = (
+    "anchor_py.cli.generate",
+    "anchor_py.cli.install_sql",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anchor", description="Durable background tasks on PostgreSQL.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except UsageError as exc:
+        print(f"anchor {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"anchor {args.command}: cannot reach the database: {exc}".rstrip(), file=sys.stderr)
+        return 3
+    except psycopg.Error as exc:
+        print(f"anchor {args.command}: the database refused: {exc}".rstrip(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

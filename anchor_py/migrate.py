@@ -1,0 +1,91 @@
+"""Applies the SQL core's migrations (sql/migrations/NNNN_name.sql) in order, each in its own transaction,
+under an advisory lock, recording each in anchor.schema_migrations. Re-running applies nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from anchor_py import queries
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database's migrations and the shipped ones disagree."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_dir() -> Path:
+    """The migrations: inside the installed wheel, or the repository's sql/ in a development checkout."""
+    packaged = Path(__file__).parent / "sql" / "migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "sql" / "migrations"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    found = []
+    for path in sorted((directory or migrations_dir()).iterdir()):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise MigrationError(f"migrations must be numbered 0001, 0002, ... without gaps; found {versions}")
+    return found
+
+
+def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, str]:
+    """version -> checksum of the migrations already applied."""
+    if not conn.execute(queries.MIGRATIONS_TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
+        return {}
+    return {int(v): str(c) for v, _, c in conn.execute(queries.APPLIED_MIGRATIONS).fetchall()}  # type: ignore[misc]
+
+
+def install(dsn: str, *, target: int | None = None) -> list[Migration]:
+    """Applies the pending migrations up to `target` (default: all) and returns the ones applied."""
+    shipped = load_migrations()
+    applied: list[Migration] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(queries.INSTALL_LOCK)
+        try:
+            done = applied_versions(conn)
+            for migration in shipped:
+                if target is not None and migration.version > target:
+                    break
+                if migration.version in done:
+                    if done[migration.version] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version:04d}_{migration.name} was changed after it was "
+                            "applied; migrations are append-only: add a new one instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        queries.RECORD_MIGRATION,
+                        {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+                    )
+                applied.append(migration)
+            unknown = sorted(set(done) - {m.version for m in shipped})
+            if unknown:
+                raise MigrationError(
+                    f"the database has migrations {unknown} that this anchor-py does not ship; upgrade anchor-py"
+                )
+        finally:
+            conn.execute(queries.INSTALL_UNLOCK)
+    return applied

@@ -1,0 +1,59 @@
+"""Which PostgreSQL the tests use: $DATABASE_URL or PG* when set, else the machine's server at
+127.0.0.1:5432 when it answers, else the embedded one (started once, kept in .anchor/test-pgdata)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    origin: str
+
+    def dsn(self, dbname: str) -> str:
+        return make_conninfo(
+            host=self.host, port=self.port, user=self.user, password=self.password or None, dbname=dbname
+        )
+
+
+def _from_conninfo(conninfo: str, origin: str) -> Server:
+    parts = conninfo_to_dict(conninfo)
+    return Server(
+        host=str(parts.get("host") or os.environ.get("PGHOST") or "127.0.0.1"),
+        port=int(parts.get("port") or os.environ.get("PGPORT") or 5432),
+        user=str(parts.get("user") or os.environ.get("PGUSER") or "postgres"),
+        password=str(parts["password"]) if parts.get("password") else os.environ.get("PGPASSWORD"),
+        origin=origin,
+    )
+
+
+def _answers(conninfo: str) -> bool:
+    try:
+        with psycopg.connect(conninfo, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def find_server() -> Server:
+    if os.environ.get("DATABASE_URL"):
+        return _from_conninfo(os.environ["DATABASE_URL"], "DATABASE_URL")
+    if os.environ.get("PGHOST") or os.environ.get("PGPORT"):
+        return _from_conninfo("", "PG* environment")
+    local = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    if _answers(local):
+        return _from_conninfo(local, "the server at 127.0.0.1:5432")
+    from anchor_py.database import start_embedded
+
+    return _from_conninfo(start_embedded(REPO / ".anchor" / "test-pgdata"), "the embedded server")

@@ -18,7 +18,7 @@ SERVER: Server = find_server()
 TEST_DB = "anchor_test"
 
 
-def _install_migrations(host: str, port: int, user: str, dbname: str, password: str | None = None) -> None:
+def _install_migrations(dbname: str, **_connection: Any) -> None:
     install(SERVER.dsn(dbname))
 
 

@@ -24,7 +24,7 @@ create table anchor.task_definitions (
     name text primary key,
     description text,
     params_schema jsonb not null,
-    retry_intervals interval [] not null,
+    retry_intervals interval[] not null,
     max_attempts integer not null,
     timeout interval not null,
     queue text not null,
@@ -55,7 +55,7 @@ create table anchor.tasks (
     priority integer not null,
     attempts integer not null default 0,
     max_attempts integer not null check (max_attempts = -1 or max_attempts >= 1),
-    retry_intervals interval [] not null,
+    retry_intervals interval[] not null,
     timeout interval not null,
     unique_tag text,
     run_at timestamptz not null,
@@ -116,7 +116,7 @@ immutable
 as $$
 declare
     v_text text := btrim(p_text);
-    v_part text [];
+    v_part text[];
     v_micros numeric := 0;
 begin
     if v_text is null or v_text !~ '^([0-9]+(\.[0-9]+)?(h|ms|m|s))+$' then
@@ -160,7 +160,7 @@ $$;
 
 -- Parses a comma-separated backoff list ('1m,2m,4m'); null when any entry is not a duration.
 create function anchor.try_parse_intervals(p_text text)
-returns interval []
+returns interval[]
 language sql
 immutable
 as $$
@@ -171,12 +171,12 @@ $$;
 
 -- Parses a backoff list or raises AT003 naming the bad text.
 create function anchor.parse_intervals(p_text text)
-returns interval []
+returns interval[]
 language plpgsql
 immutable
 as $$
 declare
-    v_value interval [] := anchor.try_parse_intervals(p_text);
+    v_value interval[] := anchor.try_parse_intervals(p_text);
 begin
     if v_value is null then
         raise exception using
@@ -189,7 +189,7 @@ end;
 $$;
 
 -- The backoff rule, in one place: retry k waits entry k of the list; past its end the last entry repeats.
-create function anchor.retry_interval(intervals interval [], retry integer)
+create function anchor.retry_interval(intervals interval[], retry integer)
 returns interval
 language sql
 immutable
@@ -594,7 +594,7 @@ $$;
 
 -- Raises AT003 when a per-call override is out of range; names the task and the override.
 create function anchor.check_overrides(
-    p_task text, p_run_at timestamptz, p_delay interval, p_unique_tag text, p_retry_intervals interval [],
+    p_task text, p_run_at timestamptz, p_delay interval, p_unique_tag text, p_retry_intervals interval[],
     p_max_attempts integer, p_timeout interval, p_queue text
 )
 returns void
@@ -629,7 +629,7 @@ create function anchor.enqueue(
     run_at timestamptz default null,
     delay interval default null,
     unique_tag text default null,
-    retry_intervals interval [] default null,
+    retry_intervals interval[] default null,
     max_attempts integer default null,
     timeout interval default null,
     priority integer default null,
@@ -695,15 +695,15 @@ create function anchor.enqueue_many(
     params jsonb,
     run_at timestamptz default null,
     delay interval default null,
-    unique_tags text [] default null,
-    retry_intervals interval [] default null,
+    unique_tags text[] default null,
+    retry_intervals interval[] default null,
     max_attempts integer default null,
     timeout interval default null,
     priority integer default null,
     queue text default null,
     p_now timestamptz default null
 )
-returns bigint []
+returns bigint[]
 language plpgsql
 as $$
 #variable_conflict use_column
@@ -712,7 +712,7 @@ declare
     v_def anchor.task_definitions := anchor.definition_of(enqueue_many.name);
     v_element record;
     v_problem text;
-    v_ids bigint [];
+    v_ids bigint[];
 begin
     if jsonb_typeof(enqueue_many.params) is distinct from 'array' then
         raise exception using errcode = 'AT002',
@@ -805,8 +805,8 @@ for each statement execute function anchor.notify_due_tasks();
 create function anchor.claim(
     worker_id text,
     max_tasks integer,
-    task_names text [] default null,
-    queues text [] default null,
+    task_names text[] default null,
+    queues text[] default null,
     hook_timeout interval default '1 minute',
     max_hook_attempts integer default 5,
     p_now timestamptz default null
@@ -820,7 +820,7 @@ as $$
 #variable_conflict use_column
 declare
     v_now timestamptz := coalesce(p_now, now());
-    v_queues text [] := coalesce(claim.queues, array(
+    v_queues text[] := coalesce(claim.queues, array(
         select distinct d.queue from anchor.task_definitions d
         where d.active and (claim.task_names is null or d.name = any(claim.task_names))
     ));
@@ -906,7 +906,7 @@ $$;
 -- Finishing ------------------------------------------------------------------------------------------
 
 -- Marks executions done (running → succeeded), fenced by (id, attempt, worker); others come back 'stale'.
-create function anchor.complete(ids bigint [], attempts integer [], worker_id text, p_now timestamptz default null)
+create function anchor.complete(ids bigint[], attempts integer[], worker_id text, p_now timestamptz default null)
 returns table (id bigint, outcome text)
 language plpgsql
 as $$
@@ -1069,7 +1069,7 @@ end;
 $$;
 
 -- Graceful shutdown: running → pending, due now, with the attempt given back; fenced, 'stale' otherwise.
-create function anchor.hand_back(ids bigint [], attempts integer [], worker_id text, p_now timestamptz default null)
+create function anchor.hand_back(ids bigint[], attempts integer[], worker_id text, p_now timestamptz default null)
 returns table (id bigint, outcome text)
 language plpgsql
 as $$
@@ -1217,7 +1217,7 @@ $$;
 -- Registers or refreshes a worker; returns its running tasks whose cancel was requested (a fallback for
 -- a missed anchor_cancel notification).
 create function anchor.heartbeat(worker_id text, info jsonb default null, p_now timestamptz default null)
-returns bigint []
+returns bigint[]
 language plpgsql
 as $$
 #variable_conflict use_column

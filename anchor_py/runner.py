@@ -72,9 +72,7 @@ def _enqueue_many_query_args(
     arguments.update(enqueue_arguments(overrides))
     unique_tag = arguments.pop("unique_tag")
     if unique_tag is not None:
-        raise InvalidOverride(
-            "with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one"
-        )
+        raise InvalidOverride("with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one")
     arguments["name"] = task_name
     arguments["params"] = Jsonb([_params_json(params) for params in params_list])
     return arguments
@@ -91,14 +89,11 @@ def _refuse_autocommit(tx: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
 def _refuse_open_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     if not conn.autocommit and conn.info.transaction_status != TransactionStatus.IDLE:
         raise OpenTransactionError(
-            "this connection has a transaction open; use the *_with_tx method to enqueue inside it, "
-            "or commit first"
+            "this connection has a transaction open; use the *_with_tx method to enqueue inside it, or commit first"
         )
 
 
-def _fetch_row(
-    conn: psycopg.Connection[Any], query: str, arguments: dict[str, Any]
-) -> tuple[Any, ...] | None:
+def _fetch_row(conn: psycopg.Connection[Any], query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
     # tuple_row whatever row factory the caller configured on the connection
     with conn.cursor(row_factory=tuple_row) as cursor:
         return cursor.execute(query, arguments).fetchone()
@@ -135,9 +130,7 @@ class TaskRunnerBase:
 
     def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        return _returned_id(
-            self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
-        )
+        return _returned_id(self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides)))
 
     def enqueue_with_tx(
         self,
@@ -150,9 +143,7 @@ class TaskRunnerBase:
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        return _returned_id(
-            _fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
-        )
+        return _returned_id(_fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides)))
 
     def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
@@ -180,9 +171,7 @@ class AsyncTaskRunnerBase:
 
     def __init__(self, db: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]) -> None:
         if not isinstance(db, (psycopg.AsyncConnection, AsyncConnectionPool)):
-            raise TypeError(
-                f"expected a psycopg AsyncConnection or AsyncConnectionPool, got {type(db).__name__}"
-            )
+            raise TypeError(f"expected a psycopg AsyncConnection or AsyncConnectionPool, got {type(db).__name__}")
         self._db = db
 
     async def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
+from anchor_py.taskspec import INT32_MAX, INT32_MIN
 
 __all__ = [
     "FatalTaskError",
@@ -36,9 +37,6 @@ __all__ = [
     "with_timeout",
     "with_unique_tag",
 ]
-
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
 
 
 # --- errors raised by task code -------------------------------------------------------
@@ -124,9 +122,7 @@ def _positive_duration(override: str, value: object) -> timedelta:
         try:
             return parse_duration(value)
         except InvalidDuration as error:
-            raise InvalidOverride(
-                override, value, f"{error.reason} (expected e.g. '30s', '5m', '1h30m')"
-            ) from None
+            raise InvalidOverride(override, value, f"{error.reason} (expected e.g. '30s', '5m', '1h30m')") from None
     raise InvalidOverride(override, value, "must be a duration string such as '5m' or a timedelta")
 
 
@@ -152,17 +148,13 @@ def with_retry_policy(interval: str | timedelta, max_attempts: int | bool = -1) 
         except InvalidDuration as error:
             raise InvalidOverride("with_retry_policy", interval, error.reason) from None
     else:
-        raise InvalidOverride(
-            "with_retry_policy", interval, "interval must be a duration string or a timedelta"
-        )
+        raise InvalidOverride("with_retry_policy", interval, "interval must be a duration string or a timedelta")
     if isinstance(max_attempts, bool):
         attempts = -1 if max_attempts else 1
     else:
         attempts = _int32("with_retry_policy", max_attempts)
         if attempts == 0 or attempts < -1:
-            raise InvalidOverride(
-                "with_retry_policy", max_attempts, "max_attempts must be -1 (unlimited) or >= 1"
-            )
+            raise InvalidOverride("with_retry_policy", max_attempts, "max_attempts must be -1 (unlimited) or >= 1")
     return _setting(
         f"with_retry_policy({interval!r}, {max_attempts!r})", retry_intervals=intervals, max_attempts=attempts
     )
@@ -189,9 +181,7 @@ def with_run_at(run_at: datetime) -> TaskOverride:
     if not isinstance(run_at, datetime):
         raise InvalidOverride("with_run_at", run_at, "must be a datetime")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
-        raise InvalidOverride(
-            "with_run_at", run_at, "must be timezone-aware (e.g. datetime.now(timezone.utc))"
-        )
+        raise InvalidOverride("with_run_at", run_at, "must be timezone-aware (e.g. datetime.now(timezone.utc))")
 
     def apply(arguments: dict[str, Any]) -> None:
         arguments.pop("delay", None)
@@ -218,9 +208,7 @@ def with_priority(priority: int) -> TaskOverride:
 def with_queue(queue: str) -> TaskOverride:
     """Put the task on ``queue`` instead of the one its definition names."""
     if not isinstance(queue, str) or not queue or queue != queue.strip():
-        raise InvalidOverride(
-            "with_queue", queue, "must be a non-empty string without surrounding whitespace"
-        )
+        raise InvalidOverride("with_queue", queue, "must be a non-empty string without surrounding whitespace")
     return _setting(f"with_queue({queue!r})", queue=queue)
 
 

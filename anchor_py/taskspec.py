@@ -27,7 +27,22 @@ from typing import Annotated, Any
 
 import pydantic
 
-__all__ = ["JsonDate", "JsonDateTime", "TaskSet", "TaskSpec"]
+__all__ = [
+    "INT32_MAX",
+    "INT32_MIN",
+    "INT64_MAX",
+    "INT64_MIN",
+    "JsonDate",
+    "JsonDateTime",
+    "TaskSet",
+    "TaskSpec",
+]
+
+# Bounds of the JSON Schema integer formats int32 and int64.
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _DATE_TIME = re.compile(

@@ -1,0 +1,38 @@
+"""Collects the errors and warnings found while checking a task file."""
+
+from __future__ import annotations
+
+import json
+
+from anchor_py_codegen.problems import KeyPath, Problem, format_path
+from anchor_py_codegen.yamlsource import SourceDocument
+
+
+def show(value: object) -> str:
+    """A value as it would be written in JSON, for messages: ``"5x"``, ``-2``, ``null``."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class Reporter:
+    def __init__(self, document: SourceDocument) -> None:
+        self.document = document
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.task_names: dict[int, str] = {}
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.errors.append(self._problem(path, message))
+
+    def warning(self, path: KeyPath, message: str) -> None:
+        self.warnings.append(self._problem(path, message))
+
+    def _problem(self, path: KeyPath, message: str) -> Problem:
+        return Problem(
+            self.document.filename,
+            self.document.line_of(path),
+            format_path(path, self.task_names),
+            message,
+        )

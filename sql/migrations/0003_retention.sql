@@ -1,0 +1,83 @@
+-- 0003_retention: finished tasks are deleted after a retention period, so anchor.tasks does not grow
+-- without end.
+--
+-- Why: every task row stays after it finishes (a plain success writes no event, so the row is the only
+-- record). A busy system finishes millions of tasks a day; without retention the table and its indexes
+-- grow forever, vacuum takes longer each round and every scan that is not index-bounded slows down.
+--
+-- Why in small batches, one batch per call: a function runs in one transaction, so a single call that
+-- deleted everything due would hold its row locks, bloat WAL and block vacuum for as long as it runs.
+-- anchor.prune deletes at most batch_size rows (oldest finished first) and returns how many it deleted;
+-- the pruner service (anchor_py/pruner.py) calls it again, each call its own transaction, until a call
+-- returns fewer than batch_size. Rows are taken FOR UPDATE SKIP LOCKED, so a prune never waits on (or
+-- blocks) an operator touching the same finished task, and two pruners never delete the same row.
+--
+-- Why a new index: without it every batch is a sequential scan of the whole table (a million finished
+-- rows = a million rows read per thousand deleted). The index covers finished states only, ordered by
+-- (state, finished_at), so each batch is a short range scan. Its cost is one index entry written when a
+-- task finishes (complete, fail, cancel, rescue); the benchmark measures it (docs/performance.md).
+-- Created without CONCURRENTLY because migrations run in a transaction: on a large existing table the
+-- CREATE INDEX blocks writes to anchor.tasks while it builds.
+--
+-- task_events rows go with their task (on delete cascade, through task_events_task_idx).
+
+create index tasks_finished_idx on anchor.tasks (state, finished_at)
+where state in ('succeeded', 'failed', 'hook_failed', 'cancelled');
+
+-- Deletes up to batch_size finished tasks (succeeded older than succeeded_after; failed, hook_failed and
+-- cancelled older than failed_after, by finished_at) and returns how many it deleted.
+create function anchor.prune(
+    succeeded_after interval default '7 days',
+    failed_after interval default '30 days',
+    batch_size integer default 1000,
+    p_now timestamptz default null
+)
+returns bigint
+language plpgsql
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := coalesce(p_now, now());
+    v_deleted bigint;
+begin
+    if prune.succeeded_after is null or prune.succeeded_after < interval '0'
+        or prune.failed_after is null or prune.failed_after < interval '0' then
+        raise exception using errcode = 'AT003',
+            message = format('prune: retention periods must not be negative, got succeeded_after %s, failed_after %s',
+                prune.succeeded_after, prune.failed_after);
+    end if;
+    if prune.batch_size is null or prune.batch_size < 1 then
+        raise exception using errcode = 'AT003',
+            message = format('prune: batch_size must be at least 1, got %s', prune.batch_size);
+    end if;
+
+    with doomed as (
+        select d.id from (
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state = 'succeeded' and t.finished_at < v_now - prune.succeeded_after
+                order by t.finished_at
+                limit prune.batch_size)
+            union all
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - prune.failed_after
+                order by t.finished_at
+                limit prune.batch_size)
+        ) as d
+        order by d.finished_at
+        limit prune.batch_size
+    ), locked as (
+        -- re-checked under the row lock: a task retried (retry_now) since the scan is live again, or newer
+        select t.id from anchor.tasks t
+        where t.id in (select doomed.id from doomed)
+            and (
+                (t.state = 'succeeded' and t.finished_at < v_now - prune.succeeded_after)
+                or (t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - prune.failed_after)
+            )
+        for update skip locked
+    )
+    delete from anchor.tasks t using locked
+    where t.id = locked.id;
+    get diagnostics v_deleted = row_count;
+    return v_deleted;
+end;
+$$;

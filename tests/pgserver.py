@@ -1,5 +1,6 @@
 """Which PostgreSQL the tests use: $DATABASE_URL or PG* when set, else the machine's server at
-127.0.0.1:5432 when it answers, else the embedded one (started once, kept in .anchor/test-pgdata)."""
+127.0.0.1:5432 when it answers, else the embedded one (started once, kept in .anchor/test-pgdata).
+ANCHOR_TEST_SERVER=embedded skips straight to the embedded one (how CI proves that path works)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _answers(conninfo: str) -> bool:
 
 
 def find_server() -> Server:
+    if os.environ.get("ANCHOR_TEST_SERVER") == "embedded":
+        return _embedded()
     if os.environ.get("DATABASE_URL"):
         return _from_conninfo(os.environ["DATABASE_URL"], "DATABASE_URL")
     if os.environ.get("PGHOST") or os.environ.get("PGPORT"):
@@ -54,6 +57,10 @@ def find_server() -> Server:
     local = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     if _answers(local):
         return _from_conninfo(local, "the server at 127.0.0.1:5432")
+    return _embedded()
+
+
+def _embedded() -> Server:
     from anchor_py.database import start_embedded
 
     return _from_conninfo(start_embedded(REPO / ".anchor" / "test-pgdata"), "the embedded server")

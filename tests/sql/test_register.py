@@ -24,7 +24,11 @@ def test_registration_applies_then_is_unchanged_and_ignores_older_versions(db: C
     a = stored(db)["A"]
     assert a["retry_intervals"] == [timedelta(minutes=1), timedelta(minutes=2)]
     assert (a["timeout"], a["queue"], a["priority"], a["on_failed"], a["max_attempts"]) == (
-        timedelta(minutes=10), "q", 2, True, -1,
+        timedelta(minutes=10),
+        "q",
+        2,
+        True,
+        -1,
     )
 
 
@@ -32,7 +36,10 @@ def test_defaults_one_attempt_without_a_retry_policy_and_one_hour_timeout(db: Co
     register(db, {"name": "Bare"})
     bare = stored(db)["Bare"]
     assert (bare["max_attempts"], bare["timeout"], bare["retry_intervals"], bare["queue"]) == (
-        1, timedelta(hours=1), [], "default",
+        1,
+        timedelta(hours=1),
+        [],
+        "default",
     )
     assert bare["params_schema"] == {"type": "object"}
 
@@ -60,14 +67,22 @@ def test_a_newer_registration_deactivates_left_out_tasks(db: Conn) -> None:
         ([{"name": "A", "priority": 1.5}], "(A).priority: 1.5 must be a whole number"),
         ([{"name": "A", "queue": ""}], '(A).queue: "" must be a non-empty string'),
         ([{"name": "A", "on_failed": "yes"}], '(A).on_failed: "yes" must be true or false'),
-        ([{"name": "A", "cron": "* * * * *"}], "(A).cron: \"* * * * *\" must be an object or null"),
-        ([{"name": "A", "parameters": {"type": "object", "oneOf": []}}], "(A).parameters: unsupported JSON Schema keyword 'oneOf'"),
+        ([{"name": "A", "cron": "* * * * *"}], '(A).cron: "* * * * *" must be an object or null'),
+        (
+            [{"name": "A", "parameters": {"type": "object", "oneOf": []}}],
+            "(A).parameters: unsupported JSON Schema keyword 'oneOf'",
+        ),
         (
             [{"name": "A", "parameters": {"type": "object", "properties": {"x": {"type": "null"}}}}],
             "(A).parameters.properties.x.type: unsupported type 'null'",
         ),
         (
-            [{"name": "A", "parameters": {"type": "object", "properties": {"x": {"type": "string", "format": "email"}}}}],
+            [
+                {
+                    "name": "A",
+                    "parameters": {"type": "object", "properties": {"x": {"type": "string", "format": "email"}}},
+                }
+            ],
             "(A).parameters.properties.x.format: unsupported format 'email'",
         ),
     ],

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.sql.factories import WORKER, Conn, claim, db_now, definition, enqueue, events, fail, heartbeat, register, task
+from tests.sql.factories import (
+    WORKER,
+    Conn,
+    claim,
+    db_now,
+    definition,
+    enqueue,
+    events,
+    fail,
+    heartbeat,
+    register,
+    task,
+)
 
 
 def rescue(db: Conn, now: object, **kw: object) -> list[tuple[int, str]]:
     args = "".join(f", {key} => %({key})s" for key in kw)
     rows = db.execute(
-        f"select * from anchor.rescue(heartbeat_timeout => '30 seconds', deadline_grace => '10 seconds', p_now => %(now)s{args})",
+        "select * from anchor.rescue(heartbeat_timeout => '30 seconds', deadline_grace => '10 seconds',"
+        f" p_now => %(now)s{args})",
         {"now": now, **kw},
     ).fetchall()
     return [(r["id"], r["outcome"]) for r in rows]

@@ -572,6 +572,22 @@ begin
 end;
 $$;
 
+-- '$: <n> bytes is over the limit' when a params document is larger than the setting
+-- anchor.max_params_bytes (default 1 MiB; ALTER DATABASE ... SET anchor.max_params_bytes = ...), else null.
+create function anchor.params_size_problem(p_params jsonb)
+returns text
+language sql
+stable
+as $$
+    select format('$: %s bytes is over the limit of %s bytes (setting anchor.max_params_bytes)', s.size, s.max_size)
+    from (
+        select
+            pg_column_size(p_params) as size,
+            coalesce(nullif(current_setting('anchor.max_params_bytes', true), '')::bigint, 1048576) as max_size
+    ) as s
+    where s.size > s.max_size
+$$;
+
 -- Raises AT002 when p_params does not fit the task's parameter schema; names the task and JSON path.
 create function anchor.check_params(p_def anchor.task_definitions, p_params jsonb)
 returns void
@@ -585,7 +601,7 @@ begin
         raise exception using errcode = 'AT002',
             message = format('task %s: params must be a JSON object, got %s', p_def.name, coalesce(jsonb_typeof(p_params), 'null'));
     end if;
-    v_problem := anchor.params_violation(p_def.params_schema, p_params);
+    v_problem := coalesce(anchor.params_size_problem(p_params), anchor.params_violation(p_def.params_schema, p_params));
     if v_problem is not null then
         raise exception using errcode = 'AT002', message = format('task %s: params %s', p_def.name, v_problem);
     end if;
@@ -728,7 +744,10 @@ begin
         from jsonb_array_elements(enqueue_many.params) with ordinality as e (value, ord) loop
         v_problem := case when jsonb_typeof(v_element.value) <> 'object'
             then format('$: expected an object, got %s', jsonb_typeof(v_element.value))
-            else anchor.params_violation(v_def.params_schema, v_element.value) end;
+            else coalesce(
+                anchor.params_size_problem(v_element.value),
+                anchor.params_violation(v_def.params_schema, v_element.value)
+            ) end;
         if v_problem is not null then
             raise exception using errcode = 'AT002', message = format('task %s: params[%s] %s', v_def.name, v_element.index, v_problem);
         end if;

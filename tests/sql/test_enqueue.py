@@ -253,3 +253,15 @@ def test_a_rolled_back_enqueue_leaves_no_task(db: Conn) -> None:
         conn.execute("select anchor.enqueue('Job', '{}')")
         conn.rollback()
     assert count_tasks(db) == 0
+
+
+def test_oversized_params_are_refused_with_the_limit_named(db: Conn) -> None:
+    register(db, {"name": "Blob", "parameters": {"type": "object", "properties": {"data": {"type": "string"}}}})
+    big = {"data": "x" * (1024 * 1024)}
+    with pytest.raises(psycopg.Error, match=r"task Blob: params \$: \d+ bytes is over the limit of 1048576 bytes"):
+        enqueue(db, "Blob", big)
+    with pytest.raises(psycopg.Error, match=r"task Blob: params\[0\] \$: \d+ bytes is over the limit"):
+        db.execute("select anchor.enqueue_many('Blob', %s::jsonb)", (json.dumps([big]),))
+    db.execute("set anchor.max_params_bytes = 2000000")
+    assert enqueue(db, "Blob", big) > 0
+    assert count_tasks(db) == 1

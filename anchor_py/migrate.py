@@ -58,8 +58,9 @@ def applied_versions(conn: psycopg.Connection[Any]) -> dict[int, str]:
     return {int(version): str(checksum) for version, _, checksum in conn.execute(queries.APPLIED_MIGRATIONS)}
 
 
-def install(dsn: str, *, target: int | None = None) -> list[Migration]:
-    """Applies the pending migrations up to `target` (default: all) and returns the ones applied."""
+def install(dsn: str, *, target: int | None = None, roles: bool = False) -> list[Migration]:
+    """Applies the pending migrations up to `target` (default: all) and returns the ones applied; with
+    `roles`, also creates the roles anchor_enqueuer, anchor_worker and anchor_admin and grants them."""
     shipped = load_migrations()
     applied: list[Migration] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -88,6 +89,8 @@ def install(dsn: str, *, target: int | None = None) -> list[Migration]:
                 raise MigrationError(
                     f"the database has migrations {unknown} that this anchor-py does not ship; upgrade anchor-py"
                 )
+            if roles:
+                conn.execute(queries.ENSURE_ROLES)
         finally:
             conn.execute(queries.INSTALL_UNLOCK)
     return applied

@@ -127,7 +127,8 @@ class Executor:
 
     async def execute_flaky(self, ctx: TaskContext, params: WorkParameters) -> None:
         await _record_async(self.dsn, ctx.task_id, "execute", ctx.attempt)
-        await _act(params.mode or "raise", params.sleep, ctx)
+        # hook_sleep_first is about the hook: the execution itself just fails
+        await _act("raise" if params.mode in (None, "hook_sleep_first") else params.mode, params.sleep, ctx)
 
     async def on_flaky_failed(
         self, ctx: TaskContext, task_id: int, params: WorkParameters, tx: psycopg.AsyncConnection[Any]

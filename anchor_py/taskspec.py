@@ -5,7 +5,7 @@ the definition registered with ``anchor.register_tasks``; ``TaskSet`` is the who
 worth, sorted by name, with a content hash so a worker can tell whether the definitions
 it carries are the ones stored.
 
-``JsonDate`` and ``JsonDateTime`` are the field types generated for ``format: date`` and
+``JsonDate``, ``JsonDateTime`` and ``exact_int`` are used by the field types generated for ``format: date`` and
 ``format: date-time``. Parameter models are strict, but these fields also accept their
 JSON form, an RFC 3339 string, so a stored params document validates as it was written.
 The accepted strings are exactly those the SQL validator accepts:
@@ -36,6 +36,7 @@ __all__ = [
     "JsonDateTime",
     "TaskSet",
     "TaskSpec",
+    "exact_int",
 ]
 
 # Bounds of the JSON Schema integer formats int32 and int64.
@@ -93,6 +94,13 @@ JsonDate = Annotated[datetime.date, pydantic.BeforeValidator(_date_from_json)]
 
 JsonDateTime = Annotated[pydantic.AwareDatetime, pydantic.BeforeValidator(_date_time_from_json)]
 """A timezone-aware ``datetime.datetime`` that also accepts its RFC 3339 JSON form."""
+
+
+def exact_int(value: Any) -> Any:
+    """Before-validator for integer enums: a ``Literal[1, 2]`` alone would take ``True`` or ``1.0``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("an integer is required (not a bool, float or string)")
+    return value
 
 
 @dataclass(frozen=True)

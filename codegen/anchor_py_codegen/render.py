@@ -110,6 +110,8 @@ def _imports(names: TypeNames) -> str:
     if names.uses_literal:
         typing_names.append("Literal")
     taskspec_names = sorted(names.format_types) + sorted(names.bounds, key=_BOUND_NAMES.index)
+    if names.uses_exact_int:
+        taskspec_names.append("exact_int")
     taskspec_names = sorted(taskspec_names + ["TaskSet", "TaskSpec"], key=_isort_key)
     groups = [
         ["from collections.abc import Sequence", *fit("", "from typing import ", sorted(typing_names), "")],

@@ -44,6 +44,7 @@ class TypeNames:
     uses_any: bool = False
     uses_literal: bool = False
     uses_annotated: bool = False
+    uses_exact_int: bool = False
     format_types: set[str] = field(default_factory=set)
     bounds: set[str] = field(default_factory=set)
 
@@ -71,6 +72,7 @@ class TypeMapper:
         fields: list[list[str]] = []
         attributes: dict[str, str] = {}
         has_number = False
+        protects_model_names = False
         for property_name, property_schema in (schema.properties or {}).items():
             property_path = path + ("properties", property_name)
             attribute = attribute_name(property_name)
@@ -81,6 +83,7 @@ class TypeMapper:
                 )
                 continue
             attributes[attribute] = property_name
+            protects_model_names = protects_model_names or attribute.startswith("model_")
             has_number = has_number or property_schema.type == "number"
             hint = class_name.removesuffix("Parameters") + pascal_case(property_name)
             required = property_name in schema.required
@@ -92,6 +95,8 @@ class TypeMapper:
         ]
         if has_number:
             config.append("allow_inf_nan=False")
+        if protects_model_names:
+            config.append("protected_namespaces=()")  # attributes named model_* are ours
         self.definitions.append(
             ModelClass(
                 name=class_name,
@@ -127,7 +132,21 @@ class TypeMapper:
         if schema.enum is not None:
             self.names.uses_literal = True
             values = [scalar_literal(value) for value in schema.enum]
-            self._alias(hint, fit("", f"{hint} = Literal[", values, "]"), path)
+            if schema.type == "integer":
+                self.names.uses_annotated = self.names.uses_exact_int = True
+                literal_type = ", ".join(values)
+                self._alias(
+                    hint,
+                    fit(
+                        "",
+                        f"{hint} = Annotated[",
+                        [f"Literal[{literal_type}]", "pydantic.BeforeValidator(exact_int)"],
+                        "]",
+                    ),
+                    path,
+                )
+            else:
+                self._alias(hint, fit("", f"{hint} = Literal[", values, "]"), path)
             return hint
         if schema.type == "array":
             if schema.items is None:

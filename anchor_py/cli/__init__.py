@@ -20,6 +20,8 @@ from anchor_py.cli.common import UsageError
 COMMAND_MODULES = (
     "anchor_py.cli.generate",
     "anchor_py.cli.install_sql",
+    "anchor_py.cli.register",
+    "anchor_py.cli.worker",
     "anchor_py.cli.cron",
 )
 

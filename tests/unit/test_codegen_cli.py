@@ -70,7 +70,8 @@ def test_bad_file_prints_one_line_per_problem_and_writes_nothing(
 def test_warnings_go_to_stderr_and_still_generate(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (project / "api" / "tasks.yaml").write_text(
         "tasks:\n  - name: Report\n    cronjob:\n      cronExpression: '0 0 1 * * *'\n"
-        "    parameters:\n      type: object\n      required: [region]\n      properties:\n        region: {type: string}\n"
+        "    parameters:\n      type: object\n      required: [region]\n"
+        "      properties:\n        region: {type: string}\n"
     )
     assert main(["generate"]) == 0
     assert capsys.readouterr().err.startswith("warning: api/tasks.yaml:3: tasks[0] (Report).cronjob.parameters:")
@@ -105,6 +106,9 @@ def test_the_anchor_command_fails_without_a_traceback(project: Path) -> None:
 
 
 def test_the_runtime_package_does_not_import_the_generator() -> None:
-    code = "import sys, anchor_py, anchor_py.cli, anchor_py.runner, anchor_py.taskspec; print('anchor_py_codegen' in sys.modules)"
+    code = (
+        "import sys, anchor_py, anchor_py.cli, anchor_py.runner, anchor_py.taskspec; "
+        "print('anchor_py_codegen' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

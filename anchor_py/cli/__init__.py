@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "anchor_py.cli.register",
     "anchor_py.cli.worker",
     "anchor_py.cli.cron",
+    "anchor_py.cli.tasks",
+    "anchor_py.cli.stats",
+    "anchor_py.cli.dashboard",
 )
 
 

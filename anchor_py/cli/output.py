@@ -1,0 +1,174 @@
+"""Output for the operator commands: aligned tables that fit the terminal (80 columns when unknown),
+`--json`, human ages and times, and a progress counter for long operations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, TextIO
+
+ELLIPSIS = "…"
+GAP = "  "
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    # "right" for numbers
+    align: str = "left"
+    # whether cells may be cut (with …) to make the table fit; ids, states and numbers never are
+    shrink: bool = False
+    # the narrowest a shrinkable column gets
+    min_width: int = 8
+
+
+def terminal_width() -> int:
+    """The terminal's width ($COLUMNS wins), 80 when output is not a terminal."""
+    return shutil.get_terminal_size(fallback=(80, 24)).columns
+
+
+def _clip(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    return text[: width - 1] + ELLIPSIS
+
+
+def _one_line(value: object) -> str:
+    text = "" if value is None else str(value)
+    return " ".join(text.split()) if ("\n" in text or "\t" in text or "\r" in text) else text
+
+
+def format_table(columns: Sequence[Column], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
+    """An aligned table with a header line, at most `width` characters wide (the terminal's by default).
+
+    Cells are made one line. When the table is too wide, the widest shrinkable column is cut first (its
+    cells end in …), down to its min_width; other columns keep their full width."""
+    limit = terminal_width() if width is None else width
+    cells = [[_one_line(v) for v in row] for row in rows]
+    for row in cells:
+        if len(row) != len(columns):
+            raise ValueError(f"a row has {len(row)} cells for {len(columns)} columns")
+    widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    total = sum(widths) + len(GAP) * (len(columns) - 1)
+    while total > limit:
+        candidates = [
+            i for i, c in enumerate(columns) if c.shrink and widths[i] > max(c.min_width, 1)
+        ]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: widths[i])
+        # shrink by what is needed, but never below the column's floor
+        floor = max(columns[widest].min_width, 1)
+        cut = min(total - limit, widths[widest] - floor)
+        widths[widest] -= cut
+        total -= cut
+    lines = []
+    for row in [[c.header for c in columns], *cells]:
+        parts = []
+        for i, (column, text) in enumerate(zip(columns, row, strict=True)):
+            text = _clip(text, widths[i])
+            last = i == len(columns) - 1
+            if column.align == "right":
+                parts.append(text.rjust(widths[i]))
+            else:
+                parts.append(text if last else text.ljust(widths[i]))
+        lines.append(GAP.join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, out: TextIO | None = None) -> None:
+    print(format_table(columns, rows), file=out or sys.stdout)
+
+
+def print_json(data: Any, *, out: TextIO | None = None) -> None:
+    json.dump(data, out or sys.stdout, indent=2, ensure_ascii=False, default=str)
+    (out or sys.stdout).write("\n")
+
+
+def format_age(seconds: float | None) -> str:
+    """A short age: 850ms, 42s, 5m10s, 3h05m, 2d04h; '-' for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        return "-" + format_age(-seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h" if hours else f"{days}d"
+
+
+def format_duration(value: timedelta | None) -> str:
+    return "-" if value is None else format_age(value.total_seconds())
+
+
+def format_time(value: datetime | None) -> str:
+    """UTC, to the second: 2026-03-01 14:05:09."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_ago(value: datetime | None, now: datetime) -> str:
+    """'5m ago', 'in 30s' or '-'."""
+    if value is None:
+        return "-"
+    seconds = (now - value).total_seconds()
+    return f"{format_age(seconds)} ago" if seconds >= 0 else f"in {format_age(-seconds)}"
+
+
+def format_attempts(attempts: int, max_attempts: int) -> str:
+    return f"{attempts}/{'∞' if max_attempts == -1 else max_attempts}"
+
+
+class Progress:
+    """A counter on stderr for long operations: rewritten in place on a terminal, else a line now and
+    then (at most one per `interval` seconds) so logs are not flooded."""
+
+    def __init__(self, label: str, total: int | None = None, *, out: TextIO | None = None, interval: float = 1.0):
+        self.label = label
+        self.total = total
+        self.out = out or sys.stderr
+        self.interval = interval
+        self.done = 0
+        self._tty = self.out.isatty()
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def _text(self) -> str:
+        if self.total:
+            percent = min(100, 100 * self.done // self.total)
+            return f"{self.label}: {self.done}/{self.total} ({percent}%)"
+        return f"{self.label}: {self.done}"
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if self._tty:
+            self.out.write("\r" + self._text())
+            self.out.flush()
+        elif now - self._last >= self.interval:
+            self.out.write(self._text() + "\n")
+            self.out.flush()
+            self._last = now
+
+    def finish(self, suffix: str = "") -> None:
+        elapsed = time.monotonic() - self._started
+        line = f"{self._text()} in {format_age(elapsed)}{suffix}"
+        self.out.write(("\r" if self._tty else "") + line + "\n")
+        self.out.flush()

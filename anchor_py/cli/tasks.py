@@ -1,0 +1,362 @@
+"""`anchor tasks list|show|retry|cancel|purge`: look at tasks and act on single ones.
+
+Exit codes: 0 ok, 1 the database refused (e.g. retrying a succeeded task), 2 usage error, 3 the database
+cannot be reached, 4 not found (a task id that does not exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from anchor_py import admin
+from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
+from anchor_py.cli.output import (
+    Column,
+    Progress,
+    format_ago,
+    format_attempts,
+    format_duration,
+    format_time,
+    print_json,
+    print_table,
+)
+from anchor_py.durations import InvalidDuration, parse_duration
+
+EXIT_REFUSED = 1
+EXIT_NOT_FOUND = 4
+NOT_FOUND_SQLSTATE = "AT004"
+
+_DAYS = re.compile(r"^\s*(\d+)d(.*)$")
+
+
+def register(subparsers: Any) -> None:
+    tasks: argparse.ArgumentParser = subparsers.add_parser(
+        "tasks",
+        help="list, inspect, retry, cancel and purge tasks",
+        description="Look at the tasks in the queue and act on single ones. "
+        "Exit codes: 0 ok, 1 the database refused, 2 usage error, 3 database unreachable, 4 not found.",
+    )
+    sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "list",
+        help="tasks matching filters, newest first",
+        description="List tasks, newest first, a page at a time (--before ID pages on; --all lists every match).",
+    )
+    p.add_argument("--state", action="append", default=[], metavar="STATE",
+                   help=f"only these states (repeat or comma-separate): {', '.join(admin.STATES)}")
+    p.add_argument("--name", action="append", default=[], metavar="TASK", help="only this task name (repeatable)")
+    p.add_argument("--queue", action="append", default=[], metavar="QUEUE", help="only this queue (repeatable)")
+    p.add_argument("--tag", metavar="TAG", help="only the task(s) with this unique tag")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only tasks created within this long (30m, 2h, 7d) or since this time (2026-03-01T12:00Z)")
+    p.add_argument("--limit", default="50", metavar="N", help="page size (default 50)")
+    p.add_argument("--before", metavar="ID", help="the page of tasks older than this id (keyset paging)")
+    p.add_argument("--all", action="store_true", help="every matching task, not one page")
+    p.add_argument("--json", action="store_true", help="a JSON array of tasks on stdout")
+    add_dsn_option(p)
+    p.set_defaults(handler=run_list)
+
+    p = sub.add_parser("show", help="one task: params, attempts, timings, every event with its traceback",
+                       description="Show one task with its whole event history (errors with their tracebacks).")
+    p.add_argument("id", metavar="ID", help="the task id")
+    p.add_argument("--json", action="store_true", help="the task and its events as JSON")
+    add_dsn_option(p)
+    p.set_defaults(handler=run_show)
+
+    p = sub.add_parser(
+        "retry",
+        help="run tasks again now (failed, hook_failed, cancelled: with a fresh attempt budget)",
+        description="Run tasks again through anchor.retry_now: pending → due now; failed, hook_failed or "
+        "cancelled → pending with a fresh attempt budget (history stays). With --hook, a hook_failed task "
+        "only re-runs its onFailed hook (anchor.retry_hook).",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids")
+    p.add_argument("--hook", action="store_true", help="re-run only the onFailed hook of hook_failed tasks")
+    p.add_argument("--json", action="store_true", help="one JSON object per id: id, outcome or error")
+    add_dsn_option(p)
+    p.set_defaults(handler=run_retry)
+
+    p = sub.add_parser(
+        "cancel",
+        help="cancel tasks (pending: now; running: the worker stops it)",
+        description="Cancel tasks through anchor.cancel: pending → cancelled; running → cancel requested "
+        "(its worker cancels the execution; no retry).",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids")
+    p.add_argument("--json", action="store_true", help="one JSON object per id: id, outcome or error")
+    add_dsn_option(p)
+    p.set_defaults(handler=run_cancel)
+
+    p = sub.add_parser(
+        "purge",
+        help="delete finished tasks older than a period (the workers' retention function)",
+        description="Delete finished tasks (and their events) whose finished_at is older than --older-than, "
+        "in batches, through anchor.prune, the function the workers' retention uses. --state failed "
+        "covers failed, hook_failed and cancelled (the retention function purges them together).",
+    )
+    p.add_argument("--state", action="append", required=True, metavar="STATE",
+                   help="succeeded and/or failed (repeat or comma-separate)")
+    p.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
+    p.add_argument("--batch-size", default="1000", metavar="N", help="rows per transaction (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.add_argument("--json", action="store_true", help='the result as JSON: {"deleted": N, ...}')
+    add_dsn_option(p)
+    p.set_defaults(handler=run_purge)
+
+
+# Argument parsing ------------------------------------------------------------------------------------
+
+
+def parse_task_id(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1 or int(value) > 2**63 - 1:
+        raise UsageError(f"{text!r} is not a task id (a whole number above zero)")
+    return int(value)
+
+
+def parse_positive(text: str, what: str, maximum: int = 1_000_000) -> int:
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise UsageError(f"{what} {text!r} must be a whole number from 1 to {maximum}")
+    return int(value)
+
+
+def parse_age(text: str) -> timedelta:
+    """A period: a duration (30m, 1h30m, 500ms) optionally led by whole days (7d, 1d12h)."""
+    match = _DAYS.match(text)
+    try:
+        if match:
+            rest = match.group(2).strip()
+            return timedelta(days=int(match.group(1))) + (parse_duration(rest) if rest else timedelta())
+        return parse_duration(text)
+    except (InvalidDuration, OverflowError):
+        raise UsageError(f"{text!r} is not a period (examples: 30m, 12h, 7d, 1d12h)") from None
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`--since`: a period back from now, or an ISO 8601 time (UTC when it has no offset)."""
+    if re.match(r"^\s*\d{4}-\d{2}-\d{2}", text):
+        try:
+            value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"--since {text!r} is not a time (example: 2026-03-01T12:00:00Z)") from None
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        return now - parse_age(text)
+    except UsageError:
+        raise UsageError(f"--since {text!r} is not a period (30m, 2h, 7d) or a time (2026-03-01T12:00Z)") from None
+
+
+def split_values(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+
+
+def parse_states(values: Sequence[str]) -> tuple[str, ...]:
+    states = split_values(values)
+    for state in states:
+        if state not in admin.STATES:
+            raise UsageError(f"unknown state {state!r} (states: {', '.join(admin.STATES)})")
+    return states
+
+
+def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn_from(args), autocommit=True, connect_timeout=10)
+
+
+# list ------------------------------------------------------------------------------------------------
+
+LIST_COLUMNS = (
+    Column("ID", align="right"),
+    Column("TASK", shrink=True, min_width=10),
+    Column("STATE"),
+    Column("QUEUE", shrink=True, min_width=6),
+    Column("TRIES", align="right"),
+    Column("CREATED", align="right"),
+    Column("LAST ERROR", shrink=True, min_width=10),
+)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    states = parse_states(args.state)
+    limit = parse_positive(args.limit, "--limit", 100_000)
+    before = parse_task_id(args.before) if args.before else None
+    with connect(args) as conn:
+        now = admin.db_now(conn)
+        since = parse_since(args.since, now) if args.since else None
+        filters = admin.TaskFilter(
+            states=states, names=split_values(args.name), queues=split_values(args.queue), tag=args.tag, since=since
+        )
+        if args.all:
+            tasks = list(admin.iter_tasks(conn, filters))
+            next_before = None
+        else:
+            page = admin.list_tasks(conn, filters, limit=limit, before_id=before)
+            tasks, next_before = page.tasks, page.next_before_id
+    if args.json:
+        print_json(admin.to_json(tasks))
+        return 0
+    if not tasks:
+        print("no tasks match")
+        return 0
+    rows = [
+        (t.id, t.name, t.state, t.queue, format_attempts(t.attempts, t.max_attempts), format_ago(t.created_at, now),
+         t.last_error or "")
+        for t in tasks
+    ]
+    print_table(LIST_COLUMNS, rows)
+    if next_before is not None:
+        print(f"(more: add --before {next_before} for the next page, or --all)", file=sys.stderr)
+    return 0
+
+
+# show ------------------------------------------------------------------------------------------------
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").split("\n"))
+
+
+def run_show(args: argparse.Namespace) -> int:
+    task_id = parse_task_id(args.id)
+    with connect(args) as conn:
+        try:
+            task = admin.get_task(conn, task_id)
+        except admin.TaskNotFound as exc:
+            print(f"anchor tasks show: {exc}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+    if args.json:
+        print_json(admin.to_json(task))
+        return 0
+    now = task.read_at
+    intervals = ",".join(format_duration(i) for i in task.retry_intervals) or "none (one attempt)"
+    lines = [
+        f"Task {task.id}: {task.name}  [{task.state}]" + ("  (cancel requested)" if task.cancel_requested else ""),
+        f"  queue         {task.queue} (priority {task.priority})",
+        f"  attempts      {format_attempts(task.attempts, task.max_attempts)}"
+        f"   rescues {task.rescues}   hook attempts {task.hook_attempts}",
+        f"  retry after   {intervals}   timeout {format_duration(task.timeout)}",
+        f"  unique tag    {task.unique_tag or '-'}",
+        f"  created       {format_time(task.created_at)} ({format_ago(task.created_at, now)})",
+        f"  run at        {format_time(task.run_at)} ({format_ago(task.run_at, now)})",
+    ]
+    if task.scheduled_at:
+        lines.append(f"  scheduled at  {format_time(task.scheduled_at)} (cron fire time)")
+    if task.locked_by:
+        lines.append(f"  held by       {task.locked_by} since {format_time(task.locked_at)}, "
+                     f"deadline {format_time(task.deadline)}")
+    if task.finished_at:
+        lines.append(f"  finished      {format_time(task.finished_at)} ({format_ago(task.finished_at, now)}), "
+                     f"{format_duration(task.finished_at - task.created_at)} after it was created")
+    lines.append("  params        " + json.dumps(task.params, ensure_ascii=False))
+    if task.last_error:
+        lines.append(_indent(task.last_error, "  last error    ").replace("\n  last error    ", "\n" + " " * 16))
+    lines.append("")
+    if not task.events:
+        lines.append("Events: none (a plain success records none)")
+    else:
+        lines.append(f"Events ({len(task.events)}):")
+        for event in task.events:
+            head = f"  {format_time(event.at)}  {event.kind}"
+            if event.attempt is not None:
+                head += f"  attempt {event.attempt}"
+            if event.worker_id:
+                head += f"  on {event.worker_id}"
+            if event.details and event.details.get("outcome"):
+                head += f"  -> {event.details['outcome']}"
+            lines.append(head)
+            if event.error_type or event.message:
+                error = f"{event.error_type}: {event.message}" if event.error_type else str(event.message)
+                lines.append(_indent(error, "      "))
+            if event.traceback:
+                lines.append(_indent(event.traceback, "      | "))
+    print("\n".join(lines))
+    return 0
+
+
+# retry / cancel --------------------------------------------------------------------------------------
+
+
+def _act(args: argparse.Namespace, verb: str, action: Any) -> int:
+    """Runs `action(conn, id)` per id, each in its own transaction; reports each. Exit 1 when the database
+    refused any, else 4 when any id does not exist, else 0."""
+    ids = [parse_task_id(i) for i in args.ids]
+    refused = missing = False
+    results: list[dict[str, Any]] = []
+    with connect(args) as conn:
+        for task_id in ids:
+            try:
+                outcome = action(conn, task_id)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                message = (exc.diag.message_primary or str(exc)).strip()
+                if exc.sqlstate == NOT_FOUND_SQLSTATE:
+                    missing = True
+                else:
+                    refused = True
+                results.append({"id": task_id, "ok": False, "error": message, "sqlstate": exc.sqlstate})
+                if not args.json:
+                    print(f"anchor tasks {verb}: {message}", file=sys.stderr)
+                continue
+            results.append({"id": task_id, "ok": True, "outcome": outcome})
+            if not args.json:
+                print(f"task {task_id}: {outcome}")
+    if args.json:
+        print_json(results)
+    return EXIT_REFUSED if refused else EXIT_NOT_FOUND if missing else 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    return _act(args, "retry", admin.retry_hook if args.hook else admin.retry_task)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    return _act(args, "cancel", admin.cancel_task)
+
+
+# purge -----------------------------------------------------------------------------------------------
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    states = split_values(args.state)
+    older_than = parse_age(args.older_than)
+    batch_size = parse_positive(args.batch_size, "--batch-size", 100_000)
+    try:
+        succeeded_after, failed_after = admin.prune_periods(states, older_than)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    groups = [g for g, period in (("succeeded", succeeded_after), ("failed", failed_after)) if period]
+    what = " and ".join("failed/hook_failed/cancelled" if g == "failed" else g for g in groups)
+    with connect(args) as conn:
+        total = admin.prune_count(conn, succeeded_after=succeeded_after, failed_after=failed_after)
+        if args.dry_run:
+            if args.json:
+                print_json({"would_delete": total, "states": groups, "older_than_seconds": older_than.total_seconds()})
+            else:
+                print(f"would delete {total} {what} tasks finished more than {format_duration(older_than)} ago")
+            return 0
+        progress = None if args.json or total == 0 else Progress("deleted", total)
+        result = admin.prune(
+            conn,
+            succeeded_after=succeeded_after,
+            failed_after=failed_after,
+            batch_size=batch_size,
+            progress=progress.update if progress else None,
+        )
+        if progress:
+            progress.finish()
+    if args.json:
+        print_json({"deleted": result.deleted, "batches": result.batches, "states": groups,
+                    "older_than_seconds": older_than.total_seconds()})
+    else:
+        print(f"deleted {result.deleted} {what} tasks finished more than {format_duration(older_than)} ago")
+    return 0

@@ -323,3 +323,20 @@ SELECT
         WHERE t.state IN ('failed', 'hook_failed', 'cancelled') AND t.finished_at < now() - %(failed_after)s::interval)
     AS n
 """
+
+# --- retention ---
+
+# The pruner's round runs on one worker at a time: a session lock, held across its batches (each its own
+# transaction) and released at the end of the round (or with the connection, if it dies).
+PRUNE_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('anchor.prune'))"
+PRUNE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('anchor.prune'))"
+
+# One batch: deletes up to batch_size finished tasks past their retention period; returns how many.
+PRUNE = """
+SELECT anchor.prune(
+    succeeded_after => %(succeeded_after)s::interval,
+    failed_after => %(failed_after)s::interval,
+    batch_size => %(batch_size)s::int,
+    p_now => %(now)s::timestamptz
+)
+"""

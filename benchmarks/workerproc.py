@@ -1,0 +1,59 @@
+"""One benchmark worker process: the real anchor_py Worker running the Noop executor.
+
+    python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] --out result.json
+
+Runs until SIGTERM, or until it has executed N tasks; then writes what it measured (executions,
+the wall-clock time of the N-th execution, enqueue -> start latencies, peak RSS) as JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import time
+
+from anchor_py.worker import Worker, WorkerConfig
+from benchmarks.noop import TASKS, NoopExecutor
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    executor = NoopExecutor()
+    config = WorkerConfig(concurrency=args.concurrency, poll_interval=args.poll_interval)
+    worker = Worker(args.dsn, executor, tasks=TASKS, config=config)
+    result: dict[str, object] = {"t_done": None}
+    stopper: list[asyncio.Task[None]] = []
+
+    def on_count(count: int) -> None:
+        if args.stop_after and count == args.stop_after:
+            result["t_done"] = time.time()
+            stopper.append(asyncio.get_running_loop().create_task(worker.stop()))
+
+    executor.on_count = on_count
+    await worker.run(install_signal_handlers=True)
+    result.update(
+        executed=executor.count,
+        latencies_ms=executor.latencies_ms,
+        max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dsn")
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--stop-after", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    result = asyncio.run(run(args))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -71,7 +71,7 @@ class CronError(ValueError):
 def schedule_zone(name: str) -> tzinfo:
     """The tzinfo of a schedule's ``timezone`` (an IANA name; ``UTC`` by default)."""
     if name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -98,7 +98,7 @@ def _step(it: croniter, forward: bool, expression: str) -> datetime:
         raise CronError(f"cron expression {expression!r} has no usable fire time: {exc}") from exc
     if not isinstance(value, datetime):  # pragma: no cover - croniter honours ret_type
         raise CronError(f"cron expression {expression!r}: croniter returned {value!r}")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def next_fire_after(expression: str, zone: str, after: datetime) -> datetime:
@@ -320,7 +320,7 @@ class CronService:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(queries.CRON_TAKE_DUE, {"max_schedules": self.config.max_schedules, "now": now})
                 rows = await cur.fetchall()
-                db_now: datetime = rows[0]["db_now"] if rows else now or datetime.now(timezone.utc)
+                db_now: datetime = rows[0]["db_now"] if rows else now or datetime.now(UTC)
                 for row in rows:
                     error = await self._fire(conn, row, db_now, fires)
                     if error is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from tests.sql.factories import Conn, claim, definition, fail, register
 
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def cron_def(name: str = "Tick", expression: str = "* * * * * *", **cron: Any) -> dict[str, Any]:

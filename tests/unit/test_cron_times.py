@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from anchor_py.cron import CronError, build_params, next_fire_after, plan_fires
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*parts: int) -> datetime:

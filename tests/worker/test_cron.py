@@ -10,7 +10,7 @@ import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -24,12 +24,16 @@ from anchor_py.taskspec import TaskSet, TaskSpec
 from anchor_py.worker import Worker, WorkerConfig
 
 Conn = psycopg.Connection[dict[str, Any]]
-UTC = timezone.utc
+UTC = UTC
 
 REPORTS = {
     "name": "ProcessDailyReports",
     "description": "生成每日报告",
-    "parameters": {"type": "object", "required": ["date"], "properties": {"date": {"type": "string", "format": "date"}}},
+    "parameters": {
+        "type": "object",
+        "required": ["date"],
+        "properties": {"date": {"type": "string", "format": "date"}},
+    },
     "retry_interval": "1h",
     "max_attempts": -1,
     "cron": {"expression": "0 0 1 * * *"},
@@ -39,7 +43,11 @@ REPORTS = {
 def tick(name: str = "Tick", expression: str = "* * * * * *", **cron: Any) -> dict[str, Any]:
     # nobody consumes these tasks here, so overlap "allow": with "skip" the first pending task would
     # (rightly) block every later fire
-    return {"name": name, "parameters": {"type": "object"}, "cron": {"expression": expression, "overlap": "allow", **cron}}
+    return {
+        "name": name,
+        "parameters": {"type": "object"},
+        "cron": {"expression": expression, "overlap": "allow", **cron},
+    }
 
 
 def register(db: Conn, *definitions: dict[str, Any], version: int = 1) -> None:
@@ -177,10 +185,13 @@ async def test_restart_after_five_seconds_down_catches_up_one_by_default_n_with_
         assert len(set(fired)) == len(fired)
         late = [t for t in rows if t["created_at"] - t["scheduled_at"] > timedelta(seconds=1)]
         assert len(late) == catch_up, (name, [(t["scheduled_at"], t["created_at"]) for t in rows])
-        after = rows[before[name]:]
+        after = rows[before[name] :]
         # the caught-up fires are the latest missed ones, oldest first, right before the on-time fires
         assert after[:catch_up] == late
-        assert all(b - a == timedelta(seconds=1) for a, b in zip(fired[before[name]:], fired[before[name] + 1:], strict=False))
+        assert all(
+            b - a == timedelta(seconds=1)
+            for a, b in zip(fired[before[name] :], fired[before[name] + 1 :], strict=False)
+        )
         # the rest of the outage was dropped, and counted
         assert fired[before[name]] - fired[before[name] - 1] > timedelta(seconds=1)
         assert schedule(db, name)["missed_count"] >= 1
@@ -333,7 +344,8 @@ async def test_run_survives_a_database_outage(dsn: str, db: Conn) -> None:
     loop = asyncio.create_task(service.run(stop))
     await eventually(lambda: len(tasks(db)) >= 1, 4)
     db.execute(
-        "select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        "select pg_terminate_backend(pid) from pg_stat_activity"
+        " where datname = current_database() and pid <> pg_backend_pid()"
     )
     count = len(tasks(db))
     await eventually(lambda: len(tasks(db)) >= count + 2, 6)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from anchor_py import queries
 
@@ -260,10 +260,16 @@ def _jsonable(value: Any) -> Any:
 # Reading -----------------------------------------------------------------------------------------------
 
 
-def db_now(conn: Conn) -> datetime:
-    row = conn.execute(queries.ADMIN_NOW).fetchone()
+def _scalar(conn: Conn, sql: str, params: dict[str, Any] | None = None) -> Any:
+    """The first column of the single row `sql` returns, whatever row factory the connection has."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(sql, params).fetchone()
     assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    return row[0]
+
+
+def db_now(conn: Conn) -> datetime:
+    return _scalar(conn, queries.ADMIN_NOW)  # type: ignore[no-any-return]
 
 
 def list_tasks(
@@ -320,7 +326,7 @@ def get_stats(
     if not 1 <= minutes <= 24 * 60:
         raise ValueError("minutes must be between 1 and 1440")
     with conn.cursor(row_factory=dict_row) as cur:
-        read_at = cur.execute(queries.ADMIN_NOW).fetchone()["now"]  # type: ignore[index]
+        read_at = db_now(conn)
         counts = [StateCount(r["name"], r["state"], r["n"]) for r in cur.execute(queries.ADMIN_COUNTS)]
         throughput = [ThroughputPoint(**r) for r in cur.execute(queries.ADMIN_THROUGHPUT, {"minutes": minutes})]
         queue_stats = [QueueStats(**r) for r in cur.execute(queries.ADMIN_QUEUES)]
@@ -346,9 +352,7 @@ def list_cron(conn: Conn) -> list[CronSchedule]:
 
 def _call(conn: Conn, sql: str, params: dict[str, Any]) -> str:
     with conn.transaction():
-        row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return str(row[0])
+        return str(_scalar(conn, sql, params))
 
 
 def retry_task(conn: Conn, task_id: int) -> str:
@@ -376,11 +380,8 @@ def resume_cron(conn: Conn, name: str) -> str:
 
 def prune_count(conn: Conn, *, succeeded_after: timedelta | None, failed_after: timedelta | None) -> int:
     """How many finished tasks `prune` with the same periods would delete now."""
-    row = conn.execute(
-        queries.ADMIN_PRUNE_COUNT, {"succeeded_after": succeeded_after, "failed_after": failed_after}
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    params = {"succeeded_after": succeeded_after, "failed_after": failed_after}
+    return int(_scalar(conn, queries.ADMIN_PRUNE_COUNT, params))
 
 
 def prune(
@@ -405,9 +406,7 @@ def prune(
     params = {"succeeded_after": succeeded_after, "failed_after": failed_after, "batch_size": batch_size}
     while True:
         with conn.transaction():
-            row = conn.execute(queries.ADMIN_PRUNE, params).fetchone()
-        assert row is not None
-        deleted = int(row[0])
+            deleted = int(_scalar(conn, queries.ADMIN_PRUNE, params))
         result.deleted += deleted
         result.batches += 1
         if progress is not None:

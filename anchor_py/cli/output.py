@@ -147,7 +147,7 @@ class Progress:
         self.interval = interval
         self.done = 0
         self._tty = self.out.isatty()
-        self._last = 0.0
+        self._last = float("-inf")
         self._started = time.monotonic()
 
     def _text(self) -> str:

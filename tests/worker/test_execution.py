@@ -75,7 +75,7 @@ def test_backoff_list_gaps_final_failure_and_hook_committed_with_it(dsn: str, ap
     asyncio.run(scenario())
     executions = runs(app_db, task_id, "execute")
     assert [r["attempt"] for r in executions] == [1, 2, 3]
-    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(executions, executions[1:])]
+    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(executions, executions[1:], strict=False)]
     assert abs(gaps[0] - 1.0) <= 0.3, gaps
     assert abs(gaps[1] - 2.0) <= 0.3, gaps
     row = task(app_db, task_id)

@@ -33,7 +33,7 @@ def test_raising_hook_rolls_back_retries_at_most_hook_attempts_then_hook_failed(
     assert (row["state"], row["hook_attempts"], row["last_error"]) == ("hook_failed", 3, "the hook fails too")
     hooks = runs(app_db, task_id, "hook")
     assert len(hooks) == 3
-    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(hooks, hooks[1:])]
+    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(hooks, hooks[1:], strict=False)]
     assert all(gap >= 0.9 for gap in gaps), gaps  # the task's retry interval (1s) between hook attempts
     assert _hook_log(app_db, task_id) == []  # every attempt's write rolled back
     recorded = [(e["kind"], e["error_type"], e["message"]) for e in events(app_db, task_id)]

@@ -158,6 +158,9 @@ TESTING_TASKS_NAMED = """
 SELECT id, name, params, state, attempts, last_error FROM anchor.tasks WHERE name = %(name)s::text ORDER BY id DESC
 """
 
+# anchor_py.testing: one task's state.
+TESTING_TASK_STATE = "SELECT state FROM anchor.tasks WHERE id = %(id)s::bigint"
+
 # anchor_py.testing: whether any work is due now for these task names.
 TESTING_DUE_COUNT = """
 SELECT count(*) FROM anchor.tasks

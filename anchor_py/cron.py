@@ -172,7 +172,7 @@ def build_params(schema: Mapping[str, Any], params: Mapping[str, Any], fire_at: 
         if result.get(name) is not None:
             continue
         prop = properties.get(name) or {}
-        kind = (prop.get("type"), prop.get("format"))
+        kind = (prop.get("type", "string"), prop.get("format"))
         if kind == ("string", "date"):
             result[name] = fire_at.date().isoformat()
         elif kind == ("string", "date-time"):

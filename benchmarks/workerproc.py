@@ -20,9 +20,14 @@ from benchmarks.noop import TASKS, NoopExecutor
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    tasks = TASKS
     executor = NoopExecutor()
+    if args.soak:
+        from benchmarks.soak import SOAK_TASKS, SoakExecutor
+
+        tasks, executor = SOAK_TASKS, SoakExecutor()
     config = WorkerConfig(concurrency=args.concurrency, poll_interval=args.poll_interval)
-    worker = Worker(args.dsn, executor, tasks=TASKS, config=config)
+    worker = Worker(args.dsn, executor, tasks=tasks, config=config)
     result: dict[str, object] = {"t_done": None}
     stopper: list[asyncio.Task[None]] = []
 
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--stop-after", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--soak", action="store_true", help="run the soak task set (Noop + a cron task)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(run(args))

@@ -37,13 +37,15 @@ class WorkerProcess:
         return result
 
 
-def start_workers(dsn: str, count: int, *, concurrency: int = 100, stop_after: int = 0) -> list[WorkerProcess]:
+def start_workers(
+    dsn: str, count: int, *, concurrency: int = 100, stop_after: int = 0, soak: bool = False
+) -> list[WorkerProcess]:
     """Starts `count` worker processes and returns once all have registered (heartbeat row present)."""
     procs = []
     for _ in range(count):
         out = Path(tempfile.mkstemp(prefix="anchor-bench-", suffix=".json")[1])
         command = [sys.executable, "-m", "benchmarks.workerproc", dsn, "--concurrency", str(concurrency),
-                   "--stop-after", str(stop_after), "--out", str(out)]
+                   "--stop-after", str(stop_after), "--out", str(out), *(["--soak"] if soak else [])]
         procs.append(WorkerProcess(subprocess.Popen(command, cwd=REPO), out))
     with psycopg.connect(dsn, autocommit=True) as conn:
         def registered() -> bool:

@@ -3,6 +3,8 @@ from a template that already holds the migrations (see tests/pgserver.py for whi
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,33 @@ from anchor_py.migrate import install
 from tests.pgserver import Server, find_server
 
 SERVER: Server = find_server()
-TEST_DB = "anchor_test"
+# One name per pytest process, so several test sessions can share a server at once.
+TEST_DB = f"anchor_test_{os.getpid()}"
+
+
+def _drop_leftovers_of_dead_sessions() -> None:
+    """A killed session leaves its template and test database behind; drop those whose process is gone."""
+    with psycopg.connect(SERVER.dsn("postgres"), autocommit=True) as conn:
+        for (name,) in conn.execute("select datname from pg_database where datname like 'anchor_test_%'").fetchall():
+            match = re.fullmatch(r"anchor_test_(\d+)(_tmpl)?", name)
+            if match is None or _process_alive(int(match[1])):
+                continue
+            if match[2]:
+                conn.execute(f'alter database "{name}" with is_template false')
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_drop_leftovers_of_dead_sessions()
 
 
 def _install_migrations(dbname: str, **_connection: Any) -> None:

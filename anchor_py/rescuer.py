@@ -59,7 +59,7 @@ class Rescuer:
             except psycopg.Error as exc:
                 # the database may be restarting: the next round tries again
                 log.warning("rescue round failed: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.interval)
 
     async def run_once(self, now: datetime | None = None) -> list[RescuedTask]:

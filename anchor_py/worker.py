@@ -238,6 +238,7 @@ class Worker:
 
         self._pool: AsyncConnectionPool[Any] | None = None
         self._hook_pool: AsyncConnectionPool[Any] | None = None
+        self._service_pool: AsyncConnectionPool[Any] | None = None
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._jobs: dict[int, _Job] = {}
         self._completions: list[tuple[int, int]] = []
@@ -277,9 +278,16 @@ class Worker:
                 asyncio.create_task(self._heartbeat_loop(), name="anchor-heartbeat"),
                 asyncio.create_task(self._flush_loop(), name="anchor-flush"),
             ]
-            assert self._pool is not None
+            if self._service_factories:
+                # their own connections: a long maintenance round must not hold up claims
+                self._service_pool = AsyncConnectionPool(
+                    self._conninfo, min_size=1, max_size=max(2, len(self._service_factories)), kwargs=kwargs_common(),
+                    open=False, timeout=10, name="anchor-services",
+                )
+                await self._service_pool.open()
             for factory in self._service_factories:
-                service: Service = factory(self._pool)
+                assert self._service_pool is not None
+                service: Service = factory(self._service_pool)
                 background.append(asyncio.create_task(self._run_service(service, services_stop)))
             log.info(
                 "worker %s started: tasks %s, queues %s, concurrency %s",
@@ -356,11 +364,13 @@ class Worker:
         self._running = True
         self._stopped.clear()
         config = self.config
-        kwargs = {"autocommit": True, "application_name": "anchor-worker"}
+        kwargs = kwargs_common()
         if self._user_pool is None:
+            # claims and completions are batched, so a few connections serve any concurrency; failures
+            # are one round trip each and get some headroom
             self._pool = AsyncConnectionPool(
-                self._conninfo, min_size=2, max_size=4, kwargs=kwargs, open=False, timeout=10,
-                name="anchor-worker",
+                self._conninfo, min_size=2, max_size=max(4, min(2 + config.concurrency // 4, 10)), kwargs=kwargs,
+                open=False, timeout=10, name="anchor-worker",
             )
             await self._pool.open()
         else:
@@ -419,7 +429,7 @@ class Worker:
             wait = self.config.poll_interval
             if self._next_wake is not None:
                 wait = max(0.0, min(wait, self._next_wake - loop.time()))
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
@@ -928,6 +938,8 @@ class Worker:
         finally:
             if self._hook_pool is not None:
                 await self._hook_pool.close()
+            if self._service_pool is not None:
+                await self._service_pool.close()
             if self._pool is not None and self._user_pool is None:
                 await self._pool.close()
             if self._threads is not None:
@@ -981,9 +993,14 @@ class Worker:
         """A shutdown step: retried through a short outage, then given up (rescue recovers the rest)."""
         try:
             return await asyncio.wait_for(self._retrying(what, call, *args), timeout=10)
-        except (asyncio.TimeoutError, psycopg.Error) as exc:
+        except (TimeoutError, psycopg.Error) as exc:
             log.error("shutdown: could not %s (%s); rescue will recover what is left", what, exc)
             return None
+
+
+def kwargs_common() -> dict[str, Any]:
+    """Connection settings of the worker's autocommit pools: one statement, one transaction."""
+    return {"autocommit": True, "application_name": "anchor-worker"}
 
 
 def _call_bound(ctx: TaskContext, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:

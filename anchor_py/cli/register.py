@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,11 @@ from anchor_py.taskspec import TaskSet
 
 DEFAULT_TASKGEN = "zgen/taskgen.py"
 
-if sys.version_info >= (3, 11):
-    import tomllib
-
-    def _read_toml(path: Path) -> dict[str, Any]:
-        try:
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as error:
-            raise UsageError(f"{path}: {error}") from None
-
-else:
-
-    def _read_toml(path: Path) -> dict[str, Any]:
-        return {}  # no TOML reader in the standard library: the default path applies
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: {error}") from None
 
 
 def register(subparsers: Any) -> None:

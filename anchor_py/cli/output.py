@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 ELLIPSIS = "…"
@@ -25,6 +27,23 @@ class Column:
     shrink: bool = False
     # the narrowest a shrinkable column gets
     min_width: int = 8
+
+
+def pipe_safe(handler: Callable[..., int]) -> Callable[..., int]:
+    """A command handler whose reader may go away (`anchor tasks list | head`): a closed pipe ends the
+    command quietly instead of with a traceback."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return handler(*args, **kwargs)
+        except BrokenPipeError:
+            # stop Python from complaining again when it flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+
+    return wrapper
 
 
 def terminal_width() -> int:
@@ -121,7 +140,7 @@ def format_time(value: datetime | None) -> str:
     """UTC, to the second: 2026-03-01 14:05:09."""
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def format_ago(value: datetime | None, now: datetime) -> str:

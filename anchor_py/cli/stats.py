@@ -11,13 +11,24 @@ from anchor_py.cli.output import (
     Column,
     format_age,
     format_ago,
+    format_table,
     format_time,
+    pipe_safe,
     print_json,
     print_table,
+    terminal_width,
 )
 from anchor_py.cli.tasks import connect, parse_age, parse_positive
 
 SPARK = "▁▂▃▄▅▆▇█"
+SHORT_STATES = {"pending": "PEND", "running": "RUN", "succeeded": "SUCC", "hook_failed": "HOOKF",
+                "cancelled": "CANC"}
+
+
+def _count_columns(states: list[str], short: dict[str, str]) -> list[Column]:
+    columns = [Column("TASK", shrink=True, min_width=12)]
+    columns += [Column(short.get(s, s.upper()), align="right") for s in states]
+    return columns + [Column("TOTAL", align="right")]
 
 
 def register(subparsers: Any) -> None:
@@ -69,6 +80,7 @@ def stats_json(stats: admin.Stats) -> dict[str, Any]:
     }
 
 
+@pipe_safe
 def run_stats(args: argparse.Namespace) -> int:
     minutes = parse_positive(args.minutes, "--minutes", 1440)
     timeout = parse_age(args.heartbeat_timeout)
@@ -80,17 +92,20 @@ def run_stats(args: argparse.Namespace) -> int:
 
     table = stats.table()
     totals = stats.by_state()
-    # only the states that hold tasks, so the table fits 80 columns; --json has them all
+    # only the states that hold tasks (--json has them all); short headers when full ones would not fit
     shown = [s for s in admin.STATES if totals[s]] or ["pending"]
-    columns = [Column("TASK", shrink=True, min_width=12)]
-    columns += [Column(s.upper(), align="right") for s in shown] + [Column("TOTAL", align="right")]
     rows: list[list[object]] = [
         [name, *(counts[s] for s in shown), sum(counts.values())] for name, counts in sorted(table.items())
     ]
     if len(rows) != 1:
         rows.append(["(all)", *(totals[s] for s in shown), sum(totals.values())])
     print("Tasks")
-    print_table(columns, rows)
+    full = format_table(_count_columns(shown, {}), rows, width=10_000)
+    if max(len(line) for line in full.splitlines()) <= terminal_width():
+        print(full)
+    else:
+        print_table(_count_columns(shown, SHORT_STATES), rows)
+        print("  " + " ".join(f"{SHORT_STATES[s]}={s}" for s in shown if s in SHORT_STATES))
 
     finished = [p.total for p in stats.throughput]
     sums = {k: sum(getattr(p, k) for p in stats.throughput) for k in ("succeeded", "failed", "cancelled")}
@@ -125,6 +140,7 @@ def print_workers(workers: list[admin.WorkerInfo], now: Any) -> None:
     )
 
 
+@pipe_safe
 def run_workers(args: argparse.Namespace) -> int:
     timeout = parse_age(args.heartbeat_timeout)
     with connect(args) as conn:

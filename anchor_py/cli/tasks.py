@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -25,6 +25,7 @@ from anchor_py.cli.output import (
     format_attempts,
     format_duration,
     format_time,
+    pipe_safe,
     print_json,
     print_table,
 )
@@ -149,7 +150,7 @@ def parse_since(text: str, now: datetime) -> datetime:
             value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise UsageError(f"--since {text!r} is not a time (example: 2026-03-01T12:00:00Z)") from None
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
         return now - parse_age(text)
     except UsageError:
@@ -185,6 +186,7 @@ LIST_COLUMNS = (
 )
 
 
+@pipe_safe
 def run_list(args: argparse.Namespace) -> int:
     states = parse_states(args.state)
     limit = parse_positive(args.limit, "--limit", 100_000)
@@ -225,6 +227,7 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").split("\n"))
 
 
+@pipe_safe
 def run_show(args: argparse.Namespace) -> int:
     task_id = parse_task_id(args.id)
     with connect(args) as conn:
@@ -315,10 +318,12 @@ def _act(args: argparse.Namespace, verb: str, action: Any) -> int:
     return EXIT_REFUSED if refused else EXIT_NOT_FOUND if missing else 0
 
 
+@pipe_safe
 def run_retry(args: argparse.Namespace) -> int:
     return _act(args, "retry", admin.retry_hook if args.hook else admin.retry_task)
 
 
+@pipe_safe
 def run_cancel(args: argparse.Namespace) -> int:
     return _act(args, "cancel", admin.cancel_task)
 
@@ -326,6 +331,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 # purge -----------------------------------------------------------------------------------------------
 
 
+@pipe_safe
 def run_purge(args: argparse.Namespace) -> int:
     states = split_values(args.state)
     older_than = parse_age(args.older_than)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -77,7 +77,7 @@ def test_ages(seconds: float | None, text: str) -> None:
 
 
 def test_times_are_utc_and_relative() -> None:
-    now = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     berlin = timezone(timedelta(hours=1))
     assert format_time(datetime(2026, 3, 1, 13, 5, 9, tzinfo=berlin)) == "2026-03-01 12:05:09"
     assert format_ago(now - timedelta(minutes=5), now) == "5m ago"

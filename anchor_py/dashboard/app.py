@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, asynccontextmanager, contextmanag
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -259,15 +259,17 @@ def create_app(
 
     async def checked_form(request: Request) -> dict[str, str] | Response:
         """The POSTed form when its CSRF token matches the session cookie; else a 403 response."""
-        form = await request.form()
+        # the forms are plain urlencoded (no uploads), so no multipart parser is needed
+        body = (await request.body())[:65536].decode("utf-8", "replace")
+        form = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
         sent = form.get(CSRF_FIELD)
         cookie = request.cookies.get(CSRF_COOKIE)
-        if not isinstance(sent, str) or not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
+        if not sent or not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
             return PlainTextResponse(
                 "CSRF check failed: the form is stale or came from another site. Reload the page and try again.",
                 status_code=403,
             )
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        return form
 
     def back(request: Request, path: str, **params: str) -> RedirectResponse:
         query = urlencode({k: v for k, v in params.items() if v})

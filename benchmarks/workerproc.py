@@ -38,10 +38,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     executor.on_count = on_count
     await worker.run(install_signal_handlers=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(
         executed=executor.count,
+        cpu_s=usage.ru_utime + usage.ru_stime,
         latencies_ms=executor.latencies_ms,
-        max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        max_rss_kb=usage.ru_maxrss,
     )
     return result
 

@@ -86,5 +86,6 @@ def drain_with_workers(dsn: str, n: int, processes: int, concurrency: int = 100)
             results = [p.stop() for p in procs]
         done, seconds = drain_window(conn, since)
     rss = max((r.get("max_rss_kb", 0) for r in results), default=0)
+    cpu = sum(r.get("cpu_s", 0.0) for r in results)
     return {"n": done, "processes": processes, "concurrency": concurrency, "per_s": round(done / seconds),
-            "worker_max_rss_mb": round(rss / 1024, 1)}
+            "worker_cpu_us_per_task": round(cpu * 1e6 / max(done, 1)), "worker_max_rss_mb": round(rss / 1024, 1)}

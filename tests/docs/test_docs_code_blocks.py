@@ -157,9 +157,28 @@ def _run_python(block: Block, namespace: dict[str, Any]) -> None:
     exec(code, namespace)
 
 
+class SqlBlockError(Exception):
+    """A SQL block failed under psql; ``sqlstate`` is the error's code."""
+
+    def __init__(self, sqlstate: str | None, output: str) -> None:
+        super().__init__(output)
+        self.sqlstate = sqlstate
+
+
 def _run_sql(block: Block, dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(block.code.encode())
+    """Runs the block as a user would, through psql: statement by statement, stopping at the first error."""
+    psql = shutil.which("psql")
+    if psql is None:  # no client installed: one multi-statement query (fine for blocks without BEGIN)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(block.code.encode())
+        return
+    result = subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", dsn, "-f", "-"],
+        input=block.code, capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        match = re.search(r"ERROR:\s+([0-9A-Z]{5}):", result.stderr)
+        raise SqlBlockError(match[1] if match else None, result.stderr.strip())
 
 
 def _check_expected_error(block: Block, error: BaseException) -> None:

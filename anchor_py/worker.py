@@ -150,7 +150,6 @@ class _Job:
     interruptible: bool = False
     interrupt_reason: str | None = None
     timer: asyncio.TimerHandle | None = None
-    is_sync_call: bool = False
 
     @property
     def name(self) -> str:
@@ -265,10 +264,19 @@ class Worker:
         if self.config.disable:
             log.info("worker disabled (WorkerConfig.disable): not starting")
             return
-        if install_signal_handlers:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._request_stop, sig.name)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._request_stop, sig.name)
+        try:
+            await self._run()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if self._fatal_error is not None:
+            raise self._fatal_error
+
+    async def _run(self) -> None:
         await self._start()
         background: list[asyncio.Task[None]] = []
         services_stop = asyncio.Event()
@@ -300,8 +308,6 @@ class Worker:
         finally:
             services_stop.set()
             await self._shutdown(background)
-        if self._fatal_error is not None:
-            raise self._fatal_error
 
     def run_sync(self) -> None:
         """Run in a new event loop until SIGTERM/SIGINT; for plain scripts."""
@@ -416,7 +422,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             capacity = self.config.concurrency - len(self._jobs)
-            if capacity > 0:
+            if capacity <= 0:
+                # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
+                self._backlog = True
+            else:
                 try:
                     claimed = await self._claim(capacity)
                 except _CONNECTION_ERRORS as exc:
@@ -498,24 +507,26 @@ class Worker:
 
     # --- running user code -----------------------------------------------------------
 
-    async def _call_user_code(self, job: _Job, timeout: float, function: Callable[..., Any], *args: Any) -> None:
-        """Run an executor or hook method with ``current_task()`` bound; raise _Interrupted when
-        a timeout, cancel request or shutdown stops it (a sync call's thread is abandoned)."""
+    async def _call_user_code(
+        self, job: _Job, timeout: float, function: Callable[..., Any], ctx: TaskContext, *args: Any
+    ) -> None:
+        """Run ``function(ctx, *args)`` (an executor or hook method) with ``current_task()`` bound to
+        ``ctx``; raise _Interrupted when a timeout, cancel request or shutdown stops it (a sync call's
+        thread is abandoned)."""
         loop = asyncio.get_running_loop()
-        ctx = job.context()
+        call_args = (ctx, *args)
         awaitable: Awaitable[Any]
+        thread_call: asyncio.Future[Any] | None = None
         if inspect.iscoroutinefunction(function):
             with _bind_task(ctx):  # create_task copies the context, binding the task inside it
-                awaitable = asyncio.ensure_future(function(*args))
-            job.is_sync_call = False
+                awaitable = asyncio.ensure_future(function(*call_args))
         else:
             assert self._threads is not None
             thread_call = loop.run_in_executor(
-                self._threads, contextvars.copy_context().run, _call_bound, ctx, function, args
+                self._threads, contextvars.copy_context().run, _call_bound, ctx, function, call_args
             )
             # shielded: interrupting the job must not try to cancel the thread's future, which we track
             awaitable = asyncio.shield(thread_call)
-            job.is_sync_call = True
         job.interrupt_reason = None
         job.interruptible = True
         job.timer = loop.call_later(timeout, self._interrupt, job, "timeout")
@@ -525,7 +536,7 @@ class Worker:
             if job.interrupt_reason is None:
                 raise
             _uncancel()
-            if job.is_sync_call:
+            if thread_call is not None:
                 self._abandon_thread(thread_call)
             raise _Interrupted() from None
         finally:
@@ -717,7 +728,6 @@ class Worker:
         future = asyncio.shield(thread_call)
         job.interrupt_reason = None
         job.interruptible = True
-        job.is_sync_call = True
         job.timer = loop.call_later(self.config.hook_timeout, self._interrupt, job, "timeout")
         try:
             try:

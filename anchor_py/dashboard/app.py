@@ -127,8 +127,10 @@ def _throughput_chart(points: list[admin.ThroughputPoint], width: int = 720, hei
         })
     labels = []
     if points:
-        for i in (0, len(points) // 2, len(points) - 1):
-            labels.append({"x": round(left + i * slot + slot / 2, 1), "text": format_time(points[i].minute)[11:16]})
+        last = len(points) - 1
+        for i, anchor in ((0, "start"), (last // 2, "middle"), (last, "end")):
+            x = left + i * slot + (0 if anchor == "start" else slot if anchor == "end" else slot / 2)
+            labels.append({"x": round(x, 1), "anchor": anchor, "text": format_time(points[i].minute)[11:16]})
     return {
         "width": width, "height": height, "left": left, "top_y": 6, "base_y": 6 + plot_h, "max": top,
         "bars": bars, "labels": labels, "total": sum(p.total for p in points),

@@ -43,4 +43,5 @@ class Service(Protocol):
 
 
 ServiceFactory: TypeAlias = Callable[["AsyncConnectionPool[Any]"], Service]
-"""Builds a service on the worker's pool; the worker calls it once at start-up."""
+"""Builds a service on the worker's maintenance pool (autocommit, apart from the claim path, so a long
+round never holds up claims); the worker calls it once at start-up."""

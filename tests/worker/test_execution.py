@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import psycopg
+import pytest
 
 from anchor_py.worker import Worker, WorkerConfig
 from tests.worker.app import TASKS, Executor
@@ -196,3 +197,32 @@ def test_worker_claims_only_tasks_it_has_an_executor_for(dsn: str, app_db: Db) -
 
     asyncio.run(scenario())
     assert task(app_db, other)["state"] == "pending"
+
+
+def test_too_many_abandoned_threads_stop_the_worker_for_its_supervisor(dsn: str, app_db: Db) -> None:
+    from anchor_py.worker import AbandonedThreadsError
+
+    task_id = enqueue(app_db, "SyncWork", {"userId": 1, "sleep": 3}, timeout="1 second", max_attempts=1)
+    config = dataclasses.replace(FAST, max_abandoned_threads=0)
+
+    async def scenario() -> None:
+        await Worker(dsn, Executor(dsn), TASKS, config).run()
+
+    with pytest.raises(AbandonedThreadsError, match="max_abandoned_threads=0"):
+        asyncio.run(scenario())
+    assert task(app_db, task_id)["state"] in ("failed", "failing")  # the timeout was reported before stopping
+
+
+def test_worker_on_a_users_pool_without_autocommit(dsn: str, app_db: Db) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    ids = [enqueue(app_db, "Work", {"userId": i}) for i in range(3)]
+
+    async def scenario() -> None:
+        async with AsyncConnectionPool(dsn, open=False) as pool:  # autocommit off, as pools default
+            await pool.open()
+            await Worker(pool, Executor(dsn), TASKS, FAST).run_until_empty()
+            assert not pool.closed  # the worker does not close a pool it was given
+
+    asyncio.run(scenario())
+    assert {task(app_db, i)["state"] for i in ids} == {"succeeded"}

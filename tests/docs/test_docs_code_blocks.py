@@ -319,3 +319,17 @@ def test_extractor_reads_markers_and_sections(tmp_path: Path) -> None:
     first, second = extract_blocks(page, "page.md")
     assert (first.section, first.lang, first.line, first.markers) == ("One", "python", 4, {"not-tested": "a sketch"})
     assert (second.section, second.code, second.markers) == ("Two", "select 1;\n", {"expect-error": "AT001"})
+
+
+def test_changelog_names_the_schema_version_of_the_release() -> None:
+    """The current release's entry says which schema version it needs: the highest migration number."""
+    migrations = sorted(int(p.name[:4]) for p in (REPO / "sql" / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    version = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    entry = re.search(rf"^## {re.escape(version)}\b.*?(?=^## |\Z)", changelog, re.M | re.S)
+    assert entry, f"CHANGELOG.md has no entry for release {version}"
+    found = re.search(r"\*\*Schema version: (\d+)\*\*", entry[0])
+    assert found, f"the {version} entry does not say **Schema version: N**"
+    assert int(found[1]) == migrations[-1], (
+        f"release {version} says schema version {found[1]} but the highest migration is {migrations[-1]:04d}"
+    )

@@ -72,7 +72,7 @@ def test_same_sections(name: str) -> None:
     en, zh = headings(english), headings(chinese)
     if en != zh:
         en_texts, zh_texts = heading_texts(english), heading_texts(chinese)
-        rows = [f"{a!r:60} | {b!r}" for a, b in zip(en_texts + [""] * len(zh_texts), zh_texts + [""] * len(en_texts))]
+        rows = [f"{a!r:60} | {b!r}" for a, b in zip(en_texts + [""] * len(zh_texts), zh_texts + [""] * len(en_texts), strict=False)]
         pytest.fail(f"{name}: {len(en)} English headings vs {len(zh)} Chinese, or their levels differ:\n"
                     + "\n".join(r for r in rows if r.strip(" |'\"")))
 
@@ -82,7 +82,7 @@ def test_same_code_blocks(name: str) -> None:
     english = extract_blocks(DOCS / f"{name}.md", f"docs/{name}.md")
     chinese = extract_blocks(DOCS / f"{name}.zh.md", f"docs/{name}.zh.md")
     assert len(english) == len(chinese), f"{name}: {len(english)} code blocks in English, {len(chinese)} in Chinese"
-    for en, zh in zip(english, chinese):
+    for en, zh in zip(english, chinese, strict=True):
         assert (zh.lang, zh.markers.keys()) == (en.lang, en.markers.keys()), (
             f"{zh.id} ({zh.lang}, {sorted(zh.markers)}) does not match {en.id} ({en.lang}, {sorted(en.markers)})"
         )

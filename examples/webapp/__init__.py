@@ -1,0 +1,1 @@
+"""The example web app: the guide's tasks enqueued from HTTP handlers, the worker started in the lifespan."""

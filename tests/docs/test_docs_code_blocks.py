@@ -293,7 +293,7 @@ def test_doc_block(
     elif lang in {"bash", "sh", "shell"}:
         if not _is_anchor_only(block.code):
             if block.page in OWNED_PAGES:
-                pytest.fail(f"{block.id}: a bash block that is not all `anchor` commands needs <!-- not-tested: ... -->")
+                pytest.fail(f"{block.id}: a bash block of other commands than `anchor` needs <!-- not-tested: ... -->")
             pytest.skip("not all `anchor` commands: not run on a page this test does not own")
         _run_bash(block, request.getfixturevalue("dsn"), tmp_path)
     elif lang == "yaml":

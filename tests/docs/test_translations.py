@@ -72,7 +72,8 @@ def test_same_sections(name: str) -> None:
     en, zh = headings(english), headings(chinese)
     if en != zh:
         en_texts, zh_texts = heading_texts(english), heading_texts(chinese)
-        rows = [f"{a!r:60} | {b!r}" for a, b in zip(en_texts + [""] * len(zh_texts), zh_texts + [""] * len(en_texts), strict=False)]
+        padded = zip(en_texts + [""] * len(zh_texts), zh_texts + [""] * len(en_texts), strict=False)
+        rows = [f"{a!r:60} | {b!r}" for a, b in padded]
         pytest.fail(f"{name}: {len(en)} English headings vs {len(zh)} Chinese, or their levels differ:\n"
                     + "\n".join(r for r in rows if r.strip(" |'\"")))
 

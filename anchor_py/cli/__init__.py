@@ -46,10 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        print(f"anchor {args.command}: cannot reach the database: {exc}".rstrip(), file=sys.stderr)
+        reason = " ".join(str(exc).split())
+        print(f"anchor {args.command}: cannot reach the database: {reason}", file=sys.stderr)
         return 3
     except psycopg.Error as exc:
-        print(f"anchor {args.command}: the database refused: {exc}".rstrip(), file=sys.stderr)
+        reason = " ".join(str(exc).split())
+        print(f"anchor {args.command}: the database refused: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,9 +11,9 @@ is the key), so retrying one through a dropped connection never invents a second
 write ``hook_log`` inside the ``tx`` they are given: that row must commit exactly when, and only when,
 the failure becomes final.
 
-Faults the database injects into hooks are switched by ``fault_flags`` (read inside the hook's
-transaction): ``hook_mode = statement_timeout`` makes the hook's statement run into a local
-statement_timeout; a test can also add triggers on ``hook_log`` (disk full, SQLSTATE 53100).
+Faults injected into a hook's transaction are chosen per task by ``fault_targets`` (read inside that
+transaction): mode ``statement_timeout`` makes the hook's statement run into a local statement_timeout;
+the other modes are triggers a test adds (tests/faults/test_hook_faults.py: disk full, SQLSTATE 53100).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ create table if not exists hook_log (
     pid int not null,
     at timestamptz not null default clock_timestamp()
 );
-create table if not exists fault_flags (name text primary key, value text not null);
+create table if not exists fault_targets (task_id bigint primary key, mode text not null);
 """
 
 
@@ -157,7 +157,7 @@ _RECORD = """
 insert into fault_runs (token, task_id, kind, attempt, pid) values (%s, %s, %s, %s, %s)
 on conflict (token) do nothing
 """
-_HOOK_MODE = "select coalesce((select value from fault_flags where name = 'hook_mode'), '')"
+_HOOK_MODE = "select coalesce((select mode from fault_targets where task_id = %s), '')"
 _HOOK_LOG = "insert into hook_log (task_id, attempt, pid) values (%s, %s, %s)"
 
 
@@ -197,7 +197,7 @@ class FaultExecutor:
         self, ctx: TaskContext, task_id: int, params: FaultParameters, tx: psycopg.AsyncConnection[Any]
     ) -> None:
         await self.recorder.record(task_id, "hook_start", ctx.attempt)
-        cursor = await tx.execute(_HOOK_MODE)
+        cursor = await tx.execute(_HOOK_MODE, (task_id,))
         row = await cursor.fetchone()
         if row is not None and row[0] == "statement_timeout":
             await tx.execute("set local statement_timeout = '50ms'")
@@ -210,7 +210,7 @@ class FaultExecutor:
         self, ctx: TaskContext, task_id: int, params: FaultParameters, tx: psycopg.Connection[Any]
     ) -> None:
         self.recorder.record_sync(task_id, "hook_start", ctx.attempt)
-        row = tx.execute(_HOOK_MODE).fetchone()
+        row = tx.execute(_HOOK_MODE, (task_id,)).fetchone()
         if row is not None and row[0] == "statement_timeout":
             tx.execute("set local statement_timeout = '50ms'")
             tx.execute("select pg_sleep(2)")

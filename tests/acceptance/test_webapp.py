@@ -67,10 +67,17 @@ def webapp(dsn: str) -> Iterator[httpx.Client]:
         print(output)
 
 
+def ok(response: httpx.Response) -> Any:
+    """The JSON of a successful response; otherwise fail with the status and body (not a bare JSONDecodeError)."""
+    request = response.request
+    assert response.status_code < 400, f"{request.method} {request.url}: {response.status_code} {response.text}"
+    return response.json()
+
+
 def wait_for(client: httpx.Client, task_id: int, states: set[str] = FINAL, timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        task: dict[str, Any] = client.get(f"/tasks/{task_id}").json()
+        task: dict[str, Any] = ok(client.get(f"/tasks/{task_id}"))
         if task["state"] in states or time.monotonic() > deadline:
             return task
         time.sleep(0.1)
@@ -101,8 +108,8 @@ def test_register_user_sends_the_welcome_email_in_the_same_transaction(webapp: h
 
 
 def test_failed_payment_runs_its_hook_which_audits_in_the_failure_transaction(webapp: httpx.Client, dsn: str) -> None:
-    good = webapp.post("/payments", json={"userId": 1, "amount": 50.0}).json()["taskId"]
-    bad = webapp.post("/payments", json={"userId": 2, "amount": -5.0}).json()["taskId"]
+    good = ok(webapp.post("/payments", json={"userId": 1, "amount": 50.0}))["taskId"]
+    bad = ok(webapp.post("/payments", json={"userId": 2, "amount": -5.0}))["taskId"]
     assert wait_for(webapp, good)["state"] == "succeeded"
     failed = wait_for(webapp, bad)
     assert failed["state"] == "failed"
@@ -144,8 +151,8 @@ def test_notification_priority_is_an_enum(webapp: httpx.Client, dsn: str) -> Non
 
 def test_delete_opaque_key_succeeds_or_retries(webapp: httpx.Client, dsn: str) -> None:
     assert webapp.post("/keys", json={"keyId": 7}).status_code == 201
-    deleted = webapp.delete("/keys/7").json()["taskId"]
-    missing = webapp.delete("/keys/999").json()["taskId"]
+    deleted = ok(webapp.delete("/keys/7"))["taskId"]
+    missing = ok(webapp.delete("/keys/999"))["taskId"]
     assert wait_for(webapp, deleted)["state"] == "succeeded"
     assert rows(dsn, "select key_id from examples.opaque_keys") == []
     deadline = time.monotonic() + 20

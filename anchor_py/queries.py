@@ -58,7 +58,16 @@ ENSURE_ROLES = "SELECT anchor.ensure_roles()"
 REGISTER_TASKS = "SELECT anchor.register_tasks(definitions => %(definitions)s::jsonb, version => %(version)s::bigint)"
 
 # Registers or refreshes the worker; returns ids of its running tasks whose cancel was requested.
-HEARTBEAT = "SELECT anchor.heartbeat(worker_id => %(worker_id)s::text, info => %(info)s::jsonb)"
+# Refreshes the worker, hands back what it no longer holds (a claim whose reply was lost), and returns the
+# ids of held tasks whose cancel was requested.
+HEARTBEAT = """
+SELECT anchor.heartbeat_v2(
+    worker_id => %(worker_id)s::text,
+    held_ids => %(held_ids)s::bigint[],
+    info => %(info)s::jsonb,
+    release_after => %(release_after)s::interval
+)
+"""
 
 DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s::text)"
 

@@ -77,6 +77,8 @@ class WorkerConfig:
     rescue_interval: float = 5.0
     deadline_grace: float = 30.0
     max_rescues: int = 5
+    # a task claimed this long ago that the worker does not hold was a claim whose reply was lost
+    lost_claim_release_after: float = 30.0
     shutdown_grace: float = 10.0
     hook_attempts: int = 5
     hook_timeout: float = 60.0
@@ -865,8 +867,20 @@ class Worker:
             "queues": sorted(self._served_queues),
         })
         async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
-            row = await _fetch_one(conn, queries.HEARTBEAT, {"worker_id": self.worker_id, "info": info})
+            row = await _fetch_one(
+                conn, queries.HEARTBEAT, self._heartbeat_arguments(info)
+            )
         return list(row[0]) if row and row[0] else []
+
+    def _heartbeat_arguments(self, info: Jsonb | None) -> dict[str, Any]:
+        # held: executions and hooks in flight, and completions not yet flushed; anything else the
+        # database has locked by this worker is a claim whose reply was lost
+        return {
+            "worker_id": self.worker_id,
+            "held_ids": [*self._jobs, *(task_id for task_id, _ in self._completions)],
+            "info": info,
+            "release_after": timedelta(seconds=self.config.lost_claim_release_after),
+        }
 
     async def _heartbeat_loop(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
@@ -878,7 +892,7 @@ class Worker:
                         conn = await psycopg.AsyncConnection.connect(
                             self._conninfo, autocommit=True, application_name="anchor-heartbeat"
                         )
-                    row = await _fetch_one(conn, queries.HEARTBEAT, {"worker_id": self.worker_id, "info": None})
+                    row = await _fetch_one(conn, queries.HEARTBEAT, self._heartbeat_arguments(None))
                 except _CONNECTION_ERRORS as exc:
                     log.warning("heartbeat failed (%s); retrying", exc)
                     if conn is not None:

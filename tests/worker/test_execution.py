@@ -226,3 +226,24 @@ def test_worker_on_a_users_pool_without_autocommit(dsn: str, app_db: Db) -> None
 
     asyncio.run(scenario())
     assert {task(app_db, i)["state"] for i in ids} == {"succeeded"}
+
+
+def test_a_claim_whose_reply_was_lost_runs_again_within_the_release_time(dsn: str, app_db: Db) -> None:
+    """The database handed the worker a task it never received (here: claimed by hand in its name); the
+    heartbeat reports what the worker really holds, so the task comes back long before its 1 h deadline."""
+    config = dataclasses.replace(FAST, worker_id="worker-lost-reply", lost_claim_release_after=1.0)
+    lost = enqueue(app_db, "Work", {"userId": 1})
+    app_db.execute("select anchor.heartbeat('worker-lost-reply')")
+    (claimed,) = app_db.execute(
+        "select id from anchor.claim('worker-lost-reply', 1) where kind = 'execute'"
+    ).fetchall()
+    assert claimed["id"] == lost
+
+    async def scenario() -> None:
+        async with running_worker(dsn, config):
+            await wait_for(lambda: task(app_db, lost)["state"] == "succeeded", 10)
+
+    asyncio.run(scenario())
+    assert [e["kind"] for e in events(app_db, lost)] == ["handed_back"]
+    assert len(runs(app_db, lost, "execute")) == 1
+    assert task(app_db, lost)["attempts"] == 1  # the lost claim gave its attempt back

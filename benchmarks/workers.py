@@ -74,18 +74,24 @@ def nothing_left(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
+# A drain that has not finished by then is stopped and reported as incomplete (rate over what did finish),
+# so one pathological run cannot push `make bench` past its 10 minutes.
+DRAIN_LIMIT_S = 90.0
+
+
 def drain_with_workers(dsn: str, n: int, processes: int, concurrency: int = 100) -> dict[str, Any]:
     """n pending Noop tasks are in the table (vacuumed, analysed); start the workers and time until all succeeded."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         since = conn.execute("select now()").fetchone()[0]  # type: ignore[index]
         procs = start_workers(dsn, processes, concurrency=concurrency)
         try:
-            if not wait_until(lambda: nothing_left(conn), 600, 0.1):
-                raise RuntimeError("drain did not finish within 600 s")
+            finished = wait_until(lambda: nothing_left(conn), DRAIN_LIMIT_S, 0.1)
         finally:
             results = [p.stop() for p in procs]
         done, seconds = drain_window(conn, since)
     rss = max((r.get("max_rss_kb", 0) for r in results), default=0)
     cpu = sum(r.get("cpu_s", 0.0) for r in results)
-    return {"n": done, "processes": processes, "concurrency": concurrency, "per_s": round(done / seconds),
+    extra = {} if finished else {"incomplete": f"stopped after {DRAIN_LIMIT_S:g}s, {done} of {n} done"}
+    return {"n": done, "processes": processes, "concurrency": concurrency, "per_s": round(done / max(seconds, 1e-9)),
+            **extra,
             "worker_cpu_us_per_task": round(cpu * 1e6 / max(done, 1)), "worker_max_rss_mb": round(rss / 1024, 1)}

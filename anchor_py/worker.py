@@ -423,7 +423,9 @@ class Worker:
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            capacity = self.config.concurrency - len(self._jobs)
+            # a finished task holds its slot until its completion is written: otherwise a slow complete
+            # lets the worker claim without bound, and a crash would leave all of it to rescue
+            capacity = self.config.concurrency - len(self._jobs) - len(self._completions)
             if capacity <= 0:
                 # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
                 self._backlog = True
@@ -850,6 +852,8 @@ class Worker:
                     await cursor.execute(queries.COMPLETE, arguments)
                     outcomes = await cursor.fetchall()
                 del self._completions[: len(batch)]
+                if self._backlog:
+                    self._wake.set()  # the flushed tasks' slots are free now
                 for task_id, outcome in outcomes:
                     if outcome == "stale":
                         log.warning("task %s finished, but it had moved on (rescued or cancelled): stale", task_id,

@@ -792,7 +792,10 @@ begin
 end;
 $$;
 
--- NOTIFY: one notification per queue per statement that makes tasks claimable now.
+-- NOTIFY on channel anchor_tasks (payload: the queue) when tasks become claimable now. PostgreSQL
+-- delivers identical notifications of one transaction once, so a queue is notified once per transaction.
+
+-- Inserts: one call per statement (an enqueue_many of 1000 tasks is one trigger call, not 1000).
 create function anchor.notify_due_tasks()
 returns trigger
 language plpgsql
@@ -812,9 +815,24 @@ create trigger tasks_notify_insert after insert on anchor.tasks
 referencing new table as new_rows
 for each statement execute function anchor.notify_due_tasks();
 
-create trigger tasks_notify_update after update on anchor.tasks
-referencing new table as new_rows
-for each statement execute function anchor.notify_due_tasks();
+-- Updates (a retry due now, retry_now, a released hook lease): per row, but the WHEN clause is evaluated
+-- without calling anything, so the hot updates (claim: → running, complete: → succeeded) cost nothing.
+create function anchor.notify_due_task()
+returns trigger
+language plpgsql
+as $$
+begin
+    if new.run_at <= now() then
+        perform pg_notify('anchor_tasks', new.queue);
+    end if;
+    return null;
+end;
+$$;
+
+create trigger tasks_notify_update after update of state, run_at, locked_by on anchor.tasks
+for each row
+when (new.state in ('pending', 'failing') and new.locked_by is null)
+execute function anchor.notify_due_task();
 
 -- Claiming -------------------------------------------------------------------------------------------
 
@@ -835,6 +853,8 @@ returns table (
     queue text, priority integer, timeout interval, deadline timestamptz, scheduled_at timestamptz, run_at timestamptz
 )
 language plpgsql
+-- the statements' plans do not depend on the values: plan them once per session, not on every claim
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -844,7 +864,7 @@ declare
         where d.active and (claim.task_names is null or d.name = any(claim.task_names))
     ));
     v_claimed integer := 0;
-    v_count integer;
+    v_ids bigint[];
 begin
     if coalesce(btrim(claim.worker_id), '') = '' then
         raise exception using errcode = 'AT003', message = 'claim: worker_id must not be empty';
@@ -853,33 +873,38 @@ begin
         raise exception using errcode = 'AT003', message = format('claim: max_tasks must be at least 1, got %s', claim.max_tasks);
     end if;
 
-    return query
-    with picked as (
-        select p.id from unnest(v_queues) as q (queue)
-        cross join lateral (
-            select t.id, t.priority, t.run_at from anchor.tasks t
-            where t.state = 'failing' and t.queue = q.queue and t.run_at <= v_now
-                and t.locked_by is null  -- not leased to a worker running the hook right now
-                and t.hook_attempts < claim.max_hook_attempts
-                and (claim.task_names is null or t.name = any(claim.task_names))
-            order by t.priority, t.run_at, t.id
+    -- failing tasks are rare: one probe of the small failing index spares the hook claim most of the time
+    if exists (
+        select 1 from anchor.tasks t where t.state = 'failing' and t.locked_by is null and t.run_at <= v_now
+    ) then
+        -- pick and lock first, then update by primary key: a plan that cannot turn into a table scan
+        v_ids := array(
+            select p.id from unnest(v_queues) as q (queue)
+            cross join lateral (
+                select t.id, t.priority, t.run_at from anchor.tasks t
+                where t.state = 'failing' and t.queue = q.queue and t.run_at <= v_now
+                    and t.locked_by is null  -- not leased to a worker running the hook right now
+                    and t.hook_attempts < claim.max_hook_attempts
+                    and (claim.task_names is null or t.name = any(claim.task_names))
+                order by t.priority, t.run_at, t.id
+                limit claim.max_tasks
+                for update skip locked
+            ) as p
+            order by p.priority, p.run_at, p.id
             limit claim.max_tasks
-            for update skip locked
-        ) as p
-        order by p.priority, p.run_at, p.id
-        limit claim.max_tasks
-    )
-    update anchor.tasks t set
-        locked_by = claim.worker_id, locked_at = v_now, hook_attempts = t.hook_attempts + 1,
-        deadline = v_now + claim.hook_timeout
-    from picked where t.id = picked.id
-    returning 'hook'::text, t.id, t.name, t.params, t.attempts, t.hook_attempts, t.max_attempts,
-        t.queue, t.priority, t.timeout, t.deadline, t.scheduled_at, t.run_at;
-    get diagnostics v_claimed = row_count;
+        );
+        return query
+        update anchor.tasks t set
+            locked_by = claim.worker_id, locked_at = v_now, hook_attempts = t.hook_attempts + 1,
+            deadline = v_now + claim.hook_timeout
+        where t.id = any(v_ids)
+        returning 'hook'::text, t.id, t.name, t.params, t.attempts, t.hook_attempts, t.max_attempts,
+            t.queue, t.priority, t.timeout, t.deadline, t.scheduled_at, t.run_at;
+        v_claimed := cardinality(v_ids);
+    end if;
 
     if v_claimed < claim.max_tasks then
-        return query
-        with picked as (
+        v_ids := array(
             select p.id from unnest(v_queues) as q (queue)
             cross join lateral (
                 select t.id, t.priority, t.run_at from anchor.tasks t
@@ -891,15 +916,15 @@ begin
             ) as p
             order by p.priority, p.run_at, p.id
             limit claim.max_tasks - v_claimed
-        )
+        );
+        return query
         update anchor.tasks t set
             state = 'running', attempts = t.attempts + 1, locked_by = claim.worker_id, locked_at = v_now,
             deadline = v_now + t.timeout
-        from picked where t.id = picked.id
+        where t.id = any(v_ids)
         returning 'execute'::text, t.id, t.name, t.params, t.attempts, null::integer, t.max_attempts,
             t.queue, t.priority, t.timeout, t.deadline, t.scheduled_at, t.run_at;
-        get diagnostics v_count = row_count;
-        v_claimed := v_claimed + v_count;
+        v_claimed := v_claimed + cardinality(v_ids);
     end if;
 
     if v_claimed < claim.max_tasks then
@@ -928,6 +953,7 @@ $$;
 create function anchor.complete(ids bigint[], attempts integer[], worker_id text, p_now timestamptz default null)
 returns table (id bigint, outcome text)
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 begin
@@ -939,7 +965,9 @@ begin
     with done as (
         update anchor.tasks t set state = 'succeeded', finished_at = coalesce(p_now, now()), deadline = null
         from unnest(complete.ids, complete.attempts) as c (id, attempt)
-        where t.id = c.id and t.state = 'running' and t.attempts = c.attempt and t.locked_by = complete.worker_id
+        -- id = any(ids) drives the update from the primary key, whatever the statistics say
+        where t.id = any(complete.ids) and t.id = c.id and t.state = 'running' and t.attempts = c.attempt
+            and t.locked_by = complete.worker_id
         returning t.id
     )
     select c.id, case when d.id is null then 'stale' else 'succeeded' end
@@ -1105,7 +1133,8 @@ begin
         update anchor.tasks t set
             state = 'pending', attempts = t.attempts - 1, run_at = v_now, locked_by = null, deadline = null
         from unnest(hand_back.ids, hand_back.attempts) as c (id, attempt)
-        where t.id = c.id and t.state = 'running' and t.attempts = c.attempt and t.locked_by = hand_back.worker_id
+        where t.id = any(hand_back.ids) and t.id = c.id and t.state = 'running' and t.attempts = c.attempt
+            and t.locked_by = hand_back.worker_id
             and not t.cancel_requested
         returning t.id
     ), recorded as (

@@ -6,10 +6,13 @@ from anchor_py.taskcore import (
     TaskContext,
     current_task,
 )
+from anchor_py.worker import Worker, WorkerConfig
 
 __all__ = [
     "FatalTaskError",
     "RetryTaskWithoutErrorEvent",
     "TaskContext",
+    "Worker",
+    "WorkerConfig",
     "current_task",
 ]

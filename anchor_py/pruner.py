@@ -10,8 +10,9 @@ Every worker runs a pruner, but a round first takes a session advisory lock: whi
 prunes, the others skip their round, so the work is never done twice and deletes never contend.
 The lock is released at the end of the round, or by the server when the connection dies.
 
-Use it by adding ``pruner_factory()`` to ``WorkerConfig.services`` (or the ``services`` argument
-of ``Worker``), or run ``Pruner(dsn).run_once()`` from a script or cron job.
+Every worker runs it by default (``anchor_py.worker.default_services``; only one at a time does the
+work); give ``WorkerConfig.services`` to change its settings, or run ``Pruner(dsn).run_once()`` from a
+script or cron job.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
 from anchor_py.hooktx import HookAsyncConnection, HookConnection
+from anchor_py.pruner import pruner_factory
 from anchor_py.rescuer import Rescuer, RescuerConfig
 from anchor_py.services import Service, ServiceFactory
 from anchor_py.taskcore import TaskContext, _bind_task, is_fatal, is_retry_without_event
@@ -104,7 +105,8 @@ class WorkerConfig:
 
 
 def default_services(config: WorkerConfig) -> list[ServiceFactory]:
-    """The rescuer always; the cron scheduler when ``anchor_py.cron`` is installed."""
+    """The rescuer and the pruner (retention: 7 days succeeded, 30 days failed) always; the cron
+    scheduler when ``anchor_py.cron`` is installed."""
     rescuer_config = RescuerConfig(
         interval=config.rescue_interval,
         heartbeat_timeout=config.heartbeat_timeout,
@@ -112,7 +114,7 @@ def default_services(config: WorkerConfig) -> list[ServiceFactory]:
         max_rescues=config.max_rescues,
         max_hook_attempts=config.hook_attempts,
     )
-    factories: list[ServiceFactory] = [lambda pool: Rescuer(pool, rescuer_config)]
+    factories: list[ServiceFactory] = [lambda pool: Rescuer(pool, rescuer_config), pruner_factory()]
     try:
         from anchor_py.cron import CronService
     except ImportError:  # cron is optional: a build without it still runs tasks

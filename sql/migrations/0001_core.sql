@@ -663,10 +663,16 @@ declare
     v_id bigint;
 begin
     perform anchor.check_params(v_def, enqueue.params);
-    perform anchor.check_overrides(
-        enqueue.name, enqueue.run_at, enqueue.delay, enqueue.unique_tag, enqueue.retry_intervals,
-        enqueue.max_attempts, enqueue.timeout, enqueue.queue
-    );
+    -- most calls override nothing: skip the checks then
+    if num_nonnulls(
+        enqueue.run_at, enqueue.delay, enqueue.unique_tag, enqueue.retry_intervals, enqueue.max_attempts,
+        enqueue.timeout, enqueue.queue
+    ) > 0 then
+        perform anchor.check_overrides(
+            enqueue.name, enqueue.run_at, enqueue.delay, enqueue.unique_tag, enqueue.retry_intervals,
+            enqueue.max_attempts, enqueue.timeout, enqueue.queue
+        );
+    end if;
     -- a few rounds at most: each round either inserts, finds the live holder of the tag, or sees the
     -- holder finish in between; a holder invisible to the caller's snapshot would loop forever
     for v_round in 1..5 loop

@@ -15,6 +15,13 @@ from hypothesis import strategies as st
 
 from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 
+# Finding F5 (docs/dev/fault-findings.md): an integer enum combined with minimum/maximum makes SQL and the
+# generated model disagree. Until it is fixed the params fuzzer does not generate that combination;
+# tests/fuzz/test_params_agree.py::test_enum_with_bounds_agrees pins it.
+SIDESTEP_F5 = True
+# Finding F6: a date-time with more than 6 fraction digits is accepted by the model, refused by SQL.
+SIDESTEP_F6 = True
+
 # --- scalars --------------------------------------------------------------------------------------------
 
 NASTY_TEXT = st.sampled_from([
@@ -109,6 +116,9 @@ def json_schemas(draw: st.DrawFn, depth: int = 0, hostile: bool = False) -> dict
             schema["maximum"] = schema.get("minimum", 0) + draw(st.integers(0, 2000))
         if draw(st.integers(0, 5)) == 0:
             schema["enum"] = draw(st.lists(st.integers(-5, 5), min_size=1, max_size=3, unique=True))
+            if SIDESTEP_F5:  # enum with minimum/maximum: the model ignores the bounds (finding F5)
+                schema.pop("minimum", None)
+                schema.pop("maximum", None)
     elif kind == "number":
         fmt = draw(st.sampled_from([None, "float", "double"]))
         if fmt:
@@ -212,7 +222,7 @@ def _datetime_text(valid: bool) -> st.SearchStrategy[str]:
         lambda d, t, sep, frac, tz: f"{d.isoformat()}{sep}{t.strftime('%H:%M:%S')}{frac}{tz}",
         st.dates(min_value=datetime.date(1, 1, 2), max_value=datetime.date(9999, 12, 30)),
         st.times(), st.sampled_from(["T", "t", " "]),
-        st.sampled_from(["", ".5", ".123456", ".1234567"]),
+        st.sampled_from(["", ".5", ".123456"] + ([] if SIDESTEP_F6 else [".1234567"])),
         st.sampled_from(["Z", "z", "+00:00", "-08:00", "+14:00", "+23:59"]),
     )
     bad = st.sampled_from(["2024-01-01T00:00:00", "2024-01-01T24:00:00Z", "2024-01-01T00:60:00Z",

@@ -88,7 +88,7 @@ def test_system_exit_in_a_task_thread_is_a_task_failure(fault_dsn: str, log_dir:
     [task_id] = enqueue(fault_dsn, "PoisonExit", [{"n": 0}])
     with fleet(fault_dsn, log_dir, concurrency=2) as fl:
         [worker] = fl.spawn(1)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             fl.supervise(1)
             state = retry_db(fault_dsn, "select state from anchor.tasks where id = %s", (task_id,))[0]["state"]

@@ -44,7 +44,7 @@ from anchor_py.hooktx import HookAsyncConnection, HookConnection
 from anchor_py.pruner import pruner_factory
 from anchor_py.rescuer import Rescuer, RescuerConfig
 from anchor_py.services import Service, ServiceFactory
-from anchor_py.taskcore import TaskContext, _bind_task, is_fatal, is_retry_without_event
+from anchor_py.taskcore import TaskContext, _bind_task, _current_task, is_fatal, is_retry_without_event
 from anchor_py.taskspec import TaskSet, TaskSpec
 
 __all__ = ["AbandonedThreadsError", "Worker", "WorkerConfig", "default_services"]
@@ -134,7 +134,7 @@ class _Handler:
     hook_is_async: bool
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     """One claimed piece of work in flight: an execution, or the hook of a final failure."""
 
@@ -514,42 +514,58 @@ class Worker:
     # --- running user code -----------------------------------------------------------
 
     async def _call_user_code(
-        self, job: _Job, timeout: float, function: Callable[..., Any], ctx: TaskContext, *args: Any
+        self, job: _Job, timeout: float, function: Callable[..., Any], is_async: bool, ctx: TaskContext, *args: Any
     ) -> None:
         """Run ``function(ctx, *args)`` (an executor or hook method) with ``current_task()`` bound to
         ``ctx``; raise _Interrupted when a timeout, cancel request or shutdown stops it (a sync call's
-        thread is abandoned)."""
+        thread is abandoned).
+
+        An async function is awaited inside the job's own asyncio Task (which already runs in its own
+        copy of the context), so interrupting it is ``job.task.cancel()`` and no second Task is needed.
+        """
         loop = asyncio.get_running_loop()
-        call_args = (ctx, *args)
-        awaitable: Awaitable[Any]
-        thread_call: asyncio.Future[Any] | None = None
-        if inspect.iscoroutinefunction(function):
-            with _bind_task(ctx):  # create_task copies the context, binding the task inside it
-                awaitable = asyncio.ensure_future(function(*call_args))
-        else:
-            assert self._threads is not None
-            thread_call = loop.run_in_executor(
-                self._threads, contextvars.copy_context().run, _call_bound, ctx, function, call_args
-            )
-            # shielded: interrupting the job must not try to cancel the thread's future, which we track
-            awaitable = asyncio.shield(thread_call)
+        if is_async:
+            # the job's task has a context of its own (create_task copied it): bind there, reset after
+            token = _current_task.set(ctx)
+            job.interrupt_reason = None
+            job.interruptible = True
+            job.timer = loop.call_later(timeout, self._interrupt, job, "timeout")
+            try:
+                await function(ctx, *args)
+            except asyncio.CancelledError:
+                if job.interrupt_reason is None:
+                    raise
+                _uncancel()
+                raise _Interrupted() from None
+            finally:
+                job.interruptible = False
+                job.timer.cancel()
+                _current_task.reset(token)
+            if job.interrupt_reason is not None:
+                # the code swallowed its cancellation and returned: it was still interrupted
+                _uncancel()
+                raise _Interrupted()
+            return
+        assert self._threads is not None
+        thread_call = loop.run_in_executor(
+            self._threads, contextvars.copy_context().run, _call_bound, ctx, function, (ctx, *args)
+        )
         job.interrupt_reason = None
         job.interruptible = True
         job.timer = loop.call_later(timeout, self._interrupt, job, "timeout")
         try:
-            await awaitable
+            # shielded: interrupting the job must not try to cancel the thread's future, which we track
+            await asyncio.shield(thread_call)
         except asyncio.CancelledError:
             if job.interrupt_reason is None:
                 raise
             _uncancel()
-            if thread_call is not None:
-                self._abandon_thread(thread_call)
+            self._abandon_thread(thread_call)
             raise _Interrupted() from None
         finally:
             job.interruptible = False
             job.timer.cancel()
         if job.interrupt_reason is not None:
-            # the code swallowed its cancellation and returned: it was still interrupted
             raise _Interrupted()
 
     def _interrupt(self, job: _Job, reason: str) -> None:
@@ -589,7 +605,8 @@ class Worker:
             }, fatal=True)
             return
         try:
-            await self._call_user_code(job, job.timeout, handler.execute, job.context(), params)
+            await self._call_user_code(job, job.timeout, handler.execute, handler.execute_is_async, job.context(),
+                                       params)
         except _Interrupted:
             reason = job.interrupt_reason
             if reason == "shutdown":
@@ -611,10 +628,11 @@ class Worker:
                 params=params,
             )
             return
-        log.debug(
-            "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt, time.monotonic() - job.started,
-            extra=self._log_fields(job, "succeeded"),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,
+                time.monotonic() - job.started, extra=self._log_fields(job, "succeeded"),
+            )
         self._completions.append((job.id, job.attempt))
         self._completions_ready.set()
         self._release(job)
@@ -699,7 +717,7 @@ class Worker:
                         conn.hook_running = True
                         try:
                             await self._call_user_code(
-                                job, self.config.hook_timeout, hook, job.context(), job.id, params, conn
+                                job, self.config.hook_timeout, hook, True, job.context(), job.id, params, conn
                             )
                         finally:
                             conn.hook_running = False

@@ -45,8 +45,10 @@ def check_generate(text: str) -> None:
             line = str(problem)
             assert line.startswith(FILENAME), line
             if "\n" in line or "\r" in line:
-                # finding F4 (test_newline_in_a_key_stays_on_one_line): a key's text is echoed raw
-                assert "\n" in text or "\r" in text, f"a problem spans several lines: {line!r}"
+                # finding F4 (test_problems_stay_on_one_line): a key's text is echoed raw, and PyYAML's
+                # constructor errors carry their own multi-line context
+                known = "\n" in text or "\r" in text or 'in "<unicode string>"' in line
+                assert known, f"a problem spans several lines: {line!r}"
         return
     compile(module.source, "taskgen.py", "exec")
     for warning in module.warnings:
@@ -67,7 +69,9 @@ def check_cli(text: str) -> None:
     if code == 2:
         lines = errors.splitlines()
         assert lines, "exit 2 without saying why"
-        assert all(line.startswith(str(tasks)) or line.startswith("fuzz") or ":" in line for line in lines), lines
+        if not all(line.startswith(str(tasks)) for line in lines):
+            known_f4 = 'in "<unicode string>"' in errors or "\n" in text or "\r" in text
+            assert known_f4, f"stderr lines that are not problems: {lines}"
 
 
 def _encodable(text: str) -> bool:
@@ -87,14 +91,44 @@ def test_control_character_is_a_clean_error() -> None:
         assert str(error).startswith(FILENAME)
 
 
-@pytest.mark.xfail(strict=True, reason="F4: a newline inside a key is echoed raw, so a problem spans lines")
-def test_newline_in_a_key_stays_on_one_line() -> None:
-    """Invariant: every problem is one line, even when the offending key contains a line break."""
-    text = 'tasks:\n  - name: A\n    parameters: {type: object, "a\\nb": 1}\n    "x\\ny": 2\n'
+@pytest.mark.xfail(strict=True, reason="F4: a problem can span several lines (raw key text, YAML context)")
+@pytest.mark.parametrize("text", [
+    'tasks:\n  - name: A\n    parameters: {type: object, "a\\nb": 1}\n    "x\\ny": 2\n',  # newline in a key
+    "=",  # PyYAML's ConstructorError text carries its own "in <unicode string>, line 1" lines
+])
+def test_problems_stay_on_one_line(text: str) -> None:
+    """Invariant: every problem is one line, even when the offending key contains a line break or the YAML
+    library's message has several."""
     with pytest.raises(TaskFileError) as raised:
         generate(text, FILENAME)
     for problem in raised.value.problems:
         assert "\n" not in str(problem), repr(str(problem))
+
+
+@pytest.mark.xfail(strict=True, reason="F7: a recursive YAML alias crashes the generator (RecursionError)")
+@pytest.mark.parametrize("text", [
+    "tasks: &a [*a]\n",
+    "tasks:\n  - name: A\n    parameters: &p {type: object, properties: {x: *p}}\n",
+])
+def test_recursive_alias_is_a_clean_error(text: str) -> None:
+    """Invariant: a self-referencing YAML alias is a clean TaskFileError, not a RecursionError."""
+    with pytest.raises(TaskFileError):
+        generate(text, FILENAME)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason="F8: aliases are expanded without a limit (a 'billion laughs' file)")
+def test_alias_expansion_is_bounded() -> None:
+    """Invariant: a small file whose aliases expand to a million nodes is refused (or handled) within 2 s."""
+    import time
+
+    text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 6)) + "tasks: *a5\n"
+    started = time.monotonic()
+    with contextlib.suppress(TaskFileError):
+        generate(text, FILENAME)
+    assert time.monotonic() - started < 2
 
 
 @SHORT

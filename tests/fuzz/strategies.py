@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 
-# Finding F5 (docs/dev/fault-findings.md): an integer enum combined with minimum/maximum makes SQL and the
-# generated model disagree. Until it is fixed the params fuzzer does not generate that combination;
+# Finding F5 (docs/dev/fault-findings.md): an enum combined with minimum/maximum (integers) or
+# minLength/maxLength (strings) makes SQL and the generated model disagree. Until it is fixed the params fuzzer does not generate that combination;
 # tests/fuzz/test_params_agree.py::test_enum_with_bounds_agrees pins it.
 SIDESTEP_F5 = True
 # Finding F6: a date-time with more than 6 fraction digits is accepted by the model, refused by SQL.
@@ -108,6 +108,9 @@ def json_schemas(draw: st.DrawFn, depth: int = 0, hostile: bool = False) -> dict
                 schema["maxLength"] = lo + draw(st.integers(0, 6))
         if not fmt and draw(st.integers(0, 4)) == 0:
             schema["enum"] = draw(st.lists(st.text(max_size=4), min_size=1, max_size=3, unique=True))
+            if SIDESTEP_F5:  # enum with minLength/maxLength: the model ignores the lengths (finding F5)
+                schema.pop("minLength", None)
+                schema.pop("maxLength", None)
     elif kind == "integer":
         fmt = draw(st.sampled_from([None, "int32", "int64"]))
         if fmt:

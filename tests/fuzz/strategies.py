@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 
 # Finding F5 (docs/dev/fault-findings.md): an enum combined with minimum/maximum (integers) or
-# minLength/maxLength (strings) makes SQL and the generated model disagree. Until it is fixed the params fuzzer does not generate that combination;
-# tests/fuzz/test_params_agree.py::test_enum_with_bounds_agrees pins it.
+# minLength/maxLength (strings) makes SQL and the generated model disagree. Until it is fixed the params
+# fuzzer does not generate that combination; tests/fuzz/test_params_agree.py::test_enum_with_bounds_agrees
+# pins it.
 SIDESTEP_F5 = True
 # Finding F6: a date-time with more than 6 fraction digits is accepted by the model, refused by SQL.
 SIDESTEP_F6 = True

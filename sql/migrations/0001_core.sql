@@ -73,6 +73,9 @@ create table anchor.tasks (
 
 -- The claim path: due pending tasks of one queue in claim order. Stays an index scan at any table size.
 create index tasks_claim_idx on anchor.tasks (queue, priority, run_at, id) where state = 'pending';
+-- Rescued tasks waiting to run again: claimed one per worker at a time (see anchor.claim).
+create index tasks_rescued_claim_idx on anchor.tasks (queue, priority, run_at, id)
+where state = 'pending' and rescues > 0;
 -- Failing tasks whose onFailed hook still has to run.
 create index tasks_hook_claim_idx on anchor.tasks (queue, priority, run_at, id) where state = 'failing';
 -- The earliest future run_at per queue, so an idle worker sets a timer instead of scanning.
@@ -279,7 +282,7 @@ as $$
             and (m[5] is null or m[5]::int <= 23) and (m[6] is null or m[6]::int <= 59)
         from regexp_match(
             p_text,
-            '^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]{1,6})?(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))$'
+            '^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))$'
         ) as m
     ), false)
 $$;
@@ -910,18 +913,39 @@ begin
     end if;
 
     if v_claimed < claim.max_tasks then
-        v_ids := array(
+        -- A task rescued from a dead worker may be what killed it. It runs as the only such task of its
+        -- worker, so a second crash points at it alone and max_rescues never fails innocent bystanders.
+        v_ids := '{}';
+        if not exists (
+            select 1 from anchor.tasks t
+            where t.locked_by = claim.worker_id and t.state = 'running' and t.rescues > 0
+        ) then
+            v_ids := array(
+                select p.id from unnest(v_queues) as q (queue)
+                cross join lateral (
+                    select t.id, t.priority, t.run_at from anchor.tasks t
+                    where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
+                        and (claim.task_names is null or t.name = any(claim.task_names))
+                    order by t.priority, t.run_at, t.id
+                    limit 1
+                    for update skip locked
+                ) as p
+                order by p.priority, p.run_at, p.id
+                limit 1
+            );
+        end if;
+        v_ids := v_ids || array(
             select p.id from unnest(v_queues) as q (queue)
             cross join lateral (
                 select t.id, t.priority, t.run_at from anchor.tasks t
-                where t.state = 'pending' and t.queue = q.queue and t.run_at <= v_now
+                where t.state = 'pending' and t.rescues = 0 and t.queue = q.queue and t.run_at <= v_now
                     and (claim.task_names is null or t.name = any(claim.task_names))
                 order by t.priority, t.run_at, t.id
-                limit claim.max_tasks - v_claimed
+                limit claim.max_tasks - v_claimed - cardinality(v_ids)
                 for update skip locked
             ) as p
             order by p.priority, p.run_at, p.id
-            limit claim.max_tasks - v_claimed
+            limit claim.max_tasks - v_claimed - cardinality(v_ids)
         );
         return query
         update anchor.tasks t set

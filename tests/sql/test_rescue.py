@@ -137,3 +137,28 @@ def test_deregister_releases_hook_leases_and_removes_the_worker(db: Conn) -> Non
     assert db.execute("select count(*) as n from anchor.workers").fetchone() == {"n": 0}
     (row,) = claim(db, worker="worker-2")
     assert (row["kind"], row["hook_attempt"]) == ("hook", 1)
+
+
+def test_rescued_tasks_run_one_per_worker_so_bystanders_of_a_crash_are_not_failed(db: Conn) -> None:
+    """Three tasks die with their worker; afterwards each worker holds at most one rescued task, so only
+    the task that really crashes keeps being rescued until max_rescues fails it."""
+    register(db, definition("Job", retry_interval="1s", max_attempts=-1))
+    culprit, *bystanders = [enqueue(db, "Job", {"n": i}) for i in range(3)]
+    fresh = enqueue(db, "Job", {"n": 9}, delay=timedelta(seconds=30))
+    now = db_now(db)
+    assert len(claim(db, worker="w0", now=now)) == 3
+    now += timedelta(minutes=1)
+    assert sorted(rescue(db, now)) == sorted((i, "pending") for i in [culprit, *bystanders])
+
+    now += timedelta(seconds=2)
+    first = claim(db, worker="w1", now=now)
+    assert sorted(r["id"] for r in first) == [culprit, fresh]  # one rescued task, then fresh work
+    assert claim(db, worker="w1", now=now) == []  # w1 holds a rescued task: no second one
+    second = claim(db, worker="w2", now=now)
+    assert [r["id"] for r in second] == [bystanders[0]]
+    # the culprit crashes w1 again, alone among rescued tasks: only it (and w1's fresh task) is rescued
+    now += timedelta(minutes=1)
+    heartbeat(db, "w2", now)
+    assert sorted(rescue(db, now)) == sorted([(culprit, "pending"), (fresh, "pending")])
+    assert task(db, culprit)["rescues"] == 2
+    assert task(db, bystanders[0])["rescues"] == 1

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import check_invariants, fleet, mixed_workload, retry_db, unfinished, wait_settled
+from tests.faults.harness import (
+    check_invariants,
+    enqueue,
+    fleet,
+    mixed_workload,
+    retry_db,
+    unfinished,
+    wait_settled,
+)
 from tests.faults.pgcluster import ThrowawayPostgres
 
 WORKER_CONNECTIONS = ["anchor-worker", "anchor-hook", "anchor-listen", "anchor-heartbeat"]
@@ -103,3 +111,30 @@ def test_terminate_backends_long(fault_dsn: str, log_dir: Path) -> None:
     """Invariant (long): worker connections terminated at random for 30 s of a 5000-task run: workers
     reconnect; all final, none lost, no duplicate execution, hooks exactly once."""
     run_terminate_scenario(fault_dsn, log_dir, tasks=5000, seconds=30, seed=13)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason="F9: a claim whose response was lost strands its tasks until their deadline")
+def test_lost_claim_response_recovers_quickly(fault_dsn: str, log_dir: Path) -> None:
+    """Invariant: a task claimed for a live worker that never received the claim's rows (the connection broke
+    between the claim's commit and its result) is released within 10 s, not after its timeout (20 s here,
+    1 h by default) + deadline_grace. Simulated by calling anchor.claim with the live worker's id from
+    outside, on a queue the worker does not serve (so it cannot claim the task itself first)."""
+    with fleet(fault_dsn, log_dir, concurrency=2) as fl:
+        [worker] = fl.spawn(1)
+        worker_id = f"fault-{worker.pid}"
+        deadline = time.monotonic() + 30
+        while not retry_db(fault_dsn, "select 1 from anchor.workers where worker_id = %s", (worker_id,)):
+            assert time.monotonic() < deadline, "worker did not register"
+            time.sleep(0.1)
+        [task_id] = enqueue(fault_dsn, "Ok", [{"n": 1}], queue="unserved")
+        rows = retry_db(fault_dsn, "select id from anchor.claim(%s, 1, queues => '{unserved}') where kind = 'execute'",
+                        (worker_id,))
+        assert [r["id"] for r in rows] == [task_id]  # the worker never sees these rows
+        started = time.monotonic()
+        while retry_db(fault_dsn, "select state from anchor.tasks where id = %s", (task_id,))[0]["state"] == "running":
+            assert time.monotonic() - started < 60, "never released"
+            time.sleep(0.2)
+        took = time.monotonic() - started
+    assert took < 10, f"the stranded task was released only after {took:.1f}s (its deadline + grace)"

@@ -244,7 +244,10 @@ class Worker:
         self._service_pool: AsyncConnectionPool[Any] | None = None
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._jobs: dict[int, _Job] = {}
+        # finished executions whose completion is not written yet: waiting, and sent (awaiting the reply)
         self._completions: list[tuple[int, int]] = []
+        self._completing: list[list[tuple[int, int]]] = []
+        self._completing_count = 0
         self._completions_ready = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -333,7 +336,8 @@ class Worker:
         try:
             while not runner.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                if self._running and not self._jobs and not self._completions and await self._nothing_due():
+                if (self._running and not self._jobs and not self._completions and not self._completing_count
+                        and await self._nothing_due()):
                     break
         finally:
             await self.stop()
@@ -424,20 +428,37 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        concurrency = self.config.concurrency
+        # with a backlog, claim again once half the slots are free: the next claim then runs in the
+        # database while the worker runs the previous batch, and claims stay large
+        backlog_batch = max(1, concurrency // 2)
+        with_completions = True
         while not self._stopping.is_set():
             # a finished task holds its slot until its completion is written: otherwise a slow complete
-            # lets the worker claim without bound, and a crash would leave all of it to rescue
-            capacity = self.config.concurrency - len(self._jobs) - len(self._completions)
-            if capacity <= 0:
-                # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
-                self._backlog = True
+            # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
+            # completions are sent with the claim, ahead of it in one transaction, so they count as free.
+            waiting = min(len(self._completions), self.config.completion_batch_size) if with_completions else 0
+            capacity = concurrency - len(self._jobs) - len(self._completions) - self._completing_count + waiting
+            if capacity < (backlog_batch if self._backlog else 1):
+                if capacity <= 0:
+                    # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
+                    self._backlog = True
             else:
                 try:
-                    claimed = await self._claim(capacity)
+                    claimed = await self._claim(capacity, with_completions=waiting > 0)
                 except _CONNECTION_ERRORS as exc:
                     log.warning("lost the database while claiming (%s); reconnecting", exc)
                     await self._recover()
                     continue
+                except psycopg.Error as exc:
+                    if not waiting:
+                        raise
+                    # the completions sent along failed (or made the claim fail): claim alone, and let
+                    # the flush loop retry them on its own
+                    log.warning("could not complete %s tasks with the claim (%s); retrying apart", waiting, exc)
+                    with_completions = False
+                    continue
+                with_completions = True
                 self._backlog = claimed == capacity
                 if self._backlog:
                     continue
@@ -448,7 +469,9 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
-    async def _claim(self, capacity: int) -> int:
+    async def _claim(self, capacity: int, *, with_completions: bool = True) -> int:
+        """Claim up to ``capacity`` tasks and start them; waiting completions are written first, in the
+        same round trip and transaction (pipeline mode), so their slots are free for this claim."""
         assert self._pool is not None
         arguments = {
             "worker_id": self.worker_id,
@@ -458,12 +481,31 @@ class Worker:
             "hook_timeout": timedelta(seconds=self.config.hook_timeout),
             "max_hook_attempts": self.config.hook_attempts,
         }
-        async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(queries.CLAIM, arguments)
-            rows = await cursor.fetchall()
+        batch = self._take_completions() if with_completions else []
+        outcomes: list[tuple[int, str]] = []
+        try:
+            async with self._connection() as conn:
+                if batch:
+                    async with conn.pipeline():
+                        done = conn.cursor(row_factory=tuple_row)
+                        await done.execute(queries.COMPLETE, self._complete_arguments(batch), prepare=True)
+                        cursor = conn.cursor(row_factory=tuple_row)
+                        await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                    outcomes = await done.fetchall()
+                else:
+                    cursor = conn.cursor(row_factory=tuple_row)
+                    await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                rows = await cursor.fetchall()
+        except BaseException:
+            self._completions_failed(batch)
+            raise
+        if batch:
+            self._completions_done(batch, outcomes)
         claimed = 0
         self._next_wake = None
         loop = asyncio.get_running_loop()
+        jobs = self._jobs
+        handlers = self._handlers
         for kind, task_id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, \
                 scheduled_at, run_at, db_now in rows:
             if kind == "wake":
@@ -474,7 +516,7 @@ class Worker:
             claimed += 1
             job = _Job(
                 id=task_id,
-                handler=self._handlers[name],
+                handler=handlers[name],
                 params=params,
                 attempt=attempt,
                 max_attempts=max_attempts,
@@ -484,9 +526,9 @@ class Worker:
                 scheduled_at=scheduled_at,
                 hook_attempt=hook_attempt,
             )
-            self._jobs[task_id] = job
+            jobs[task_id] = job
             runner = self._execute(job) if kind == "execute" else self._run_hook(job)
-            job.task = asyncio.create_task(runner, name=f"anchor-task-{task_id}")
+            job.task = loop.create_task(runner, name=f"anchor-task-{task_id}")
         return claimed
 
     async def _recover(self) -> None:
@@ -849,8 +891,9 @@ class Worker:
     async def _flush_loop(self) -> None:
         while True:
             await self._completions_ready.wait()
-            if len(self._completions) < self.config.completion_batch_size:
-                # let a few more finish, so one round trip completes many
+            if len(self._completions) < self.config.completion_batch_size and (self._jobs or self._backlog):
+                # let a few more finish, so one round trip completes many (with a backlog, the claim loop
+                # usually takes them along with its next claim first)
                 await asyncio.sleep(self.config.completion_flush_interval)
             try:
                 await self._flush_completions()
@@ -858,26 +901,53 @@ class Worker:
                 log.warning("could not flush %s completions (%s); retrying", len(self._completions), exc)
                 await asyncio.sleep(0.5)
 
+    def _take_completions(self) -> list[tuple[int, int]]:
+        """The next batch of waiting completions, moved to 'sent' (still held until written)."""
+        size = self.config.completion_batch_size
+        batch = self._completions[:size]
+        if batch:
+            del self._completions[:size]
+            self._completing.append(batch)
+            self._completing_count += len(batch)
+        return batch
+
+    def _completions_failed(self, batch: list[tuple[int, int]]) -> None:
+        """A batch was not written (or we cannot know): put it back in front; complete is fenced."""
+        if batch:
+            self._completing.remove(batch)
+            self._completing_count -= len(batch)
+            self._completions[:0] = batch
+            self._completions_ready.set()
+
+    def _completions_done(self, batch: list[tuple[int, int]], outcomes: list[tuple[int, str]]) -> None:
+        self._completing.remove(batch)
+        self._completing_count -= len(batch)
+        if self._backlog:
+            self._wake.set()  # the flushed tasks' slots are free now
+        for task_id, outcome in outcomes:
+            if outcome == "stale":
+                log.warning("task %s finished, but it had moved on (rescued or cancelled): stale", task_id,
+                            extra={"task_id": task_id, "outcome": "stale", "worker_id": self.worker_id})
+
+    def _complete_arguments(self, batch: list[tuple[int, int]]) -> dict[str, Any]:
+        return {
+            "ids": [task_id for task_id, _ in batch],
+            "attempts": [attempt for _, attempt in batch],
+            "worker_id": self.worker_id,
+        }
+
     async def _flush_completions(self) -> None:
         async with self._flush_lock:
             while self._completions:
-                batch = self._completions[: self.config.completion_batch_size]
-                assert self._pool is not None
-                arguments = {
-                    "ids": [task_id for task_id, _ in batch],
-                    "attempts": [attempt for _, attempt in batch],
-                    "worker_id": self.worker_id,
-                }
-                async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-                    await cursor.execute(queries.COMPLETE, arguments)
-                    outcomes = await cursor.fetchall()
-                del self._completions[: len(batch)]
-                if self._backlog:
-                    self._wake.set()  # the flushed tasks' slots are free now
-                for task_id, outcome in outcomes:
-                    if outcome == "stale":
-                        log.warning("task %s finished, but it had moved on (rescued or cancelled): stale", task_id,
-                                    extra={"task_id": task_id, "outcome": "stale", "worker_id": self.worker_id})
+                batch = self._take_completions()
+                try:
+                    async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+                        await cursor.execute(queries.COMPLETE, self._complete_arguments(batch), prepare=True)
+                        outcomes = await cursor.fetchall()
+                except BaseException:
+                    self._completions_failed(batch)
+                    raise
+                self._completions_done(batch, outcomes)
             self._completions_ready.clear()
 
     # --- heartbeat, notifications ------------------------------------------------------
@@ -901,7 +971,11 @@ class Worker:
         # database has locked by this worker is a claim whose reply was lost
         return {
             "worker_id": self.worker_id,
-            "held_ids": [*self._jobs, *(task_id for task_id, _ in self._completions)],
+            "held_ids": [
+                *self._jobs,
+                *(task_id for task_id, _ in self._completions),
+                *(task_id for batch in self._completing for task_id, _ in batch),
+            ],
             "info": info,
             "release_after": timedelta(seconds=self.config.lost_claim_release_after),
         }

@@ -44,7 +44,9 @@ def run_restart_scenario(server: ThrowawayPostgres, dsn: str, log_dir: Path, *, 
     enqueued = mixed_workload(dsn, tasks, rng, fail_share=0.2, hook_ms=20)
     with fleet(dsn, log_dir, concurrency=8) as fl:
         fl.spawn(3)
-        time.sleep(2.0)
+        started = time.monotonic()
+        while unfinished(dsn) > tasks * 0.9 and time.monotonic() - started < 30:
+            time.sleep(0.05)  # restart once the run is well under way
         done = 0
         while done < restarts and unfinished(dsn) > 0:
             server.restart(mode, down_for=rng.uniform(0.2, 1.5))

@@ -91,7 +91,9 @@ def run_kill_scenario(dsn: str, log_dir: Path, *, tasks: int, kills: int, worker
         wait_settled(dsn, settle_timeout, fl, workers)
         print(f"kills by phase: {landed}")
     report = check_invariants(dsn, enqueued, fl.killed | fl.exited)
-    assert sum(landed.values()) >= min(kills, 4), f"too few kills landed: {landed}"
+    assert sum(landed.values()) >= min(kills, 2), f"too few kills landed: {landed}"
+    if kills >= 8:  # the long run: every phase was hit
+        assert all(landed.values()), f"a phase was never hit: {landed}"
     assert report.rescued > 0, "no task was ever rescued: the kills hit nothing"
 
 

@@ -116,6 +116,10 @@ def print_table(headers: list[str], table: list[list[str]]) -> None:
 async def main() -> int:
     configure_logging("WARNING")  # the failures and hooks, as the worker reports them
     dsn = resolve_dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # a fresh start for the example's own tables (the app's lifespan creates them), so a second
+        # `make demo` tells the same story; anchor.tasks keeps every earlier run's tasks
+        conn.execute("drop schema if exists examples cascade")
     app = create_app(dsn, worker_config=WorkerConfig(poll_interval=0.2, concurrency=8))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

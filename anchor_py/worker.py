@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pydantic
@@ -46,6 +46,9 @@ from anchor_py.rescuer import Rescuer, RescuerConfig
 from anchor_py.services import Service, ServiceFactory
 from anchor_py.taskcore import TaskContext, _bind_task, _current_task, is_fatal, is_retry_without_event
 from anchor_py.taskspec import TaskSet, TaskSpec
+
+if TYPE_CHECKING:  # prometheus-client is an optional extra: metrics are imported only by who passes them
+    from anchor_py.metrics import WorkerMetrics
 
 __all__ = ["AbandonedThreadsError", "Worker", "WorkerConfig", "default_services"]
 
@@ -209,8 +212,12 @@ class Worker:
         tasks: TaskSet,
         config: WorkerConfig | None = None,
         services: Sequence[ServiceFactory] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``metrics``: record executions, hooks and claim sizes into these (``anchor_py.metrics.WORKER``
+        is what ``anchor worker --metrics-port`` serves); None records nothing."""
         self.config = config or WorkerConfig()
+        self.metrics = metrics
         if isinstance(dsn_or_pool, AsyncConnectionPool):
             self._user_pool: AsyncConnectionPool[Any] | None = dsn_or_pool
             conninfo = dsn_or_pool.conninfo
@@ -249,6 +256,8 @@ class Worker:
         self._completing: list[list[tuple[int, int]]] = []
         self._completing_count = 0
         self._completions_ready = asyncio.Event()
+        # with metrics on: name and execution seconds of each completion not written yet
+        self._succeeded: dict[int, tuple[str, float]] = {}
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -501,6 +510,8 @@ class Worker:
             raise
         if batch:
             self._completions_done(batch, outcomes)
+        if self.metrics is not None:
+            self.metrics.record_claim(sum(1 for row in rows if row[0] != "wake"))
         claimed = 0
         self._next_wake = None
         loop = asyncio.get_running_loop()
@@ -676,6 +687,8 @@ class Worker:
                 time.monotonic() - job.started, extra=self._log_fields(job, "succeeded"),
             )
         self._completions.append((job.id, job.attempt))
+        if self.metrics is not None:
+            self._succeeded[job.id] = (job.handler.spec.name, time.monotonic() - job.started)
         self._completions_ready.set()
         self._release(job)
 
@@ -702,6 +715,8 @@ class Worker:
         except asyncio.CancelledError:
             self._release(job)
             raise
+        if self.metrics is not None:
+            self.metrics.record_execution(job.name, str(outcome), time.monotonic() - job.started)
         level = logging.INFO if outcome == "retry" else logging.WARNING
         log.log(
             level, "task %s %s attempt %s failed in %.3fs -> %s: %s%s",
@@ -839,6 +854,8 @@ class Worker:
             **details,
         }
         outcome = str(await self._retrying("record a hook failure", self._fetch_value, queries.FAIL_HOOK, arguments))
+        if self.metrics is not None:
+            self.metrics.record_hook(job.name, outcome)
         log.log(
             logging.ERROR if outcome == "hook_failed" else logging.WARNING,
             "task %s %s onFailed hook attempt %s raised %s: %s -> %s",
@@ -861,6 +878,8 @@ class Worker:
             self._release(job)
 
     def _log_hook(self, job: _Job, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_hook(job.name, outcome)
         if outcome == "failed":
             log.warning(
                 "task %s %s failed; onFailed hook attempt %s committed with it in %.3fs",
@@ -922,12 +941,28 @@ class Worker:
     def _completions_done(self, batch: list[tuple[int, int]], outcomes: list[tuple[int, str]]) -> None:
         self._completing.remove(batch)
         self._completing_count -= len(batch)
+        if self.metrics is not None:
+            self._record_completions(outcomes)
         if self._backlog:
             self._wake.set()  # the flushed tasks' slots are free now
         for task_id, outcome in outcomes:
             if outcome == "stale":
                 log.warning("task %s finished, but it had moved on (rescued or cancelled): stale", task_id,
                             extra={"task_id": task_id, "outcome": "stale", "worker_id": self.worker_id})
+
+    def _record_completions(self, outcomes: list[tuple[int, str]]) -> None:
+        """Once per completion batch: counters by (name, outcome) in one step each, then the durations."""
+        assert self.metrics is not None
+        by_label: dict[tuple[str, str], list[float]] = {}
+        for task_id, outcome in outcomes:
+            entry = self._succeeded.pop(task_id, None)
+            if entry is not None:
+                by_label.setdefault((entry[0], outcome), []).append(entry[1])
+        for (name, outcome), seconds in by_label.items():
+            self.metrics.executions.labels(name, outcome).inc(len(seconds))
+            histogram = self.metrics.duration.labels(name, outcome)
+            for value in seconds:
+                histogram.observe(value)
 
     def _complete_arguments(self, batch: list[tuple[int, int]]) -> dict[str, Any]:
         return {
@@ -1077,6 +1112,9 @@ class Worker:
         async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(queries.HAND_BACK, arguments)
             outcomes: dict[int, str] = dict(await cursor.fetchall())
+        if self.metrics is not None:
+            for job in jobs:
+                self.metrics.record_execution(job.name, "handed_back", time.monotonic() - job.started)
         for job in jobs:
             log.info("task %s %s attempt %s handed back at shutdown -> %s", job.id, job.name, job.attempt,
                      outcomes.get(job.id), extra=self._log_fields(job, f"handed_back_{outcomes.get(job.id)}"))

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hook-timeout", type=float, default=defaults.hook_timeout, metavar="SECONDS")
     parser.add_argument("--hook-attempts", type=int, default=defaults.hook_attempts)
     parser.add_argument("--worker-id", help="default: host-pid-random")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics of this worker on http://HOST:PORT/metrics "
+                        "(needs the dashboard extra: prometheus-client)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address for --metrics-port (default 127.0.0.1)")
+    parser.add_argument("--metrics-database", action="store_true",
+                        help="also serve the database gauges (queue depth, tasks per state, workers) on the "
+                        "worker's endpoint; leave off when a dashboard already serves them")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(handler=run)
@@ -71,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
             hook_attempts=args.hook_attempts,
             worker_id=args.worker_id,
         )
-        worker = Worker(dsn_from(args), executor, tasks, config)
+        dsn = dsn_from(args)
+        worker_metrics, stop_metrics = _start_metrics(args, dsn)
+        worker = Worker(dsn, executor, tasks, config, metrics=worker_metrics)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from exc
     try:
@@ -80,10 +91,33 @@ def run(args: argparse.Namespace) -> int:
         # those threads cannot be stopped and would keep the interpreter from exiting
         logging.shutdown()
         os._exit(EXIT_ABANDONED_THREADS)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     if worker.abandoned_threads:
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+def _start_metrics(args: argparse.Namespace, dsn: str) -> tuple[Any, Callable[[], None] | None]:
+    """With --metrics-port: the worker's metric objects and the function stopping their HTTP server."""
+    if args.metrics_port is None:
+        return None, None
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port must be a TCP port (0-65535), got {args.metrics_port}")
+    try:
+        from anchor_py import metrics
+    except ImportError as exc:
+        raise UsageError(f"--metrics-port needs prometheus-client: pip install 'anchor-py[dashboard]' ({exc})") from exc
+    try:
+        stop = metrics.start_metrics_server(args.metrics_port, addr=args.metrics_host,
+                                            dsn=dsn if args.metrics_database else None)
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from exc
+    logging.getLogger("anchor_py.worker").info(
+        "metrics on http://%s:%s/metrics", args.metrics_host, args.metrics_port)
+    return metrics.WORKER, stop
 
 
 def _load_executor(app: str) -> object:

@@ -101,6 +101,16 @@ create table anchor.task_events (
 );
 create index task_events_task_idx on anchor.task_events (task_id, id);
 
+-- Limits an operator may change (update anchor.settings set value = ... where name = ...). A table, not
+-- a session setting: a session setting is any caller's to change, so it could not bind the app's role.
+create table anchor.settings (
+    name text primary key,
+    value text not null,
+    description text not null
+);
+insert into anchor.settings (name, value, description) values
+('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)');
+
 create table anchor.workers (
     worker_id text primary key,
     info jsonb,
@@ -575,18 +585,18 @@ begin
 end;
 $$;
 
--- '$: <n> bytes is over the limit' when a params document is larger than the setting
--- anchor.max_params_bytes (default 1 MiB; ALTER DATABASE ... SET anchor.max_params_bytes = ...), else null.
+-- '$: <n> bytes is over the limit' when a params document is larger than the setting max_params_bytes
+-- (anchor.settings, 1 MiB by default), else null.
 create function anchor.params_size_problem(p_params jsonb)
 returns text
 language sql
 stable
 as $$
-    select format('$: %s bytes is over the limit of %s bytes (setting anchor.max_params_bytes)', s.size, s.max_size)
+    select format('$: %s bytes is over the limit of %s bytes (anchor.settings max_params_bytes)', s.size, s.max_size)
     from (
         select
             pg_column_size(p_params) as size,
-            coalesce(nullif(current_setting('anchor.max_params_bytes', true), '')::bigint, 1048576) as max_size
+            (select c.value::bigint from anchor.settings c where c.name = 'max_params_bytes') as max_size
     ) as s
     where s.size > s.max_size
 $$;

@@ -41,7 +41,6 @@ def enqueuer_dsn(fault_server: ThrowawayPostgres) -> Iterator[str]:
             conn.execute(f"drop database if exists {name} with (force)")
 
 
-@pytest.mark.xfail(strict=True, reason="F10: the enqueuer can raise anchor.max_params_bytes in its own session")
 def test_enqueuer_cannot_lift_the_params_limit(enqueuer_dsn: str) -> None:
     """Invariant: 2 MiB of params are refused for anchor_enqueuer, also after it runs
     `set anchor.max_params_bytes = 100000000` in its session."""

@@ -262,6 +262,9 @@ def test_oversized_params_are_refused_with_the_limit_named(db: Conn) -> None:
         enqueue(db, "Blob", big)
     with pytest.raises(psycopg.Error, match=r"task Blob: params\[0\] \$: \d+ bytes is over the limit"):
         db.execute("select anchor.enqueue_many('Blob', %s::jsonb)", (json.dumps([big]),))
-    db.execute("set anchor.max_params_bytes = 2000000")
+    db.execute("set anchor.max_params_bytes = 4000000")  # a session setting changes nothing
+    with pytest.raises(psycopg.Error, match="over the limit"):
+        enqueue(db, "Blob", big)
+    db.execute("update anchor.settings set value = '2000000' where name = 'max_params_bytes'")
     assert enqueue(db, "Blob", big) > 0
     assert count_tasks(db) == 1

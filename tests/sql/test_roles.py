@@ -60,6 +60,7 @@ def test_the_enqueuer_can_only_enqueue(db: Conn, logins: dict[str, str]) -> None
     assert refused(app, "update anchor.tasks set state = 'succeeded'")
     assert refused(app, "select anchor.register_tasks('[]', 99)")
     assert refused(app, "select anchor.prune()")
+    assert refused(app, "update anchor.settings set value = '99999999'")
 
 
 def test_the_worker_runs_tasks_but_cannot_read_tables_or_act_as_operator(db: Conn, logins: dict[str, str]) -> None:

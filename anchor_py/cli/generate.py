@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,11 @@ DEFAULT_OUT = "zgen/taskgen.py"
 EXIT_OUT_OF_DATE = 1
 EXIT_BAD_TASK_FILE = 2
 
-if sys.version_info >= (3, 11):
-    import tomllib
-
-    def _parse_toml(text: str) -> dict[str, Any]:
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise UsageError(f"pyproject.toml: {error}") from None
-
-else:
-
-    def _parse_toml(text: str) -> dict[str, Any]:
-        raise UsageError("reading [tool.anchor] from pyproject.toml needs Python 3.11; pass --tasks and --out")
+def _parse_toml(text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"pyproject.toml: {error}") from None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -136,3 +136,24 @@ def register_state_tasks(db: Conn) -> None:
 
 
 ALL_STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+
+
+def nested_plans(db: Conn, statement: str) -> tuple[list[dict[str, Any]], str]:
+    """Runs `statement` and returns its rows and the plans of every statement run inside the functions it
+    calls (auto_explain: a function's statements are planned inside it, so EXPLAIN of the call hides them)."""
+    notices: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        notices.append(diag.message_primary or "")
+
+    db.add_notice_handler(collect)
+    try:
+        with db.transaction():
+            db.execute("load 'auto_explain'")
+            db.execute("set local auto_explain.log_min_duration = 0")
+            db.execute("set local auto_explain.log_nested_statements = on")
+            db.execute("set local auto_explain.log_level = notice")
+            rows = db.execute(statement).fetchall()
+    finally:
+        db.remove_notice_handler(collect)
+    return rows, "\n".join(notices)

@@ -11,7 +11,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.sql.factories import Conn, claim, claim_rows, db_now, definition, enqueue, heartbeat, register
+from tests.sql.factories import (
+    Conn,
+    claim,
+    claim_rows,
+    db_now,
+    definition,
+    enqueue,
+    heartbeat,
+    nested_plans,
+    register,
+)
 
 
 def test_claim_order_is_priority_then_run_at_then_id(db: Conn) -> None:
@@ -95,17 +105,8 @@ def test_claim_plan_stays_an_index_scan_with_a_large_table(db: Conn) -> None:
     )
     db.execute("analyze anchor.tasks")
     heartbeat(db, "w1")
-    with db.transaction():
-        # the claim's statements are planned inside the function: auto_explain shows their plans
-        db.execute("load 'auto_explain'")
-        db.execute("set local auto_explain.log_min_duration = 0")
-        db.execute("set local auto_explain.log_nested_statements = on")
-        db.execute("set local auto_explain.log_level = notice")
-        notices: list[str] = []
-        db.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        rows = db.execute("select * from anchor.claim('w1', 100)").fetchall()
+    rows, plans = nested_plans(db, "select * from anchor.claim('w1', 100)")
     assert len(rows) == 100
-    plans = "\n".join(notices)
     assert "tasks_claim_idx" in plans
     assert "Seq Scan on tasks" not in plans
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sql.factories import Conn, definition, heartbeat, register
+from tests.sql.factories import Conn, definition, heartbeat, nested_plans, register
 
 
 @pytest.mark.slow
@@ -25,15 +25,7 @@ def test_claim_plan_is_not_a_sequential_scan_at_1m_rows(db: Conn) -> None:
     )
     db.execute("vacuum analyze anchor.tasks")
     heartbeat(db, "w1")
-    with db.transaction():
-        db.execute("load 'auto_explain'")
-        db.execute("set local auto_explain.log_min_duration = 0")
-        db.execute("set local auto_explain.log_nested_statements = on")
-        db.execute("set local auto_explain.log_level = notice")
-        notices: list[str] = []
-        db.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        rows = db.execute("select * from anchor.claim('w1', 100) where kind = 'execute'").fetchall()
+    rows, plans = nested_plans(db, "select * from anchor.claim('w1', 100) where kind = 'execute'")
     assert len(rows) == 100
-    plans = "\n".join(notices)
     assert "tasks_claim_idx" in plans
     assert "Seq Scan on tasks" not in plans

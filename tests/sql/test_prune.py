@@ -17,6 +17,7 @@ from tests.sql.factories import (
     enqueue,
     events,
     fail,
+    nested_plans,
     register,
     register_state_tasks,
     task_in_state,
@@ -134,14 +135,9 @@ def test_prune_reads_the_finished_index_not_the_whole_table(db: Conn) -> None:
         """
     )
     db.execute("analyze anchor.tasks")
-    with db.transaction():
-        db.execute("load 'auto_explain'")
-        db.execute("set local auto_explain.log_min_duration = 0")
-        db.execute("set local auto_explain.log_nested_statements = on")
-        db.execute("set local auto_explain.log_level = notice")
-        notices: list[str] = []
-        db.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        assert prune(db, batch_size=500) == 500
-    plans = "\n".join(notices)
+    rows, plans = nested_plans(
+        db, "select anchor.prune(succeeded_after => '7 days', failed_after => '30 days', batch_size => 500) as n"
+    )
+    assert rows == [{"n": 500}]
     assert "tasks_finished_idx" in plans
     assert "Seq Scan on tasks" not in plans

@@ -3,7 +3,7 @@
 import asyncio
 import importlib.util
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -113,7 +113,7 @@ def test_with_tx_refuses_an_autocommit_connection(guide_db: Conn) -> None:
 
 def test_overrides_reach_the_row(guide_db: Conn) -> None:
     runner = taskgen.TaskRunner(guide_db)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     task_id = runner.run_send_email(
         taskgen.SendEmailParameters(user_id=1, template_id="w"),
         with_retry_policy("1m,2m", 3),
@@ -126,7 +126,7 @@ def test_overrides_reach_the_row(guide_db: Conn) -> None:
     assert (row["retry_intervals"], row["max_attempts"]) == ([timedelta(minutes=1), timedelta(minutes=2)], 3)
     assert (row["timeout"], row["priority"], row["queue"]) == (timedelta(minutes=30), -3, "emails")
     assert before + timedelta(minutes=9) < row["run_at"] < before + timedelta(minutes=11)
-    run_at = datetime(2031, 1, 1, tzinfo=timezone.utc)
+    run_at = datetime(2031, 1, 1, tzinfo=UTC)
     later = runner.run_send_email(taskgen.SendEmailParameters(user_id=1, template_id="w"), with_run_at(run_at))
     assert task_row(guide_db, later)["run_at"] == run_at
 

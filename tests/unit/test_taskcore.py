@@ -1,7 +1,7 @@
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ from anchor_py.taskcore import (
     with_unique_tag,
 )
 
-RUN_AT = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+RUN_AT = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_overrides_map_onto_enqueue_keyword_arguments() -> None:

@@ -910,9 +910,9 @@ class Worker:
     async def _flush_loop(self) -> None:
         while True:
             await self._completions_ready.wait()
-            if len(self._completions) < self.config.completion_batch_size and (self._jobs or self._backlog):
-                # let a few more finish, so one round trip completes many (with a backlog, the claim loop
-                # usually takes them along with its next claim first)
+            if len(self._completions) < self.config.completion_batch_size:
+                # let a few more finish, so one round trip (and one commit) completes many; meanwhile a
+                # claim loop with a backlog, or woken by a new task, takes them along with its claim
                 await asyncio.sleep(self.config.completion_flush_interval)
             try:
                 await self._flush_completions()

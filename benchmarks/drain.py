@@ -1,5 +1,6 @@
 """drain: 100k no-op tasks pre-loaded, then the real Worker (one process, concurrency 100; then two
-processes) runs them all. Timed on the database clock: first claim -> last completion.
+processes; and one process recording Prometheus metrics) runs them all. Timed on the database clock:
+first claim -> last completion.
 
 Also `drain-sql`: the same claim + complete cycle through anchor.claim / anchor.complete from one
 connection, batch 100, no Worker: the SQL core's own cost, to set against the bare-SQL floor.
@@ -57,6 +58,10 @@ def run(ctx: Context) -> None:
     with ctx.scratch("drain_1") as dsn:
         prepare(dsn, n)
         ctx.emit("drain", SYSTEM, "Worker, 1 process, concurrency 100", **drain_with_workers(dsn, n, 1))
+    with ctx.scratch("drain_1m") as dsn:
+        prepare(dsn, n)
+        ctx.emit("drain", SYSTEM, "Worker, 1 process, concurrency 100, metrics recorded",
+                 **drain_with_workers(dsn, n, 1, metrics=True))
     with ctx.scratch("drain_2") as dsn:
         prepare(dsn, n)
         ctx.emit("drain", SYSTEM, "Worker, 2 processes, concurrency 100", **drain_with_workers(dsn, n, 2))

@@ -1,6 +1,6 @@
 """One benchmark worker process: the real anchor_py Worker running the Noop executor.
 
-    python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] --out result.json
+    python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] [--metrics] --out result.json
 
 Runs until SIGTERM, or until it has executed N tasks; then writes what it measured (executions,
 the wall-clock time of the N-th execution, enqueue -> start latencies, peak RSS) as JSON to --out.
@@ -27,7 +27,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
         tasks, executor = SOAK_TASKS, SoakExecutor()
     config = WorkerConfig(concurrency=args.concurrency, poll_interval=args.poll_interval)
-    worker = Worker(args.dsn, executor, tasks=tasks, config=config)
+    metrics = None
+    if args.metrics:
+        from anchor_py.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()  # recorded, not served: what recording costs is the question
+    worker = Worker(args.dsn, executor, tasks=tasks, config=config, metrics=metrics)
     result: dict[str, object] = {"t_done": None}
     stopper: list[asyncio.Task[None]] = []
 
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--stop-after", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--metrics", action="store_true", help="record Prometheus metrics (as --metrics-port does)")
     parser.add_argument("--soak", action="store_true", help="run the soak task set (Noop + a cron task)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

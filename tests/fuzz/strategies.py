@@ -24,6 +24,8 @@ SIDESTEP_F5 = True
 SIDESTEP_F6 = True
 # Finding F7: a recursive YAML alias (`x: &a [*a]`) crashes the generator with RecursionError.
 SIDESTEP_F7 = True
+# Finding F11: a date-time with a space instead of T is accepted by SQL, refused by the model.
+SIDESTEP_F11 = True
 
 # --- scalars --------------------------------------------------------------------------------------------
 
@@ -228,7 +230,8 @@ def _datetime_text(valid: bool) -> st.SearchStrategy[str]:
     good = st.builds(
         lambda d, t, sep, frac, tz: f"{d.isoformat()}{sep}{t.strftime('%H:%M:%S')}{frac}{tz}",
         st.dates(min_value=datetime.date(1, 1, 2), max_value=datetime.date(9999, 12, 30)),
-        st.times(), st.sampled_from(["T", "t", " "]),
+        # a space separator: SQL accepts it, the model refuses it (finding F11); off until that is fixed
+        st.times(), st.sampled_from(["T", "t"] + ([] if SIDESTEP_F11 else [" "])),
         st.sampled_from(["", ".5", ".123456"] + ([] if SIDESTEP_F6 else [".1234567"])),
         st.sampled_from(["Z", "z", "+00:00", "-08:00", "+14:00", "+23:59"]),
     )

@@ -94,7 +94,6 @@ def test_enum_with_bounds_agrees(dsn: str, field: dict[str, Any], value: Any) ->
     assert not problems, problems
 
 
-@pytest.mark.xfail(strict=True, reason="F6: date-time with 7+ fraction digits: pydantic accepts, SQL refuses")
 def test_long_fraction_date_time_agrees(dsn: str) -> None:
     """Invariant: '2000-01-01T00:00:00.1234567Z' (RFC 3339 allows any number of fraction digits) is judged
     alike by anchor.params_violation and the generated model."""

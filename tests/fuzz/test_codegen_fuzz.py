@@ -8,8 +8,10 @@ nothing else escapes. The same holds for random cron expressions and time zones.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from tests.fuzz.strategies import ANY_SCALAR, CRON_LIKE, TASK_FILES, cron_task_f
 SHORT = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=2000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 _WORK = Path(tempfile.mkdtemp(prefix="anchor-fuzz-codegen-"))
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 FILENAME = "fuzz/tasks.yaml"
 
 

@@ -81,8 +81,6 @@ class WorkerConfig:
     rescue_interval: float = 5.0
     deadline_grace: float = 30.0
     max_rescues: int = 5
-    # a task claimed this long ago that the worker does not hold was a claim whose reply was lost
-    lost_claim_release_after: float = 30.0
     shutdown_grace: float = 10.0
     hook_attempts: int = 5
     hook_timeout: float = 60.0
@@ -1012,7 +1010,9 @@ class Worker:
                 *(task_id for batch in self._completing for task_id, _ in batch),
             ],
             "info": info,
-            "release_after": timedelta(seconds=self.config.lost_claim_release_after),
+            # a task claimed longer ago than a worker may stall unnoticed, that the worker does not hold,
+            # was a claim whose reply was lost (a longer stall would have had the worker rescued anyway)
+            "release_after": timedelta(seconds=self.config.heartbeat_timeout),
         }
 
     async def _heartbeat_loop(self) -> None:

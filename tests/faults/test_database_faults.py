@@ -117,7 +117,6 @@ def test_terminate_backends_long(fault_dsn: str, log_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="F9: a claim whose response was lost strands its tasks until their deadline")
 def test_lost_claim_response_recovers_quickly(fault_dsn: str, log_dir: Path) -> None:
     """Invariant: a task claimed for a live worker that never received the claim's rows (the connection broke
     between the claim's commit and its result) is released within 10 s, not after its timeout (20 s here,

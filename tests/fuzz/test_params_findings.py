@@ -21,7 +21,6 @@ class _Fixed:
         return self.value
 
 
-@pytest.mark.xfail(strict=True, reason="F11: a date-time with a space for T: SQL accepts, the model refuses")
 def test_space_separated_date_time_agrees(dsn: str) -> None:
     """Invariant: '2000-01-01 00:00:00Z' (RFC 3339 section 5.6 allows a space for T) is judged alike by
     anchor.params_violation and the generated model."""

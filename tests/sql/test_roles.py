@@ -118,3 +118,30 @@ def test_hostile_task_and_queue_names_are_data_not_sql(db: Conn) -> None:
         enqueue(db, HOSTILE + "!")
     assert db.execute("select count(*) as n from anchor.tasks").fetchone() == {"n": 1}
     assert json.loads(json.dumps(row["params"])) == {"n": 1}
+
+
+def test_each_role_may_execute_exactly_its_functions_and_no_table(db: Conn, logins: dict[str, str]) -> None:
+    rows = db.execute(
+        """
+        select p.proname,
+            has_function_privilege('anchor_enqueuer', p.oid, 'execute') as enqueuer,
+            has_function_privilege('anchor_worker', p.oid, 'execute') as worker,
+            has_function_privilege('anchor_admin', p.oid, 'execute') as admin
+        from pg_proc p where p.pronamespace = 'anchor'::regnamespace
+        """
+    ).fetchall()
+    granted = {r["function_name"]: r["role_name"] for r in db.execute("select * from anchor.function_roles")}
+    worker_level = {"anchor_enqueuer", "anchor_worker"}
+    for row in rows:
+        least = granted.get(row["proname"])
+        assert row["enqueuer"] == (least == "anchor_enqueuer"), row
+        assert row["worker"] == (least in worker_level), row
+        assert row["admin"], row
+    tables = db.execute(
+        "select c.relname, has_table_privilege('anchor_enqueuer', c.oid, 'select, insert, update, delete') as e,"
+        " has_table_privilege('anchor_worker', c.oid, 'select, insert, update, delete') as w"
+        " from pg_class c where c.relnamespace = 'anchor'::regnamespace and c.relkind = 'r'"
+    ).fetchall()
+    assert {t["relname"] for t in tables} >= {"tasks", "task_events", "task_definitions", "workers", "settings"}
+    assert [t for t in tables if t["e"] or t["w"]] == []
+    assert refused(logins["anchor_enqueuer"], "insert into anchor.tasks (name) values ('x')")

@@ -231,7 +231,7 @@ def test_worker_on_a_users_pool_without_autocommit(dsn: str, app_db: Db) -> None
 def test_a_claim_whose_reply_was_lost_runs_again_within_the_release_time(dsn: str, app_db: Db) -> None:
     """The database handed the worker a task it never received (here: claimed by hand in its name); the
     heartbeat reports what the worker really holds, so the task comes back long before its 1 h deadline."""
-    config = dataclasses.replace(FAST, worker_id="worker-lost-reply", lost_claim_release_after=1.0)
+    config = dataclasses.replace(FAST, worker_id="worker-lost-reply")  # released after heartbeat_timeout (3 s)
     lost = enqueue(app_db, "Work", {"userId": 1})
     app_db.execute("select anchor.heartbeat('worker-lost-reply')")
     (claimed,) = app_db.execute(

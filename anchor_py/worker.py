@@ -54,6 +54,11 @@ __all__ = ["AbandonedThreadsError", "Worker", "WorkerConfig", "default_services"
 
 log = logging.getLogger("anchor_py.worker")
 
+# What user code (an executor or hook) may raise that fails its attempt. SystemExit too: a task calling
+# sys.exit() must fail like any other error, not stop the worker and come back forever (in a thread it
+# could not exit the process anyway). KeyboardInterrupt stays the operator's, to stop the worker.
+_USER_CODE_ERRORS = (Exception, SystemExit)
+
 # Database errors that mean "the server or the network went away": wait and try again.
 _CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -673,7 +678,7 @@ class Worker:
                            "error_traceback": None}
             await self._report_failure(job, details, params=params)
             return
-        except Exception as exc:
+        except _USER_CODE_ERRORS as exc:
             await self._report_failure(
                 job, _error_details(exc), fatal=is_fatal(exc), record_event=not is_retry_without_event(exc),
                 params=params,
@@ -792,7 +797,7 @@ class Worker:
         except _CONNECTION_ERRORS as exc:
             # the commit may or may not have happened: fail_hook is fenced, so it is 'stale' if it did
             return await self._fail_hook(job, _error_details(exc))
-        except Exception as exc:
+        except _USER_CODE_ERRORS as exc:
             return await self._fail_hook(job, _error_details(exc))
 
     async def _run_sync_hook(self, job: _Job, params: Any) -> str | None:
@@ -834,7 +839,7 @@ class Worker:
                 "error_message": f"onFailed hook timed out after {self.config.hook_timeout:g}s",
                 "error_traceback": None,
             })
-        except Exception as exc:
+        except _USER_CODE_ERRORS as exc:
             return await self._fail_hook(job, _error_details(exc))
 
     async def _finish_failure(self, conn: psycopg.AsyncConnection[Any], job: _Job) -> str:

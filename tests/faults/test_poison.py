@@ -78,7 +78,6 @@ def test_poison_long(fault_dsn: str, log_dir: Path) -> None:
     run_poison_scenario(fault_dsn, log_dir, ordinary=3000, copies=6, max_rescues=5, seed=14)
 
 
-@pytest.mark.xfail(strict=True, reason="F1: SystemExit from a sync task stops the worker and hands the task back")
 @pytest.mark.timeout(120)
 def test_system_exit_in_a_task_thread_is_a_task_failure(fault_dsn: str, log_dir: Path) -> None:
     """Invariant: a sync task calling sys.exit() (SystemExit in its thread) is an ordinary failure of that

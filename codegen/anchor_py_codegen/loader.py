@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from croniter import croniter
@@ -11,7 +11,7 @@ from croniter import croniter
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
 from anchor_py.taskspec import INT32_MAX, INT32_MIN
 from anchor_py_codegen.naming import TASK_NAME, did_you_mean, pascal_case, snake_case
-from anchor_py_codegen.problems import KeyPath, Problem, TaskFileError
+from anchor_py_codegen.problems import KeyPath, Problem, TaskFileError, quote
 from anchor_py_codegen.report import Reporter, show
 from anchor_py_codegen.schema import check_schema, value_violations
 from anchor_py_codegen.spec import Cronjob, ParamSchema, RetryPolicy, TaskDecl, TaskFile
@@ -26,7 +26,7 @@ OVERLAP_POLICIES = ("skip", "allow")
 DEFAULT_TIMEOUT = "1h"
 DEFAULT_QUEUE = "default"
 # A fixed start so that checking a cron expression never depends on today's date.
-_CRON_CHECK_START = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_CRON_CHECK_START = datetime(2000, 1, 1, tzinfo=UTC)
 _NO_PARAMETERS: dict[str, Any] = {"type": "object"}
 
 
@@ -273,9 +273,10 @@ class _TaskFileChecker:
             if name not in values and properties[name].format not in ("date", "date-time")
         ]
         if unfilled:
+            names = ", ".join(quote(name) for name in unfilled)
             self.reporter.warning(
                 path + ("parameters",),
-                f"required parameters {', '.join(unfilled)} are neither set here nor filled from the fire time; "
+                f"required parameters {names} are neither set here nor filled from the fire time; "
                 "the schedule will be paused with an error until they are",
             )
 
@@ -285,6 +286,6 @@ def _is_time_zone(name: object) -> bool:
         return False
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         return False
     return True

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from anchor_py_codegen.problems import KeyPath, Problem, format_path
+from anchor_py_codegen.problems import KeyPath, Problem, escape, format_path
 from anchor_py_codegen.yamlsource import SourceDocument
 
 
 def show(value: object) -> str:
-    """A value as it would be written in JSON, for messages: ``"5x"``, ``-2``, ``null``."""
+    """A value as it would be written in JSON, for messages: ``"5x"``, ``-2``, ``null``; characters that
+    are not printable (line breaks, U+2028, U+202E...) as their JSON escapes, so a message stays one line."""
     try:
-        return json.dumps(value, ensure_ascii=False)
+        return escape(json.dumps(value, ensure_ascii=False))
     except (TypeError, ValueError):
         return repr(value)
 

@@ -14,7 +14,7 @@ import pydantic
 
 from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, JsonDate, JsonDateTime
 from anchor_py_codegen.naming import did_you_mean
-from anchor_py_codegen.problems import KeyPath
+from anchor_py_codegen.problems import KeyPath, quote
 from anchor_py_codegen.report import Reporter, show
 from anchor_py_codegen.spec import ParamSchema, SchemaType
 
@@ -68,7 +68,7 @@ def check_schema(data: object, path: KeyPath, reporter: Reporter) -> ParamSchema
         if key not in KEYWORDS:
             reporter.error(
                 path + (key,),
-                f"{key} is not a supported JSON Schema keyword{did_you_mean(key, KEYWORDS)}; "
+                f"{quote(key)} is not a supported JSON Schema keyword{did_you_mean(key, KEYWORDS)}; "
                 f"supported: {', '.join(KEYWORDS)}",
             )
     schema_type = data.get("type")
@@ -91,7 +91,11 @@ def check_schema(data: object, path: KeyPath, reporter: Reporter) -> ParamSchema
     fields.update(_scalar_fields(data, cast(SchemaType, schema_type), path, reporter))
     if len(reporter.errors) > errors_before:
         return None
-    return ParamSchema(**fields)
+    schema = ParamSchema(**fields)
+    _check_enum_bounds(schema, path, reporter)
+    if len(reporter.errors) > errors_before:
+        return None
+    return schema
 
 
 def _string(value: object, path: KeyPath, reporter: Reporter) -> str | None:
@@ -192,6 +196,42 @@ def _enum(
     return tuple(values)
 
 
+def allowed_enum_values(schema: ParamSchema) -> tuple[str | int, ...]:
+    """The values of ``schema.enum`` that also keep its minimum/maximum/minLength/maxLength: the ones
+    ``anchor.params_violation`` accepts, so the generated Literal lists exactly these."""
+    return tuple(value for value in schema.enum or () if not _scalar_violations(schema, value, ()))
+
+
+def _check_enum_bounds(schema: ParamSchema, path: KeyPath, reporter: Reporter) -> None:
+    """An enum next to bounds or lengths: no value left is an error, a value left out a warning."""
+    if schema.enum is None:
+        return
+    allowed = allowed_enum_values(schema)
+    keywords = [
+        f"{key} {value}"
+        for key, value in (
+            ("minimum", schema.minimum),
+            ("maximum", schema.maximum),
+            ("minLength", schema.min_length),
+            ("maxLength", schema.max_length),
+        )
+        if value is not None
+    ]
+    if not allowed:
+        reporter.error(
+            path + ("enum",),
+            f"no value of the enum satisfies {' and '.join(keywords)}; list only the allowed values",
+        )
+        return
+    for index, value in enumerate(schema.enum):
+        if value not in allowed:
+            _, message = _scalar_violations(schema, value, ())[0]
+            reporter.warning(
+                path + ("enum", index),
+                f"{message}, so this value is never accepted; list only the allowed values",
+            )
+
+
 def _is_type(value: object, schema_type: str) -> bool:
     if schema_type == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
@@ -239,7 +279,7 @@ def _object_violations(
     properties = schema.properties or {}
     if check_required:
         violations.extend(
-            (path, f"required property {name} is missing") for name in schema.required if name not in value
+            (path, f"required property {quote(name)} is missing") for name in schema.required if name not in value
         )
     for name, item in value.items():
         if name in properties:

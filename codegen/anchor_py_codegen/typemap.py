@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from anchor_py_codegen.naming import attribute_name, pascal_case
-from anchor_py_codegen.problems import KeyPath
+from anchor_py_codegen.problems import KeyPath, quote
 from anchor_py_codegen.pysource import INDENT, docstring, fit, scalar_literal, string_literal
 from anchor_py_codegen.report import Reporter
-from anchor_py_codegen.schema import INTEGER_BOUNDS
+from anchor_py_codegen.schema import INTEGER_BOUNDS, allowed_enum_values
 from anchor_py_codegen.spec import ParamSchema
 
 INTEGER_BOUND_NAMES = {"int32": ("INT32_MIN", "INT32_MAX"), "int64": ("INT64_MIN", "INT64_MAX")}
@@ -79,7 +79,7 @@ class TypeMapper:
             if attribute in attributes:
                 self.reporter.error(
                     property_path,
-                    f"maps to the same Python attribute {attribute} as {attributes[attribute]}; rename one",
+                    f"maps to the same Python attribute {attribute} as {quote(attributes[attribute])}; rename one",
                 )
                 continue
             attributes[attribute] = property_name
@@ -131,7 +131,8 @@ class TypeMapper:
         """The type of a value; constraints go to the caller's Field unless the value is nested."""
         if schema.enum is not None:
             self.names.uses_literal = True
-            values = [scalar_literal(value) for value in schema.enum]
+            # Literal[...] takes no bounds or lengths; the values they exclude (which SQL refuses) are left out
+            values = [scalar_literal(value) for value in allowed_enum_values(schema)]
             if schema.type == "integer":
                 self.names.uses_annotated = self.names.uses_exact_int = True
                 literal_type = ", ".join(values)

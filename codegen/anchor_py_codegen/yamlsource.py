@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
 
-from anchor_py_codegen.problems import KeyPath, Problem, TaskFileError, format_path
+from anchor_py_codegen.problems import KeyPath, Problem, TaskFileError, format_path, quote
 
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
 @dataclass
@@ -34,18 +36,23 @@ class _Loader(yaml.SafeLoader):
 
 def load_source(text: str, filename: str) -> SourceDocument:
     """Parse ``text``; a YAML error, a duplicate key or a non-string key raises TaskFileError."""
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # the reader already refuses characters YAML forbids
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark is not None else None
-        reason = error.problem or error.context or "invalid YAML"
+        raise TaskFileError([Problem(filename, _line(error), "", f"invalid YAML: {_reason(error)}")]) from None
+    except yaml.reader.ReaderError as error:
+        line = _line_at(text, error.position)
+        character = error.character
+        shown = f"#x{character:04x}" if isinstance(character, int) else repr(character)
+        reason = f"unacceptable character {shown}: {error.reason}"
         raise TaskFileError([Problem(filename, line, "", f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as error:
         raise TaskFileError([Problem(filename, None, "", f"invalid YAML: {error}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     document = SourceDocument(filename, None)
     problems: list[Problem] = []
     if root is not None:
@@ -65,7 +72,7 @@ def _convert(
             line = key_node.start_mark.line + 1
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
-                shown = key if isinstance(key, str) else "a collection"
+                shown = quote(key) if isinstance(key, str) else "a collection"
                 problems.append(
                     Problem(document.filename, line, format_path(path), f"key {shown} must be a string (quote it)")
                 )
@@ -82,8 +89,28 @@ def _convert(
         return str(node.value)  # dates stay the text written: the file describes JSON
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as error:
+        line = _line(error) or node.start_mark.line + 1
+        problems.append(Problem(document.filename, line, format_path(path), f"invalid value: {_reason(error)}"))
+        return None
     except yaml.YAMLError as error:
         problems.append(
             Problem(document.filename, node.start_mark.line + 1, format_path(path), f"invalid value: {error}")
         )
         return None
+
+
+def _line(error: yaml.MarkedYAMLError) -> int | None:
+    mark = error.problem_mark or error.context_mark
+    return mark.line + 1 if mark is not None else None
+
+
+def _reason(error: yaml.MarkedYAMLError) -> str:
+    """PyYAML's own message without the context lines (source excerpt, caret) its ``str()`` adds."""
+    return error.problem or error.context or "invalid YAML"
+
+
+def _line_at(text: str, position: int) -> int:
+    """The 1-based line of character ``position``, counting line breaks as YAML does."""
+    return len(_LINE_BREAK.findall(text, 0, position)) + 1
+

@@ -15,11 +15,6 @@ from hypothesis import strategies as st
 
 from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 
-# Finding F5 (docs/dev/fault-findings.md): an enum combined with minimum/maximum (integers) or
-# minLength/maxLength (strings) makes SQL and the generated model disagree. Until it is fixed the params
-# fuzzer does not generate that combination; tests/fuzz/test_params_agree.py::test_enum_with_bounds_agrees
-# pins it.
-SIDESTEP_F5 = True
 # Finding F7: a recursive YAML alias (`x: &a [*a]`) crashes the generator with RecursionError.
 SIDESTEP_F7 = True
 # Finding F11: a date-time with a space instead of T is accepted by SQL, refused by the model.
@@ -109,9 +104,6 @@ def json_schemas(draw: st.DrawFn, depth: int = 0, hostile: bool = False) -> dict
                 schema["maxLength"] = lo + draw(st.integers(0, 6))
         if not fmt and draw(st.integers(0, 4)) == 0:
             schema["enum"] = draw(st.lists(st.text(max_size=4), min_size=1, max_size=3, unique=True))
-            if SIDESTEP_F5:  # enum with minLength/maxLength: the model ignores the lengths (finding F5)
-                schema.pop("minLength", None)
-                schema.pop("maxLength", None)
     elif kind == "integer":
         fmt = draw(st.sampled_from([None, "int32", "int64"]))
         if fmt:
@@ -122,9 +114,6 @@ def json_schemas(draw: st.DrawFn, depth: int = 0, hostile: bool = False) -> dict
             schema["maximum"] = schema.get("minimum", 0) + draw(st.integers(0, 2000))
         if draw(st.integers(0, 5)) == 0:
             schema["enum"] = draw(st.lists(st.integers(-5, 5), min_size=1, max_size=3, unique=True))
-            if SIDESTEP_F5:  # enum with minimum/maximum: the model ignores the bounds (finding F5)
-                schema.pop("minimum", None)
-                schema.pop("maximum", None)
     elif kind == "number":
         fmt = draw(st.sampled_from([None, "float", "double"]))
         if fmt:

@@ -349,3 +349,99 @@ def test_every_problem_is_reported_in_line_order() -> None:
         """
     )
     assert [problem.split(":")[1] for problem in found] == ["3", "5", "6"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tasks:\n  - name: A\x1f\n", "api/tasks.yaml:2: invalid YAML: unacceptable character #x001f"),
+        ("tasks:\r\n  - name: A\r\n\x00", "api/tasks.yaml:3: invalid YAML: unacceptable character #x0000"),
+        ("tasks:\n  - name: A\ufffe\n", "api/tasks.yaml:2: invalid YAML: unacceptable character #xfffe"),
+    ],
+)
+def test_a_character_yaml_forbids_is_one_clean_problem(text: str, expected: str) -> None:
+    """F3: the reader's error (raised while building the loader) is a problem like any other."""
+    with pytest.raises(TaskFileError) as raised:
+        generate(text, FILE)
+    assert [str(problem) for problem in raised.value.problems] == [
+        f"{expected}: special characters are not allowed"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            task('parameters: {type: object, "a\\nb": 1}\n"x\\u2028y": 2'),
+            [
+                'api/tasks.yaml:3: tasks[0] (SendEmail).parameters."a\\nb": "a\\nb" is not a supported JSON Schema '
+                "keyword; supported: type, description, properties, required, additionalProperties, items, enum, "
+                "format, minimum, maximum, minLength, maxLength",
+                'api/tasks.yaml:4: tasks[0] (SendEmail)."x\\u2028y": unknown key; expected one of name, description, '
+                "parameters, retryPolicy, cronjob, events, timeout, queue, priority",
+            ],
+        ),
+        (
+            'tasks:\n  - name: "A\\tB\\u202e"\n',
+            ['api/tasks.yaml:2: tasks[0] ("A\\tB\\u202e").name: "A\\tB\\u202e" is not a valid task name '
+             "(letters, digits and _, starting with a letter)"],
+        ),
+        (
+            task('timeout: "1\\u0085h"'),
+            ['api/tasks.yaml:3: tasks[0] (SendEmail).timeout: "1\\u0085h" is not a duration '
+             '(e.g. 30s, 5m, 1h30m, 500ms)'],
+        ),
+        ("=", ["api/tasks.yaml:1: invalid value: could not determine a constructor for the tag "
+               "'tag:yaml.org,2002:value'"]),
+        ("tasks: !0 x\n", ["api/tasks.yaml:1: tasks: invalid value: could not determine a constructor for the tag "
+                           "'!0'"]),
+    ],
+)
+def test_user_text_is_escaped_so_each_problem_stays_one_line(text: str, expected: list[str]) -> None:
+    """F4: keys, names and values with line breaks or other unprintable characters are shown escaped;
+    PyYAML's own context lines are left out."""
+    found = problems(text)
+    assert found == expected
+    assert all(len(problem.splitlines()) == 1 for problem in found)
+
+
+def test_an_enum_keeps_only_the_values_its_bounds_allow() -> None:
+    """F5: SQL checks an enum and minimum/maximum/minLength/maxLength together; the Literal lists only the
+    values both accept, and the ones left out are warned about."""
+    module = generate(
+        params(
+            """
+            type: object
+            properties:
+              level: {type: integer, enum: [0, 1, 2, 9], minimum: 1, maximum: 5}
+              code: {type: string, enum: ["", ab, abcd], minLength: 1, maxLength: 3}
+            """
+        ),
+        FILE,
+    )
+    assert "SendEmailLevel = Annotated[Literal[1, 2], pydantic.BeforeValidator(exact_int)]" in module.source
+    assert 'SendEmailCode = Literal["ab"]' in module.source
+    prefix = "api/tasks.yaml:{}: tasks[0] (SendEmail).parameters.properties."
+    assert [str(warning) for warning in module.warnings] == [
+        prefix.format(6) + "level.enum[0]: 0 is less than the minimum 1, so this value is never accepted; "
+        "list only the allowed values",
+        prefix.format(6) + "level.enum[3]: 9 is greater than the maximum 5, so this value is never accepted; "
+        "list only the allowed values",
+        prefix.format(7) + 'code.enum[0]: "" is shorter than 1 characters, so this value is never accepted; '
+        "list only the allowed values",
+        prefix.format(7) + 'code.enum[2]: "abcd" is longer than 3 characters, so this value is never accepted; '
+        "list only the allowed values",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ("{type: integer, enum: [0, 1], minimum: 2}", "a.enum: no value of the enum satisfies minimum 2"),
+        ("{type: integer, enum: [7], minimum: 0, maximum: 5}", "satisfies minimum 0 and maximum 5;"),
+        ("{type: string, enum: [abc], maxLength: 2}", "a.enum: no value of the enum satisfies maxLength 2"),
+        ("{type: integer, enum: [1], format: int32}", "a.enum: enum cannot be combined with format"),
+    ],
+)
+def test_an_enum_its_bounds_exclude_entirely_is_refused(schema: str, expected: str) -> None:
+    assert any(expected in problem for problem in problems(params(f"type: object\nproperties:\n  a: {schema}")))

@@ -139,7 +139,7 @@ def test_nested_objects_arrays_and_awkward_names_round_trip(every_type: ModuleTy
     params = every_type.ImportCatalogParameters.model_validate(VALID_CATALOG)
     assert params.items[0].unit == "kg"
     assert params.source.credentials.user == "u"
-    assert params.not_before == datetime.datetime(2024, 5, 1, 6, tzinfo=datetime.timezone.utc)
+    assert params.not_before == datetime.datetime(2024, 5, 1, 6, tzinfo=datetime.UTC)
     assert (params.class_, params.model_dump_, params.user_name, params.field_2fa) == ("c", "m", "n", True)
     dumped = params.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert every_type.ImportCatalogParameters.model_validate(dumped) == params
@@ -161,7 +161,7 @@ def test_nested_objects_arrays_and_awkward_names_round_trip(every_type: ModuleTy
         {"source": {"url": "short"}},
         {"notBefore": "2024-05-01T08:00:00"},
         {"notBefore": datetime.datetime(2024, 5, 1, 8)},
-        {"effectiveOn": datetime.datetime(2024, 5, 1, 8, tzinfo=datetime.timezone.utc)},
+        {"effectiveOn": datetime.datetime(2024, 5, 1, 8, tzinfo=datetime.UTC)},
         {"2fa": 1},
         {"matrix": [["1"]]},
         {"unexpected": 1},

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.fuzz.test_params_agree import _disagreements
 

@@ -10,10 +10,13 @@ so the SQL core applies the definition's defaults, unique tags and schema valida
 - ``enqueue_with_tx`` joins the caller's transaction (open or about to open) on a
   connection, so a rollback removes the task. An autocommit connection is refused: its
   insert would commit by itself.
+- Params holding the character U+0000 anywhere (a value or a key) are refused with a ValueError naming
+  the task and the JSON path before anything is sent: PostgreSQL's jsonb cannot store it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,10 +52,36 @@ class OpenTransactionError(ValueError):
     """``run_*`` was given a connection with a transaction open that it must not commit."""
 
 
-def _params_json(params: pydantic.BaseModel) -> dict[str, Any]:
+def _nul_path(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string (value or key) in ``value`` holding U+0000, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}.{json.dumps(key)}"
+            found = _nul_path(item, f"{path}.{key}" if key.isidentifier() else f"{path}.{json.dumps(key)}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _params_json(task_name: str, params: pydantic.BaseModel) -> dict[str, Any]:
     if not isinstance(params, pydantic.BaseModel):
         raise TypeError(f"params must be a generated Parameters model, got {type(params).__name__}")
-    return params.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data = params.model_dump(mode="json", by_alias=True, exclude_none=True)
+    nul_at = _nul_path(data)
+    if nul_at is not None:
+        raise ValueError(
+            f"task {task_name}: params {nul_at} contains the character U+0000 (NUL), which PostgreSQL cannot "
+            "store in jsonb; remove it before enqueueing"
+        )
+    return data
 
 
 def _enqueue_query_args(
@@ -61,7 +90,7 @@ def _enqueue_query_args(
     arguments = dict.fromkeys(_OVERRIDABLE)
     arguments.update(enqueue_arguments(overrides))
     arguments["name"] = task_name
-    arguments["params"] = Jsonb(_params_json(params))
+    arguments["params"] = Jsonb(_params_json(task_name, params))
     return arguments
 
 
@@ -74,7 +103,7 @@ def _enqueue_many_query_args(
     if unique_tag is not None:
         raise InvalidOverride("with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one")
     arguments["name"] = task_name
-    arguments["params"] = Jsonb([_params_json(params) for params in params_list])
+    arguments["params"] = Jsonb([_params_json(task_name, params) for params in params_list])
     return arguments
 
 

@@ -30,12 +30,43 @@ class SourceDocument:
         return None
 
 
+MAX_VALUES = 100_000
+"""How many values a task file may hold once its aliases are expanded; a real one holds a few hundred."""
+
+_NUL_MESSAGE = "contains the character U+0000 (NUL), which PostgreSQL cannot store; remove it"
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """A SafeLoader that remembers the line of every alias (``*a``), keyed by where it is used: PyYAML
+    composes an alias into the very node it names, so the node itself only knows the anchor's line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_lines: dict[tuple[int, object], int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if parent is not None and self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            if mark is not None:
+                self.alias_lines[(id(parent), _slot(index))] = mark.line + 1
+        return super().compose_node(parent, index)  # type: ignore[arg-type]  # index: an int, a key node or None
+
+
+def _slot(index: object) -> object:
+    """Where a child sits in its parent: a sequence index, or the key node of a mapping value (by id)."""
+    return index if index is None or isinstance(index, int) else id(index)
+
+
+class _TooManyValues(Exception):
+    def __init__(self, line: int | None, path: KeyPath) -> None:
+        super().__init__(line, path)
+        self.line = line
+        self.path = path
 
 
 def load_source(text: str, filename: str) -> SourceDocument:
-    """Parse ``text``; a YAML error, a duplicate key or a non-string key raises TaskFileError."""
+    """Parse ``text``; a YAML error, a duplicate key, a non-string key, a recursive alias, a NUL character
+    or more than MAX_VALUES values (aliases expanded) raises TaskFileError."""
     loader: _Loader | None = None
     try:
         loader = _Loader(text)  # the reader already refuses characters YAML forbids
@@ -54,50 +85,107 @@ def load_source(text: str, filename: str) -> SourceDocument:
         if loader is not None:
             loader.dispose()
     document = SourceDocument(filename, None)
-    problems: list[Problem] = []
     if root is not None:
-        document.data = _convert(root, (), loader, document, problems)
-    if problems:
-        raise TaskFileError(problems)
+        converter = _Converter(loader, document)
+        try:
+            document.data = converter.convert(root, (), None)
+        except _TooManyValues as error:
+            message = f"the file expands to more than {MAX_VALUES} values (YAML aliases are expanded)"
+            raise TaskFileError([Problem(filename, error.line, format_path(error.path), message)]) from None
+        if converter.problems:
+            raise TaskFileError(converter.found())
     return document
 
 
-def _convert(
-    node: yaml.Node, path: KeyPath, loader: _Loader, document: SourceDocument, problems: list[Problem]
-) -> object:
-    document.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+class _Converter:
+    """Turns the composed nodes into plain data, expanding every alias into a fresh copy, refusing an alias
+    inside the node it names and stopping past MAX_VALUES values."""
+
+    def __init__(self, loader: _Loader, document: SourceDocument) -> None:
+        self.loader = loader
+        self.document = document
+        self.problems: list[tuple[int, KeyPath, str]] = []
+        self.count = 0
+        self.active: set[int] = set()  # ids of the collections on the current path
+        self.expanding: list[tuple[int, KeyPath]] = []  # (line, path) of the aliases on the current path
+
+    def problem(self, line: int, path: KeyPath, message: str) -> None:
+        self.problems.append((line, path, message))
+
+    def found(self) -> list[Problem]:
+        """The problems found, their paths naming the task as the loader's do (``tasks[0] (SendEmail)``)."""
+        data = self.document.data
+        tasks = data.get("tasks") if isinstance(data, dict) else None
+        names: dict[int, str] = {}
+        if isinstance(tasks, list):
+            for index, task in enumerate(tasks):
+                name = task.get("name") if isinstance(task, dict) else None
+                if isinstance(name, str):
+                    names[index] = name
+        filename = self.document.filename
+        return [Problem(filename, line, format_path(path, names), message) for line, path, message in self.problems]
+
+    def convert(self, node: yaml.Node, path: KeyPath, slot: tuple[int, object] | None) -> object:
+        self.count += 1
+        alias_line = self.loader.alias_lines.get(slot) if slot is not None else None
+        if self.count > MAX_VALUES:
+            # blame the outermost alias being expanded (without one, the file is simply that big)
+            line, path = self.expanding[0] if self.expanding else (alias_line or node.start_mark.line + 1, path)
+            raise _TooManyValues(line, path)
+        line = alias_line if alias_line is not None else node.start_mark.line + 1
+        self.document.lines.setdefault(path, line)
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            self.problem(line, path, "a YAML alias refers to itself")
+            return None
+        self.active.add(id(node))
+        if alias_line is not None:
+            self.expanding.append((alias_line, path))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, path + (index,), (id(node), index)) for index, item in enumerate(node.value)]
+            return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+            if alias_line is not None:
+                self.expanding.pop()
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, object]:
         mapping: dict[str, object] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
                 shown = quote(key) if isinstance(key, str) else "a collection"
-                problems.append(
-                    Problem(document.filename, line, format_path(path), f"key {shown} must be a string (quote it)")
-                )
+                self.problem(line, path, f"key {shown} must be a string (quote it)")
+                continue
+            if "\x00" in key:
+                self.problem(line, path + (key,), f"this key {_NUL_MESSAGE}")
                 continue
             if key in mapping:
-                problems.append(Problem(document.filename, line, format_path(path + (key,)), "duplicate key"))
+                self.problem(line, path + (key,), "duplicate key")
                 continue
-            document.lines[path + (key,)] = line
-            mapping[key] = _convert(value_node, path + (key,), loader, document, problems)
+            self.document.lines[path + (key,)] = line
+            mapping[key] = self.convert(value_node, path + (key,), (id(node), id(key_node)))
         return mapping
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (index,), loader, document, problems) for index, item in enumerate(node.value)]
-    if node.tag == _TIMESTAMP_TAG:
-        return str(node.value)  # dates stay the text written: the file describes JSON
-    try:
-        return loader.construct_object(node, deep=True)
-    except yaml.MarkedYAMLError as error:
-        line = _line(error) or node.start_mark.line + 1
-        problems.append(Problem(document.filename, line, format_path(path), f"invalid value: {_reason(error)}"))
-        return None
-    except yaml.YAMLError as error:
-        problems.append(
-            Problem(document.filename, node.start_mark.line + 1, format_path(path), f"invalid value: {error}")
-        )
-        return None
+
+    def scalar(self, node: yaml.Node, path: KeyPath) -> object:
+        if node.tag == _TIMESTAMP_TAG:
+            return str(node.value)  # dates stay the text written: the file describes JSON
+        line = node.start_mark.line + 1
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as error:
+            self.problem(_line(error) or line, path, f"invalid value: {_reason(error)}")
+            return None
+        except yaml.YAMLError as error:
+            self.problem(line, path, f"invalid value: {error}")
+            return None
+        if isinstance(value, str) and "\x00" in value:
+            self.problem(line, path, f"this value {_NUL_MESSAGE}")
+            return None
+        return value
 
 
 def _line(error: yaml.MarkedYAMLError) -> int | None:

@@ -61,8 +61,8 @@ def test_the_issue_example_message_exactly() -> None:
         ("tasks:\n  - description: x\n", "api/tasks.yaml:2: tasks[0]: name is required"),
         ("version: 0\ntasks:\n  - name: A\n", "api/tasks.yaml:1: version: 0 is not a positive integer"),
         ("tasks:\n  - name: A\n  - name: [x\n", "api/tasks.yaml:4: invalid YAML: expected ',' or ']'"),
-        ("tasks:\n  - name: A\n    name: B\n", "api/tasks.yaml:3: tasks[0].name: duplicate key"),
-        ("tasks:\n  - name: A\n    1: x\n", "api/tasks.yaml:3: tasks[0]: key 1 must be a string (quote it)"),
+        ("tasks:\n  - name: A\n    name: B\n", "api/tasks.yaml:3: tasks[0] (A).name: duplicate key"),
+        ("tasks:\n  - name: A\n    1: x\n", "api/tasks.yaml:3: tasks[0] (A): key 1 must be a string (quote it)"),
     ],
 )
 def test_file_structure_mistakes(text: str, expected: str) -> None:
@@ -445,3 +445,71 @@ def test_an_enum_keeps_only_the_values_its_bounds_allow() -> None:
 )
 def test_an_enum_its_bounds_exclude_entirely_is_refused(schema: str, expected: str) -> None:
     assert any(expected in problem for problem in problems(params(f"type: object\nproperties:\n  a: {schema}")))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tasks: &a [*a]\n", "api/tasks.yaml:1: tasks[0]: a YAML alias refers to itself"),
+        ("tasks: &a\n  - name: A\n  - *a\n", "api/tasks.yaml:3: tasks[1]: a YAML alias refers to itself"),
+        (
+            task("parameters: &p\n  type: object\n  properties:\n    x:\n      *p"),
+            "api/tasks.yaml:7: tasks[0] (SendEmail).parameters.properties.x: a YAML alias refers to itself",
+        ),
+    ],
+)
+def test_a_recursive_alias_is_one_clean_problem_at_the_alias(text: str, expected: str) -> None:
+    """F7: an alias inside the node it names would expand forever; it is reported at the alias's line."""
+    assert problems(text) == [expected]
+
+
+def test_an_alias_used_twice_side_by_side_is_no_cycle() -> None:
+    text = "x: &s {type: string}\ntasks:\n  - name: A\n    parameters: {type: object, properties: {a: *s, b: *s}}\n"
+    assert problems(text) == ["api/tasks.yaml:1: x: unknown key; expected one of version, tasks"]
+
+
+def test_alias_expansion_past_the_limit_is_refused() -> None:
+    """F8: six lines whose aliases expand to a million values are refused, at the outermost alias being
+    expanded when the limit is passed: the root, a0..a3 and a4 with seven copies of a3 are 90123 values, the
+    eighth copy (a4[7]) passes 100000."""
+    text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 6)
+    ) + "tasks: *a5\n"
+    assert problems(text) == [
+        "api/tasks.yaml:5: a4[7]: the file expands to more than 100000 values (YAML aliases are expanded)"
+    ]
+
+
+def test_aliases_within_the_limit_are_expanded() -> None:
+    text = "tasks:\n  - name: T0\n    parameters: &p {type: object, properties: {a: {type: string}}}\n" + "".join(
+        f"  - name: T{i}\n    parameters: *p\n" for i in range(1, 50)
+    )
+    source = generate(text, FILE).source
+    assert "class T0Parameters(" in source and "class T49Parameters(" in source
+
+
+NUL = "contains the character U+0000 (NUL), which PostgreSQL cannot store; remove it"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('tasks:\n  - name: "A\\0"\n', f"api/tasks.yaml:2: tasks[0].name: this value {NUL}"),
+        (task('description: "a\\x00b"'), f"api/tasks.yaml:3: tasks[0] (SendEmail).description: this value {NUL}"),
+        (
+            params('type: object\nproperties:\n  level: {type: string, enum: [low, "\\u0000"]}'),
+            f"api/tasks.yaml:6: tasks[0] (SendEmail).parameters.properties.level.enum[1]: this value {NUL}",
+        ),
+        (
+            params('type: object\nproperties:\n  "a\\0": {type: string}'),
+            f'api/tasks.yaml:6: tasks[0] (SendEmail).parameters.properties."a\\u0000": this key {NUL}',
+        ),
+        (
+            task("cronjob:\n  cronExpression: '0 * * * * *'\n  parameters: {note: \"\\0\"}"),
+            f"api/tasks.yaml:5: tasks[0] (SendEmail).cronjob.parameters.note: this value {NUL}",
+        ),
+    ],
+)
+def test_a_nul_character_is_refused_where_it_would_reach_sql(text: str, expected: str) -> None:
+    """U+0000 cannot be stored in jsonb (nor text): refused in any value or key, with its path."""
+    assert problems(text) == [expected]

@@ -4,10 +4,13 @@ import asyncio
 import datetime
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from unittest.mock import create_autospec
 
+import psycopg
 import pydantic
 import pytest
 from anchor_py_codegen import generate
@@ -225,3 +228,30 @@ def test_dispatchers_call_the_typed_hook(guide: ModuleType) -> None:
     no_hook = TaskContext(6, "SendEmail", 1, 1, "default", None, None)
     with pytest.raises(LookupError, match="SendEmail"):
         guide.dispatch_failure_hook_sync(SyncExecutor(), no_hook, 6, {}, "tx")
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"items": [{"sku": "a\x00", "quantity": 1}]}, "$.items[0].sku"),
+        ({"items": [{"sku": "a", "quantity": 1, "attributes": {"x\x00y": "v"}}]}, '$.items[0].attributes."x\\u0000y"'),
+        ({"items": [{"sku": "a", "quantity": 1, "attributes": {"a b": ["\x00"]}}]}, '$.items[0].attributes."a b"[0]'),
+    ],
+)
+def test_params_with_a_nul_character_are_refused_before_the_database(
+    every_type: ModuleType, change: dict[str, object], path: str
+) -> None:
+    """jsonb cannot store U+0000: the runner refuses such params with the task and path, sync and async,
+    one by one and in a batch, instead of PostgreSQL's UntranslatableCharacter."""
+    params = every_type.ImportCatalogParameters.model_validate({**VALID_CATALOG, **change})
+    message = re.escape(f"task ImportCatalog: params {path} contains the character U+0000 (NUL)")
+    conn = create_autospec(psycopg.Connection, instance=True)
+    runner = every_type.TaskRunner(conn)
+    with pytest.raises(ValueError, match=message):
+        runner.run_import_catalog(params)
+    with pytest.raises(ValueError, match=message):
+        runner.run_import_catalog_many([every_type.ImportCatalogParameters.model_validate(VALID_CATALOG), params])
+    async_conn = create_autospec(psycopg.AsyncConnection, instance=True)
+    with pytest.raises(ValueError, match=message):
+        asyncio.run(every_type.AsyncTaskRunner(async_conn).run_import_catalog(params))
+    assert conn.mock_calls == [] and async_conn.mock_calls == []

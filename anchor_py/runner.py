@@ -75,13 +75,18 @@ def _params_json(task_name: str, params: pydantic.BaseModel) -> dict[str, Any]:
     if not isinstance(params, pydantic.BaseModel):
         raise TypeError(f"params must be a generated Parameters model, got {type(params).__name__}")
     data = params.model_dump(mode="json", by_alias=True, exclude_none=True)
-    nul_at = _nul_path(data)
+    refuse_nul(task_name, data)
+    return data
+
+
+def refuse_nul(task_name: str, params_json: Any) -> None:
+    """Raises ValueError naming the JSON path when the params hold U+0000, which jsonb cannot store."""
+    nul_at = _nul_path(params_json)
     if nul_at is not None:
         raise ValueError(
             f"task {task_name}: params {nul_at} contains the character U+0000 (NUL), which PostgreSQL cannot "
             "store in jsonb; remove it before enqueueing"
         )
-    return data
 
 
 def _enqueue_query_args(

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "anchor_py.cli.generate",
     "anchor_py.cli.install_sql",
     "anchor_py.cli.register",
+    "anchor_py.cli.enqueue",
     "anchor_py.cli.worker",
     "anchor_py.cli.cron",
     "anchor_py.cli.tasks",

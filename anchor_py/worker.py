@@ -397,7 +397,7 @@ class Worker:
             # are one round trip each and get some headroom
             self._pool = AsyncConnectionPool(
                 self._conninfo, min_size=2, max_size=max(4, min(2 + config.concurrency // 4, 10)), kwargs=kwargs,
-                open=False, timeout=10, name="anchor-worker",
+                open=False, timeout=10, name="anchor-worker", configure=_configure_hot_path,
             )
             await self._pool.open()
         else:
@@ -1178,6 +1178,18 @@ class Worker:
 def kwargs_common() -> dict[str, Any]:
     """Connection settings of the worker's autocommit pools: one statement, one transaction."""
     return {"autocommit": True, "application_name": "anchor-worker"}
+
+
+async def _configure_hot_path(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Session settings of the worker's own claim/complete connections.
+
+    No JIT: with a large table the generic plan of the claim's pick is estimated above jit_above_cost,
+    so every claim paid ~6 ms of LLVM compilation for a statement that runs in 0.3 ms (1M pending rows:
+    claim p50 7.8 ms with JIT, 1.3 ms without).
+    """
+    await conn.execute("set jit = off")
+    if not conn.autocommit:
+        await conn.commit()
 
 
 def _call_bound(ctx: TaskContext, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:

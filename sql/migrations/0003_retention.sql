@@ -34,6 +34,7 @@ create function anchor.prune(
 )
 returns bigint
 language plpgsql
+set jit = off
 as $$
 #variable_conflict use_column
 declare

@@ -209,6 +209,12 @@ def create_app(dsn: str | None = None, *, worker_config: WorkerConfig | None = N
         await asyncio.to_thread(install, target)
         async with await psycopg.AsyncConnection.connect(target, autocommit=True) as conn:
             await conn.execute(SCHEMA)
+            # the definitions before the first request: a handler's enqueue must not race the worker's
+            # own registration (in production `anchor register` runs in the deploy, before the app starts)
+            await conn.execute(
+                "select anchor.register_tasks(%s::jsonb, %s)",
+                (taskgen.TASKS.definitions_json(), taskgen.TASKS.version),
+            )
         app.state.dsn = target
         async with AsyncConnectionPool(target, kwargs={"autocommit": True}, open=False) as pool:
             await pool.open()

@@ -98,9 +98,9 @@ def run_kill_scenario(dsn: str, log_dir: Path, *, tasks: int, kills: int, worker
 
 
 def test_sigkill_short(fault_dsn: str, log_dir: Path) -> None:
-    """Invariant (short): 400 tasks, 3 workers, 4 SIGKILLs (one each aimed at a claim, an execution, a hook
+    """Invariant (short): 1000 tasks, 3 workers, 4 SIGKILLs (one each aimed at a claim, an execution, a hook
     transaction, a random moment): all final, none lost, duplicates only after a death, hooks exactly once."""
-    run_kill_scenario(fault_dsn, log_dir, tasks=400, kills=4, workers=3, seed=1, settle_timeout=90)
+    run_kill_scenario(fault_dsn, log_dir, tasks=1000, kills=4, workers=3, seed=1, settle_timeout=90)
 
 
 @pytest.mark.slow

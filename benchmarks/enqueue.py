@@ -7,7 +7,6 @@ straight to anchor.enqueue / anchor.enqueue_many, as psql or another language wo
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -15,35 +14,24 @@ import psycopg
 
 from anchor_py.runner import TaskRunnerBase
 from benchmarks import noop
-from benchmarks.harness import Context
+from benchmarks.harness import Context, timed_clients
 
 SYSTEM = "anchor-py"
 
 
 def _single(dsn: str, n: int, clients: int, how: str) -> dict[str, Any]:
     per_client = n // clients
-    start = threading.Barrier(clients + 1)
 
-    def client() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            runner = TaskRunnerBase(conn)
-            start.wait()
+    def enqueue(conn: psycopg.Connection[Any]) -> None:
+        runner = TaskRunnerBase(conn)
+        for i in range(per_client):
             if how == "python":
-                for i in range(per_client):
-                    runner.enqueue(noop.NAME, noop.NoopParameters(i=i))
+                runner.enqueue(noop.NAME, noop.NoopParameters(i=i))
             else:
-                for i in range(per_client):
-                    conn.execute("select anchor.enqueue('Noop', %s::jsonb)", (f'{{"i": {i}}}',)).fetchone()
+                conn.execute("select anchor.enqueue('Noop', %s::jsonb)", (f'{{"i": {i}}}',)).fetchone()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    start.wait()
-    t = time.perf_counter()
-    for th in threads:
-        th.join()
     total = per_client * clients
-    return {"n": total, "clients": clients, "per_s": round(total / (time.perf_counter() - t))}
+    return {"n": total, "clients": clients, "per_s": round(total / timed_clients(dsn, clients, enqueue))}
 
 
 def run_single(ctx: Context) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from benchmarks.harness import Context, percentile
+from benchmarks.harness import Context, percentile, timed_clients
 
 SYSTEM = "floor (bare SQL)"
 DRAIN_BATCHES = (100,)
@@ -62,24 +62,14 @@ def insert_single(dsn: str, n: int, clients: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as c:
         _raw_ins_table(c)
     per_client = n // clients
-    start = threading.Barrier(clients + 1)
 
-    def client() -> None:
-        with psycopg.connect(dsn, autocommit=True) as c:
-            start.wait()
-            for i in range(per_client):
-                c.execute("insert into raw_ins (name, params) values ('noop', %s) returning id",
-                          (Jsonb({"i": i}),)).fetchone()
+    def insert(conn: psycopg.Connection[Any]) -> None:
+        for i in range(per_client):
+            conn.execute("insert into raw_ins (name, params) values ('noop', %s) returning id",
+                         (Jsonb({"i": i}),)).fetchone()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    start.wait()
-    t = time.perf_counter()
-    for th in threads:
-        th.join()
     total = per_client * clients
-    return {"n": total, "clients": clients, "per_s": round(total / (time.perf_counter() - t))}
+    return {"n": total, "clients": clients, "per_s": round(total / timed_clients(dsn, clients, insert))}
 
 
 def insert_batch(dsn: str, n: int, per_call: int = 1000) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,26 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def timed_clients(dsn: str, clients: int, work: Callable[[psycopg.Connection[Any]], None]) -> float:
+    """Runs ``work`` on ``clients`` threads, each with its own autocommit connection, all started at once;
+    returns the seconds from the start until the last one finished (connecting is not timed)."""
+    start = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start.wait()
+            work(conn)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ import psycopg
 from anchor_py.runner import AsyncTaskRunnerBase, TaskRunnerBase
 from anchor_py.worker import Worker, WorkerConfig
 from benchmarks import noop
-from benchmarks.harness import Context, percentile
+from benchmarks.harness import Context, percentile, timed_clients
 from benchmarks.workers import start_workers
 
 SYSTEM = "anchor-py"
@@ -33,26 +32,16 @@ SYSTEM = "anchor-py"
 def send(dsn: str, n: int, rate: float, clients: int) -> float:
     """Enqueues n tasks at `rate` per second in total (paced on absolute times); returns the achieved rate."""
     per_client = n // clients
-    start = threading.Barrier(clients + 1)
 
-    def client() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            runner = TaskRunnerBase(conn)
-            start.wait()
-            pace = time.perf_counter()
-            for i in range(per_client):
-                runner.enqueue(noop.NAME, noop.NoopParameters(i=i, sent=time.time()))
-                pace += clients / rate
-                time.sleep(max(0.0, pace - time.perf_counter()))
+    def enqueue_paced(conn: psycopg.Connection[Any]) -> None:
+        runner = TaskRunnerBase(conn)
+        pace = time.perf_counter()
+        for i in range(per_client):
+            runner.enqueue(noop.NAME, noop.NoopParameters(i=i, sent=time.time()))
+            pace += clients / rate
+            time.sleep(max(0.0, pace - time.perf_counter()))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    start.wait()
-    t = time.perf_counter()
-    for th in threads:
-        th.join()
-    return per_client * clients / (time.perf_counter() - t)
+    return per_client * clients / timed_clients(dsn, clients, enqueue_paced)
 
 
 def measure(dsn: str, n: int, rate: float, clients: int, concurrency: int = 100) -> dict[str, Any]:

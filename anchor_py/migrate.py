@@ -72,10 +72,7 @@ def install(dsn: str, *, target: int | None = None, roles: bool = False) -> list
                     break
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} was changed after it was "
-                            "applied; migrations are append-only: add a new one instead"
-                        )
+                        raise MigrationError(_changed_message(conn, migration))
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
@@ -94,3 +91,19 @@ def install(dsn: str, *, target: int | None = None, roles: bool = False) -> list
         finally:
             conn.execute(queries.INSTALL_UNLOCK)
     return applied
+
+
+def _changed_message(conn: psycopg.Connection[Any], migration: Migration) -> str:
+    """Why an applied migration's checksum differs: a database built from the migrations of the 0.1.0
+    development (recorded under other names, e.g. 0001_core) has no upgrade path, else a shipped file changed."""
+    recorded = {int(version): str(name) for version, name, _ in conn.execute(queries.APPLIED_MIGRATIONS)}
+    if recorded.get(migration.version) != migration.name:
+        found = ", ".join(f"{version:04d}_{name}" for version, name in sorted(recorded.items()))
+        return (
+            f"the database's schema anchor was installed from migrations that no release ships ({found}); "
+            "it cannot be upgraded: drop schema anchor cascade and run anchor install-sql again"
+        )
+    return (
+        f"migration {migration.version:04d}_{migration.name} was changed after it was applied; "
+        "migrations are append-only: add a new one instead"
+    )

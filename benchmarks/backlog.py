@@ -30,7 +30,7 @@ def run(ctx: Context) -> None:
         setup = time.perf_counter() - t
         size = conn.execute("select pg_size_pretty(pg_total_relation_size('anchor.tasks'))").fetchone()[0]  # type: ignore[index]
 
-        conn.execute("select anchor.heartbeat('bench')")
+        conn.execute("select anchor.heartbeat_v2('bench', '{}')")
         claim_ms: list[float] = []
         for _ in range(ctx.n(300, 50)):
             c = time.perf_counter()

@@ -33,7 +33,7 @@ def drain_sql(dsn: str, batch: int) -> dict[str, Any]:
     """Claim and complete through the SQL core's functions, as the worker does, minus the worker."""
     claim_ms: list[float] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("select anchor.heartbeat('bench')")
+        conn.execute("select anchor.heartbeat_v2('bench', '{}')")
         done = 0
         t = time.perf_counter()
         while True:

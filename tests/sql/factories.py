@@ -59,7 +59,13 @@ def claim_rows(
 
 
 def heartbeat(db: Conn, worker: str = WORKER, now: datetime | None = None) -> list[int]:
-    row = db.execute("select anchor.heartbeat(%s, p_now => %s) as ids", (worker, now)).fetchone()
+    """The worker heartbeats holding every task locked by it (so nothing is handed back); returns the held
+    tasks whose cancel was requested."""
+    row = db.execute(
+        "select anchor.heartbeat_v2(%(worker)s, array(select t.id from anchor.tasks t where t.locked_by = %(worker)s),"
+        " p_now => %(now)s) as ids",
+        {"worker": worker, "now": now},
+    ).fetchone()
     assert row is not None
     return list(row["ids"])
 

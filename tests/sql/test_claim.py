@@ -66,7 +66,7 @@ def test_four_claimers_never_get_the_same_task(db: Conn) -> None:
 
     def claimer(slot: int) -> None:
         with psycopg.connect(db.info.dsn, autocommit=True) as conn:
-            conn.execute("select anchor.heartbeat(%s)", (f"w{slot}",))
+            conn.execute("select anchor.heartbeat_v2(%s, '{}')", (f"w{slot}",))
             start.wait()
             while True:
                 rows = conn.execute(
@@ -132,7 +132,7 @@ def test_enqueue_of_a_due_task_notifies_its_queue_and_a_delayed_one_does_not(db:
         ("select * from anchor.claim('w', 0)", "claim: max_tasks must be at least 1, got 0"),
         ("select * from anchor.complete(array[1,2]::bigint[], array[1], 'w')", "complete: 2 ids but 1 attempts"),
         ("select * from anchor.hand_back(array[1]::bigint[], array[]::int[], 'w')", "hand_back: 1 ids but 0 attempts"),
-        ("select anchor.heartbeat(' ')", "heartbeat: worker_id must not be empty"),
+        ("select anchor.heartbeat_v2(' ', '{}')", "heartbeat_v2: worker_id must not be empty"),
     ],
 )
 def test_worker_functions_refuse_bad_arguments(db: Conn, call: str, message: str) -> None:

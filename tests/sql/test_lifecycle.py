@@ -220,7 +220,9 @@ def test_cancel_pending_and_running_tasks(db: Conn) -> None:
     assert db.execute("select anchor.cancel(%s) as o", (running,)).fetchone() == {"o": "cancel_requested"}
     assert [n.payload for n in listener.notifies(timeout=2, stop_after=1)] == [str(running)]
     listener.close()
-    assert db.execute("select anchor.heartbeat(%s) as ids", (WORKER,)).fetchone() == {"ids": [running]}
+    assert db.execute("select anchor.heartbeat_v2(%s, array[%s]::bigint[]) as ids", (WORKER, running)).fetchone() == {
+        "ids": [running]
+    }
     # the worker stops the execution and reports it: no retry despite unlimited attempts
     assert fail(db, running, 1, error_message="cancelled") == "cancelled"
     assert task(db, running)["state"] == "cancelled"

@@ -66,7 +66,7 @@ def test_the_enqueuer_can_only_enqueue(db: Conn, logins: dict[str, str]) -> None
 def test_the_worker_runs_tasks_but_cannot_read_tables_or_act_as_operator(db: Conn, logins: dict[str, str]) -> None:
     worker = logins["anchor_worker"]
     task_id = enqueue(db, "Job")
-    run_as(worker, "select anchor.heartbeat('w1')")
+    run_as(worker, "select anchor.heartbeat_v2('w1', '{}')")
     rows = run_as(worker, "select id, attempt from anchor.claim('w1', 10) where kind = 'execute'")
     assert rows == [(task_id, 1)]
     assert run_as(worker, f"select anchor.fail({task_id}, 1, 'w1', 'boom')") == [("failing",)]

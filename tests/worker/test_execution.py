@@ -233,7 +233,7 @@ def test_a_claim_whose_reply_was_lost_runs_again_within_the_release_time(dsn: st
     heartbeat reports what the worker really holds, so the task comes back long before its 1 h deadline."""
     config = dataclasses.replace(FAST, worker_id="worker-lost-reply")  # released after heartbeat_timeout (3 s)
     lost = enqueue(app_db, "Work", {"userId": 1})
-    app_db.execute("select anchor.heartbeat('worker-lost-reply')")
+    app_db.execute("select anchor.heartbeat_v2('worker-lost-reply', '{}')")
     (claimed,) = app_db.execute(
         "select id from anchor.claim('worker-lost-reply', 1) where kind = 'execute'"
     ).fetchall()

@@ -23,7 +23,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 def finished_tasks(db: Conn, count: int, state: str = "succeeded", days_ago: float = 10) -> None:
     """`count` tasks that finished `days_ago` days ago, driven through the core's own functions."""
     db.execute("select anchor.register_tasks(%s::jsonb, 1)", (json.dumps([{"name": "Job"}]),))
-    db.execute("select anchor.heartbeat('w')")
+    db.execute("select anchor.heartbeat_v2('w', '{}')")
     db.execute("select anchor.enqueue_many('Job', %s::jsonb)", (json.dumps([{}] * count),))
     rows = db.execute("select id, attempt from anchor.claim('w', %s) where kind = 'execute'", (count,)).fetchall()
     when = db.execute("select now() - %s * interval '1 day' as t", (days_ago,)).fetchone()["t"]  # type: ignore[index]

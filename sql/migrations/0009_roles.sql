@@ -1,4 +1,4 @@
--- 0004_roles: least privilege.
+-- 0009_roles: least privilege.
 --
 -- Why: an application that only enqueues should not be able to read or change other people's tasks, and
 -- a worker should not be able to purge history. Three roles, each a superset of the one before:
@@ -8,13 +8,8 @@
 -- The API functions run SECURITY DEFINER with a fixed search_path, so the first two need no table grants.
 -- Roles are cluster-wide and created on request (`anchor install-sql --roles` → anchor.ensure_roles());
 -- grants are per database and re-applied by anchor.apply_privileges(), which later migrations call after
--- adding their own rows to anchor.function_roles.
-
--- Which role may call each API function (by name, so every overload and later _v2 twin is covered).
-create table anchor.function_roles (
-    function_name text primary key,
-    role_name text not null check (role_name in ('anchor_enqueuer', 'anchor_worker', 'anchor_admin'))
-);
+-- adding their own rows to anchor.function_roles (the table is in 0001_schema). Last of the baseline, so
+-- every API function exists when the privileges are applied.
 
 insert into anchor.function_roles (function_name, role_name) values
 ('enqueue', 'anchor_enqueuer'),
@@ -26,7 +21,7 @@ insert into anchor.function_roles (function_name, role_name) values
 ('finish_failure', 'anchor_worker'),
 ('fail_hook', 'anchor_worker'),
 ('hand_back', 'anchor_worker'),
-('heartbeat', 'anchor_worker'),
+('heartbeat_v2', 'anchor_worker'),
 ('deregister_worker', 'anchor_worker'),
 ('rescue', 'anchor_worker'),
 ('prune', 'anchor_worker'),

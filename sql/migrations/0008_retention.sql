@@ -1,4 +1,4 @@
--- 0003_retention: finished tasks are deleted after a retention period, so anchor.tasks does not grow
+-- 0008_retention: finished tasks are deleted after a retention period, so anchor.tasks does not grow
 -- without end.
 --
 -- Why: every task row stays after it finishes (a plain success writes no event, so the row is the only
@@ -12,17 +12,8 @@
 -- returns fewer than batch_size. Rows are taken FOR UPDATE SKIP LOCKED, so a prune never waits on (or
 -- blocks) an operator touching the same finished task, and two pruners never delete the same row.
 --
--- Why a new index: without it every batch is a sequential scan of the whole table (a million finished
--- rows = a million rows read per thousand deleted). The index covers finished states only, ordered by
--- (state, finished_at), so each batch is a short range scan. Its cost is one index entry written when a
--- task finishes (complete, fail, cancel, rescue); the benchmark measures it (docs/performance.md).
--- Created without CONCURRENTLY because migrations run in a transaction: on a large existing table the
--- CREATE INDEX blocks writes to anchor.tasks while it builds.
---
--- task_events rows go with their task (on delete cascade, through task_events_task_idx).
-
-create index tasks_finished_idx on anchor.tasks (state, finished_at)
-where state in ('succeeded', 'failed', 'hook_failed', 'cancelled');
+-- Its index (tasks_finished_idx, finished states by (state, finished_at)) is in 0001_schema; without it
+-- every batch would read the whole table. task_events rows go with their task (on delete cascade).
 
 -- Deletes up to batch_size finished tasks (succeeded older than succeeded_after; failed, hook_failed and
 -- cancelled older than failed_after, by finished_at) and returns how many it deleted.

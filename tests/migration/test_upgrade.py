@@ -1,17 +1,26 @@
-"""Upgrades lose nothing: for every migration N >= 2, a database installed up to N-1 and holding tasks in
-every state (made through the SQL functions, never by writing rows) is upgraded to the latest migration;
-every row it held is still there, unchanged, and the functions still drive those tasks afterwards.
+"""Upgrades lose nothing: a database at a release's schema version (0.1.0: the baseline, migrations 0001 to
+0009), holding tasks in every state the schema allows, cron schedules (one fired, one paused) and workers,
+made through the release's own SQL functions, never by writing rows, is upgraded with every later
+migration; every row it held is still there, unchanged, and the functions still drive those tasks to their
+ends. The later migrations are whatever sql/migrations holds past the release, so each new migration is
+tested here without touching this file; while there is none, the upgrade applies nothing and the test
+checks the baseline itself.
+
+Populating and driving use the 0.1.0 signatures (the worker of the previous release keeps calling them
+during a rolling deploy); when a later release drops one of them after its one-release overlap, that
+release moves these calls to the versioned twin.
 
 Each case creates its own database on the test server (and drops it), since the shared fixtures only
-hand out fully migrated ones. Populating uses the 0001 function signatures, which later migrations keep
-(a changed function gets a versioned name; the old one stays for a release)."""
+hand out fully migrated ones."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,13 +28,37 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from anchor_py.migrate import install, load_migrations
+from anchor_py.migrate import MigrationError, install, load_migrations
 from tests.conftest import SERVER
 
 Conn = psycopg.Connection[dict[str, Any]]
 MIGRATIONS = load_migrations()
 LATEST = MIGRATIONS[-1].version
 WORKER = "old-worker"
+CHANGELOG = Path(__file__).resolve().parents[2] / "CHANGELOG.md"
+
+# The released baseline: these files never change again (the installer would refuse a database that
+# applied them); a change to the schema is a new migration.
+BASELINE_0_1_0 = {
+    1: ("schema", "9e19473cf20fb7428479d7a0efb7843277ddd31f343bd3f45c4aaacc729331a3"),
+    2: ("parameter_validation", "ccfe7e68f065296832cd5aa242de21c62d1162b8cbe40d519e4edf80216f2497"),
+    3: ("registration_and_enqueue", "ea271360de70b646f1fd5823b5e6ff2bccf82b655cb8b27c000e2be20dd33604"),
+    4: ("claim_and_finishing", "8ae53350961c34ef1ceaa8721870569a0dbc1fddab35d9ff4ba338424d4b0b03"),
+    5: ("operator_actions", "448350c63edae040c4e9d0889bf2fa3a63709958ee9f2dffb6993c01579d4010"),
+    6: ("rescue_and_heartbeat", "5437dda1e70a18b7443de021b072b538875ae7e4918773c7bef07bdd6da71e8d"),
+    7: ("cron", "b845dd6ca6cdc5a23bf84fc49559798feed48d4567a2d7892fb6c765c76c0e49"),
+    8: ("retention", "38f94e894e95f7ba56bc5f82bd23bdab997e2e3fc3796348cdd1ca87f565975b"),
+    9: ("roles", "6f334c1d1ec8fc093fa8ca2a329a2cdfa7cde319868f921dc8802d89c9f958cd"),
+}
+
+
+def release_schema_versions() -> dict[str, int]:
+    """Release -> schema version, as CHANGELOG.md states them ('## 0.1.0' ... '**Schema version: 9**')."""
+    found = re.findall(r"^## (\d+\.\d+\.\d+)\b.*?\n\*\*Schema version: (\d+)\*\*", CHANGELOG.read_text(), re.M | re.S)
+    return {release: int(version) for release, version in found}
+
+
+RELEASES = release_schema_versions()
 
 DEFINITIONS = [
     # retried, with an onFailed hook
@@ -38,7 +71,7 @@ DEFINITIONS = [
     },
     # one attempt, no hook
     {"name": "Plain", "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}}},
-    # a cron task registered before cron schedules existed in the database
+    # cron tasks: one fired once before the upgrade, one paused by an operator
     {
         "name": "Nightly",
         "parameters": {
@@ -48,7 +81,15 @@ DEFINITIONS = [
         },
         "cron": {"expression": "0 0 2 * * *", "parameters": {}, "timezone": "UTC", "catch_up": 0, "overlap": "skip"},
     },
+    {"name": "Weekly", "cron": {"expression": "0 0 3 * * 1", "timezone": "Europe/Berlin"}},
 ]
+
+
+def test_the_0_1_0_baseline_is_released_and_unchanged() -> None:
+    assert RELEASES.get("0.1.0") == len(BASELINE_0_1_0), f"CHANGELOG.md's 0.1.0 schema version: {RELEASES}"
+    shipped = {m.version: (m.name, m.checksum) for m in MIGRATIONS if m.version in BASELINE_0_1_0}
+    changed = [f"{v:04d}_{BASELINE_0_1_0[v][0]}" for v in BASELINE_0_1_0 if shipped.get(v) != BASELINE_0_1_0[v]]
+    assert changed == [], f"released migrations changed: {changed}; add a new migration instead"
 
 
 @pytest.fixture
@@ -88,10 +129,29 @@ def claim_one(db: Conn, name: str) -> dict[str, Any]:
     return rows[0]
 
 
+def heartbeat(db: Conn, worker: str, held: list[int]) -> list[int]:
+    return list(one(db, "select anchor.heartbeat_v2(%s, %s::bigint[], '{\"host\": \"old\"}')", worker, held))
+
+
+def fire_cron(db: Conn, name: str, expected: datetime | None, fire_times: list[datetime], next_at: datetime,
+              now: datetime, params: list[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    return db.execute(
+        """select * from anchor.cron_fire(name => %s, expected_next_fire_at => %s, fire_times => %s::timestamptz[],
+        fire_params => %s::jsonb, next_fire_at => %s, missed => 0, p_now => %s)""",
+        (name, expected, fire_times, json.dumps(params), next_at, now),
+    ).fetchall()
+
+
+def task_states(db: Conn) -> set[str]:
+    """The states anchor.tasks allows, read from its check constraint (a later state must be populated too)."""
+    definition = one(db, "select pg_get_constraintdef(oid) from pg_constraint where conname = 'tasks_state_check'")
+    return set(re.findall(r"'(\w+)'", definition))
+
+
 def populate(db: Conn) -> dict[str, int]:
-    """Tasks in every state, through the functions of the old version; returns an id per state."""
+    """Tasks in every state, cron schedules and workers, through the release's functions; ids by name."""
     db.execute("select anchor.register_tasks(%s::jsonb, 1)", (json.dumps(DEFINITIONS),))
-    db.execute('select anchor.heartbeat(%s, \'{"host": "old"}\'::jsonb)', (WORKER,))
+    heartbeat(db, WORKER, [])
     ids: dict[str, int] = {}
 
     ids["running"] = enqueue(db, "Plain", 1)
@@ -137,9 +197,17 @@ def populate(db: Conn) -> dict[str, int]:
     ids["pending"] = enqueue(db, "Plain", 9)
     ids["unique"] = enqueue(db, "Plain", 10, unique_tag="daily-10", delay=timedelta(minutes=5))
 
+    # Nightly fired once (its task pending, its fire recorded, its next fire a day ahead); Weekly paused
+    now = one(db, "select now()")
+    assert fire_cron(db, "Nightly", None, [], now - timedelta(minutes=1), now - timedelta(minutes=2), []) == []
+    (fired,) = fire_cron(db, "Nightly", now - timedelta(minutes=1), [now - timedelta(minutes=1)],
+                         now + timedelta(days=1), now, [{"date": "2026-01-31"}])  # fmt: skip
+    assert fired["outcome"] == "enqueued"
+    ids["cron_fired"] = fired["task_id"]
+    assert one(db, "select anchor.cron_pause('Weekly')") == "paused"
+
     states = {r["id"]: r["state"] for r in db.execute("select id, state from anchor.tasks").fetchall()}
-    every_state = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
-    assert {states[ids[s]] for s in every_state} == set(every_state)
+    assert set(states.values()) == task_states(db), "populate must hold a task in every state the schema allows"
     return ids
 
 
@@ -157,15 +225,16 @@ def snapshot(db: Conn) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
-@pytest.mark.parametrize("version", [m.version for m in MIGRATIONS if m.version >= 2])
-def test_upgrade_to_latest_keeps_every_task_and_the_functions_work(scratch_dsn: str, version: int) -> None:
-    assert [m.version for m in install(scratch_dsn, target=version - 1)] == list(range(1, version))
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_upgrading_a_release_keeps_every_row_and_the_functions_drive_them(scratch_dsn: str, release: str) -> None:
+    version = RELEASES[release]
+    assert [m.version for m in install(scratch_dsn, target=version)] == list(range(1, version + 1))
     with psycopg.connect(scratch_dsn, autocommit=True, row_factory=dict_row) as db:
         ids = populate(db)
         before = snapshot(db)
 
     applied = install(scratch_dsn)
-    assert [m.version for m in applied] == list(range(version, LATEST + 1))
+    assert [m.version for m in applied] == list(range(version + 1, LATEST + 1)), "every later migration runs"
     assert install(scratch_dsn) == [], "re-running applies nothing"
 
     with psycopg.connect(scratch_dsn, autocommit=True, row_factory=dict_row) as db:
@@ -177,7 +246,7 @@ def test_upgrade_to_latest_keeps_every_task_and_the_functions_work(scratch_dsn: 
                 ({key: row[key] for key in rows[0]} if rows else row for row in after[table]),
                 key=lambda row: json.dumps(row, sort_keys=True),
             )
-            if table in ("tasks", "task_events"):
+            if table in ("tasks", "task_events", "cron_schedules", "cron_fires", "workers"):
                 assert kept == rows, f"anchor.{table} changed in the upgrade"
             else:
                 # configuration tables may gain rows (a new migration, a new function's role): none is lost
@@ -190,31 +259,40 @@ def exercise(db: Conn, ids: dict[str, int]) -> None:
     """The functions still drive the old rows to their ends after the upgrade."""
     state = lambda task_id: one(db, "select state from anchor.tasks where id = %s", task_id)  # noqa: E731
 
+    # the old worker heartbeats holding its tasks and hook lease; the cancel request reaches it
+    held = [ids["running"], ids["cancel_requested"], ids["failing"]]
+    assert heartbeat(db, WORKER, held) == [ids["cancel_requested"]]
     # the running task finishes for its old worker
     attempt = one(db, "select attempts from anchor.tasks where id = %s", ids["running"])
     assert one(db, "select outcome from anchor.complete(array[%s]::bigint[], array[%s]::int[], %s)",
                ids["running"], attempt, WORKER) == "succeeded"  # fmt: skip
+    assert one(db, "select anchor.fail(%s, 1, %s, error_message => 'cancelled')", ids["cancel_requested"],
+               WORKER) == "cancelled"  # fmt: skip
     # the failing task's hook commits with the failure
     assert one(db, "select anchor.finish_failure(%s, 1, %s)", ids["failing"], WORKER) == "failed"
     # operator actions on finished tasks
     assert one(db, "select anchor.retry_hook(%s)", ids["hook_failed"]) == "failing"
     assert one(db, "select anchor.retry_now(%s)", ids["failed"]) == "pending"
     assert one(db, "select anchor.retry_now(%s)", ids["cancelled"]) == "pending"
-    # the cancel request reaches the old worker through its heartbeat
-    assert ids["cancel_requested"] in one(db, "select anchor.heartbeat(%s)", WORKER)
     # a duplicate unique tag still returns the live task
     assert enqueue(db, "Plain", 11, unique_tag="daily-10") == ids["unique"]
 
-    # a new worker claims the due work: the retried hook and the pending tasks
-    db.execute("select anchor.heartbeat('new-worker')")
+    # a new worker claims the due work: the retried hook, the pending tasks, the cron task, and completes it
+    heartbeat(db, "new-worker", [])
     claimed = db.execute("select * from anchor.claim('new-worker', 10) where kind <> 'wake'").fetchall()
     claimed_ids = {r["id"] for r in claimed}
-    assert {ids["hook_failed"], ids["pending"], ids["failed"], ids["cancelled"]} <= claimed_ids
+    assert {ids["hook_failed"], ids["pending"], ids["failed"], ids["cancelled"], ids["cron_fired"]} <= claimed_ids
     for row in claimed:
         if row["kind"] == "execute":
             assert one(db, "select outcome from anchor.complete(array[%s]::bigint[], array[%s]::int[], 'new-worker')",
                        row["id"], row["attempt"]) == "succeeded"  # fmt: skip
-    assert state(ids["pending"]) == "succeeded" and state(ids["failed"]) == "succeeded"
+        else:
+            assert one(db, "select anchor.finish_failure(%s, %s, 'new-worker')", row["id"], row["hook_attempt"]) == (
+                "failed"
+            )
+    for name in ("pending", "failed", "cancelled", "cron_fired"):
+        assert state(ids[name]) == "succeeded", name
+    assert state(ids["hook_failed"]) == "failed"
 
     # new work and a new registration go through
     new_id = enqueue(db, "Job", 12)
@@ -222,7 +300,33 @@ def exercise(db: Conn, ids: dict[str, int]) -> None:
     assert one(db, "select anchor.register_tasks(%s::jsonb, 2)", json.dumps(DEFINITIONS)) == "applied"
     assert db.execute("select * from anchor.rescue()").fetchall() == []
 
-    if one(db, "select to_regclass('anchor.cron_schedules') is not null"):
-        # the cron task registered before the upgrade has its schedule, ready to be computed and fired
-        due = db.execute("select * from anchor.cron_take_due()").fetchall()
-        assert [(r["name"], r["expression"], r["next_fire_at"]) for r in due] == [("Nightly", "0 0 2 * * *", None)]
+    # the schedules kept their state: Nightly fired with its next fire a day ahead, Weekly paused until resumed
+    schedules = {r["name"]: r for r in db.execute("select * from anchor.cron_list()").fetchall()}
+    assert (schedules["Nightly"]["paused"], schedules["Nightly"]["last_task_id"]) == (False, ids["cron_fired"])
+    assert schedules["Weekly"]["paused"]
+    assert one(db, "select anchor.cron_resume('Weekly')") == "resumed"
+    due_at = schedules["Nightly"]["next_fire_at"] + timedelta(seconds=1)
+    due = db.execute("select name from anchor.cron_take_due(p_now => %s)", (due_at,)).fetchall()
+    assert sorted(r["name"] for r in due) == ["Nightly", "Weekly"]
+
+
+def test_a_database_of_unreleased_migrations_is_refused_by_name(dsn: str, db: Conn) -> None:
+    """A database installed from the migrations 0.1.0 replaced has no upgrade path: the installer says so."""
+    db.execute("delete from anchor.schema_migrations where version > 5")
+    db.execute(
+        "update anchor.schema_migrations set checksum = 'old',"
+        " name = (array['core', 'cron', 'retention', 'roles', 'heartbeat_v2'])[version]"
+    )
+    with pytest.raises(MigrationError) as err:
+        install(dsn)
+    assert str(err.value) == (
+        "the database's schema anchor was installed from migrations that no release ships (0001_core, 0002_cron, "
+        "0003_retention, 0004_roles, 0005_heartbeat_v2); it cannot be upgraded: drop schema anchor cascade and "
+        "run anchor install-sql again"
+    )
+
+
+def test_a_changed_migration_is_refused(dsn: str, db: Conn) -> None:
+    db.execute("update anchor.schema_migrations set checksum = 'edited' where version = 3")
+    with pytest.raises(MigrationError, match="0003_registration_and_enqueue was changed after it was applied"):
+        install(dsn)

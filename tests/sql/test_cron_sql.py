@@ -1,4 +1,4 @@
-"""The cron part of the SQL core (0002_cron): schedules synced from definitions, fenced firing with one
+"""The cron part of the SQL core (0007_cron): schedules synced from definitions, fenced firing with one
 task per fire time, overlap, pause/resume/list, failure pausing. Fire times are passed in (Python computes
 them), and every call takes p_now, so nothing here waits for a clock."""
 

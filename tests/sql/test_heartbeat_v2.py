@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
 from tests.sql.factories import WORKER, Conn, claim, db_now, definition, enqueue, events, fail, register, task
 
 
@@ -62,3 +63,27 @@ def test_held_ids_are_required(db: Conn) -> None:
     with pytest.raises(psycopg.Error, match="heartbeat_v2: held_ids must be an array") as err:
         db.execute("select anchor.heartbeat_v2('w1', null)")
     assert err.value.sqlstate == "AT003"
+
+
+def test_the_sql_defaults_are_the_shared_heartbeat_timeout(db: Conn) -> None:
+    """Called without them, heartbeat_v2's release_after and rescue's heartbeat_timeout wait HEARTBEAT_TIMEOUT,
+    the timeout the worker, the rescuer and the dashboard use."""
+    timeout, second = HEARTBEAT_TIMEOUT, timedelta(seconds=1)
+    register(db, definition("Job", retry_interval="1s", max_attempts=-1))
+    lost_id, dead_id = enqueue(db, "Job"), enqueue(db, "Job")
+    now = db_now(db)
+    claim(db, max_tasks=1, now=now)
+    claim(db, worker="dead-worker", max_tasks=1, now=now)
+
+    def heartbeat_defaults(at: datetime) -> None:
+        db.execute("select anchor.heartbeat_v2(%s, '{}', p_now => %s)", (WORKER, at))
+
+    def rescue_defaults(at: datetime) -> list[int]:
+        return [r["id"] for r in db.execute("select * from anchor.rescue(p_now => %s)", (at,)).fetchall()]
+
+    heartbeat_defaults(now + timeout - second)
+    assert task(db, lost_id)["state"] == "running"
+    heartbeat_defaults(now + timeout + second)
+    assert task(db, lost_id)["state"] == "pending"
+    assert rescue_defaults(now + timeout - second) == []
+    assert rescue_defaults(now + timeout + second) == [dead_id]

@@ -1,4 +1,4 @@
-"""Next fire times and fire planning (anchor_py.cron): pure Python, no database."""
+"""Next fire times and fire planning (anchor_py.cron_times): pure Python, no database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from anchor_py.cron import CronError, build_params, next_fire_after, plan_fires
+from anchor_py.cron_times import CronError, build_params, next_fire_after, plan_fires
 
 UTC = UTC
 

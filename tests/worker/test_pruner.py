@@ -109,7 +109,7 @@ def test_run_loops_until_stopped_and_survives_an_unreachable_database(
 
     async def scenario(target: str) -> None:
         stop = asyncio.Event()
-        runner = asyncio.create_task(Pruner(target, PrunerConfig(interval=0.05)).run(stop))
+        runner = asyncio.create_task(Pruner(target, PrunerConfig(interval=timedelta(seconds=0.05))).run(stop))
         await asyncio.sleep(0.4)
         stop.set()
         await asyncio.wait_for(runner, 5)

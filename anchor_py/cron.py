@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
 
 from anchor_py import queries
 from anchor_py.cron_times import CronError, build_params, plan_fires, schedule_zone
@@ -78,11 +79,17 @@ class CronRound:
         return tuple(f for f in self.fires if f.outcome == "enqueued")
 
 
-# Errors that mean "this schedule cannot fire as configured", not "the database is unwell": our own
-# SQLSTATEs (AT001 unknown task, AT002 params, AT003 bad argument) and data exceptions (class 22).
+# SQLSTATE classes that say the database is unwell rather than the schedule: connection lost (08),
+# serialization failure or deadlock (40), out of resources (53), lock not available (55), operator
+# intervention such as a statement timeout or shutdown (57), system error (58). The round is retried.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+
+
 def _is_schedule_error(exc: psycopg.Error) -> bool:
-    state = exc.sqlstate or ""
-    return state.startswith("AT") or state.startswith("22")
+    """Whether a fire's error belongs to that schedule (our AT codes, bad data, a limit its params hit...),
+    so that it pauses the schedule instead of failing the round for every schedule."""
+    state = exc.sqlstate
+    return state is not None and state[:2] not in _TRANSIENT_CLASSES
 
 
 class CronService(MaintenanceService[CronConfig, CronRound]):
@@ -104,6 +111,7 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
         async with self.db.connection() as conn:
             async with conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
+                cur.adapters.register_loader("jsonb", TextLoader)  # decoded per schedule, in _fire
                 await cur.execute(queries.CRON_TAKE_DUE, {"max_schedules": self.config.max_schedules, "now": now})
                 rows = await cur.fetchall()
                 db_now: datetime = rows[0]["db_now"] if rows else now or datetime.now(UTC)
@@ -132,6 +140,8 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
         """Plans and fires one taken schedule; returns the error that should pause it, or None."""
         name: str = row["name"]
         try:
+            # the stored JSON is decoded here, per schedule: one that cannot be decoded pauses only itself
+            schema, stored_params = json.loads(row["params_schema"]), json.loads(row["params"])
             plan = plan_fires(
                 row["expression"],
                 row["timezone"],
@@ -141,9 +151,11 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
                 catch_up=row["catch_up"],
             )
             zone = schedule_zone(row["timezone"])
-            params = [build_params(row["params_schema"], row["params"], f.astimezone(zone)) for f in plan.fire_times]
+            params = [build_params(schema, stored_params, f.astimezone(zone)) for f in plan.fire_times]
         except CronError as exc:
             return str(exc)
+        except Exception as exc:  # a stored value no check foresaw: it stops this schedule, not the service
+            return f"the stored schedule cannot be used: {type(exc).__name__}: {exc}"
         try:
             async with conn.transaction():  # a savepoint: a refused fire leaves the others intact
                 results = await fetch_all(

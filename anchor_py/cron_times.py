@@ -13,6 +13,7 @@ enqueued.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -42,7 +43,7 @@ def schedule_zone(name: str) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: e.g. 'America' is a directory
         raise CronError(f"timezone {name!r} is not a known time zone name (e.g. 'Europe/Berlin')") from exc
 
 
@@ -126,20 +127,34 @@ def plan_fires(
     return FirePlan(tuple(sorted(kept + on_time)), dropped, upcoming)
 
 
-def build_params(schema: Mapping[str, Any], params: Mapping[str, Any], fire_at: datetime) -> dict[str, Any]:
+def build_params(schema: Any, params: Any, fire_at: datetime) -> dict[str, Any]:
     """The task params for one fire: ``cronjob.parameters``, plus every required ``format: date`` /
     ``date-time`` string parameter they do not give, filled from the fire time (``fire_at``, aware, in
     the schedule's zone: a daily 01:00 report in Asia/Shanghai gets the Shanghai date).
 
-    Raises CronError naming the required parameters that are neither given nor fillable.
+    ``schema`` and ``params`` are the stored JSON, which may have any shape. Raises CronError for params
+    that are not an object, a schema whose ``properties`` / ``required`` are not an object / a list of
+    names, and naming the required parameters that are neither given nor fillable.
     """
-    result = dict(params)
+    if not isinstance(params, Mapping):
+        raise CronError(f"cronjob.parameters must be an object, got {json.dumps(params)[:200]}")
+    schema = schema if isinstance(schema, Mapping) else {}
     properties = schema.get("properties") or {}
+    required = schema.get("required") or []
+    if not isinstance(properties, Mapping) or not isinstance(required, list) or not all(
+        isinstance(name, str) for name in required
+    ):
+        raise CronError(
+            "the task's parameter schema is malformed: properties must be an object and required a list of "
+            f"names, got properties {json.dumps(properties)[:200]}, required {json.dumps(required)[:200]}"
+        )
+    result = dict(params)
     unfillable = []
-    for name in schema.get("required") or ():
+    for name in required:
         if result.get(name) is not None:
             continue
-        prop = properties.get(name) or {}
+        prop = properties.get(name)
+        prop = prop if isinstance(prop, Mapping) else {}
         kind = (prop.get("type", "string"), prop.get("format"))
         if kind == ("string", "date"):
             result[name] = fire_at.date().isoformat()

@@ -19,12 +19,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.string import TextLoader
 
 from anchor_py import queries
 from anchor_py.cron_times import CronError, build_params, plan_fires, schedule_zone
-from anchor_py.db import PoolOrDsn, execute, fetch_all, fetch_one
+from anchor_py.db import PoolOrDsn, execute, fetch_all
 from anchor_py.services import MaintenanceService, ServiceConfig, check_durations
 
 __all__ = ["CronConfig", "CronFire", "CronRound", "CronService"]
@@ -92,6 +95,34 @@ def _is_schedule_error(exc: psycopg.Error) -> bool:
     return state is not None and state[:2] not in _TRANSIENT_CLASSES
 
 
+class OutOfRange(str):
+    """A stored timestamp that Python's datetime cannot hold (±infinity, before year 1, after 9999)."""
+
+
+class _TolerantTimestamptzLoader(Loader):
+    """Loads timestamptz as datetime, or as OutOfRange text, so one stored value out of range does not
+    make the whole result unreadable."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._loader = TimestamptzLoader(oid, context)
+
+    def load(self, data: Buffer) -> datetime | OutOfRange:
+        try:
+            return self._loader.load(data)
+        except psycopg.DataError:
+            return OutOfRange(bytes(data).decode())
+
+
+def _tolerant_cursor(conn: psycopg.AsyncConnection[Any], row_factory: Any) -> psycopg.AsyncCursor[Any]:
+    """A cursor for reading schedules: jsonb comes as text (decoded per schedule, in ``_fire``) and
+    timestamps out of range as OutOfRange, so one unusable row pauses itself instead of failing the read."""
+    cur = conn.cursor(row_factory=row_factory)
+    cur.adapters.register_loader("jsonb", TextLoader)
+    cur.adapters.register_loader("timestamptz", _TolerantTimestamptzLoader)
+    return cur
+
+
 class CronService(MaintenanceService[CronConfig, CronRound]):
     """The cron maintenance service: fires due schedules, once per fire time across all workers."""
 
@@ -110,8 +141,7 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
         paused: list[tuple[str, str]] = []
         async with self.db.connection() as conn:
             async with conn.transaction():
-                cur = conn.cursor(row_factory=dict_row)
-                cur.adapters.register_loader("jsonb", TextLoader)  # decoded per schedule, in _fire
+                cur = _tolerant_cursor(conn, dict_row)
                 await cur.execute(queries.CRON_TAKE_DUE, {"max_schedules": self.config.max_schedules, "now": now})
                 rows = await cur.fetchall()
                 db_now: datetime = rows[0]["db_now"] if rows else now or datetime.now(UTC)
@@ -123,8 +153,11 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
                         )
                         self.log.error("cron schedule %s paused: %s", row["name"], error)
                         paused.append((row["name"], error))
-            wake = await fetch_one(conn, queries.CRON_NEXT_WAKE, {"now": now})
+            cur = _tolerant_cursor(conn, tuple_row)
+            wake = await (await cur.execute(queries.CRON_NEXT_WAKE, {"now": now})).fetchone()
         wake_at, wake_now = wake if wake is not None else (None, None)
+        if isinstance(wake_at, OutOfRange):  # e.g. 'infinity': nothing to wake up for
+            wake_at = None
         return CronRound(
             now=db_now if rows or wake_now is None else wake_now,
             taken=len(rows),
@@ -139,6 +172,8 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
     ) -> str | None:
         """Plans and fires one taken schedule; returns the error that should pause it, or None."""
         name: str = row["name"]
+        if isinstance(row["next_fire_at"], OutOfRange):
+            return f"next fire time {row['next_fire_at']} is outside the years 1 to 9999 that fire times can have"
         try:
             # the stored JSON is decoded here, per schedule: one that cannot be decoded pauses only itself
             schema, stored_params = json.loads(row["params_schema"]), json.loads(row["params"])

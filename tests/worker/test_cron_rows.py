@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from anchor_py.cron import CronService
+from anchor_py.cron import CronConfig, CronService
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -68,6 +68,12 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
     "a stored expression croniter cannot read": (
         "update anchor.cron_schedules set expression = '*/0 * * * * *' where name = 'Broken'", {}, "*/0",
     ),
+    "a next fire time of minus infinity": (
+        "update anchor.cron_schedules set next_fire_at = '-infinity' where name = 'Broken'", {}, "-infinity",
+    ),
+    "a due next fire time before the year 1": (
+        "update anchor.cron_schedules set next_fire_at = '0044-03-15 BC' where name = 'Broken'", {}, "BC",
+    ),
     "a stored timezone that is no zone": (
         "update anchor.cron_schedules set timezone = 'Mars/Olympus' where name = 'Broken'", {}, "Mars/Olympus",
     ),
@@ -94,3 +100,12 @@ def test_an_unusable_schedule_is_paused_and_the_others_fire(case: str, dsn: str,
     assert [f.name for f in second.enqueued] == ["Tick"]
     assert third.paused == () and [f.name for f in third.enqueued] == ["Tick"]
     assert db.execute("select count(*) as n from anchor.tasks where name = 'Broken'").fetchone() == {"n": 0}
+
+
+def test_a_next_fire_time_of_infinity_on_the_only_schedule_leaves_nothing_to_wake_for(dsn: str, db: Conn) -> None:
+    register(db, every_second("Never"))
+    db.execute("update anchor.cron_schedules set next_fire_at = 'infinity'")
+    service = CronService(dsn, CronConfig(max_sleep=timedelta(seconds=7)))
+    result = asyncio.run(service.run_once(now=at(0)))
+    assert result.taken == 0 and result.next_wake_at is None
+    assert service.next_delay(result) == timedelta(seconds=7)

@@ -8,8 +8,9 @@ transient error and how to wait it out, and the small fetch helpers.
   ``conn.transaction()`` groups several, whatever mode the caller's pool uses.
 - ``Backoff`` and ``retrying``: waits that double after each failure, with jitter so that many
   workers coming back after a restart do not all hit the database in the same instant.
-- ``fetch_one`` / ``fetch_all`` / ``fetch_value`` / ``execute``: one statement on a connection, rows as
-  tuples whatever row factory the connection was given.
+- ``fetch_one`` / ``fetch_all`` / ``fetch_value`` / ``execute``: one statement on an async connection,
+  rows as tuples whatever row factory the connection was given; ``fetch_one_sync`` / ``fetch_value_sync``
+  the same on a sync connection.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ __all__ = [
     "execute",
     "fetch_all",
     "fetch_one",
+    "fetch_one_sync",
     "fetch_value",
+    "fetch_value_sync",
     "retrying",
 ]
 
@@ -206,3 +209,17 @@ async def fetch_value(conn: psycopg.AsyncConnection[Any], query: str, arguments:
 async def execute(conn: psycopg.AsyncConnection[Any], query: str, arguments: dict[str, Any] | None = None) -> None:
     """Runs ``query`` for its effect."""
     await conn.execute(query, arguments)
+
+
+def fetch_one_sync(
+    conn: psycopg.Connection[Any], query: str, arguments: dict[str, Any] | None = None
+) -> tuple[Any, ...] | None:
+    """``fetch_one`` on a sync connection."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        return cursor.execute(query, arguments).fetchone()
+
+
+def fetch_value_sync(conn: psycopg.Connection[Any], query: str, arguments: dict[str, Any] | None = None) -> Any:
+    """``fetch_value`` on a sync connection."""
+    row = fetch_one_sync(conn, query, arguments)
+    return row[0] if row else None

@@ -12,7 +12,17 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from anchor_py.db import AsyncConnections, Backoff, execute, fetch_all, fetch_one, fetch_value, retrying
+from anchor_py.db import (
+    AsyncConnections,
+    Backoff,
+    execute,
+    fetch_all,
+    fetch_one,
+    fetch_one_sync,
+    fetch_value,
+    fetch_value_sync,
+    retrying,
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -68,6 +78,12 @@ def test_fetch_helpers_return_tuples_whatever_the_row_factory(dsn: str) -> None:
             )
 
     assert asyncio.run(scenario()) == ((1, 2), [(1,), (2,), (3,)], None)
+
+
+def test_sync_fetch_helpers_return_tuples_whatever_the_row_factory(db: Conn) -> None:
+    assert fetch_one_sync(db, "select 1, %(two)s::int", {"two": 2}) == (1, 2)
+    assert fetch_value_sync(db, "select 'x'") == "x"
+    assert fetch_value_sync(db, "select 'x' where false") is None
 
 
 def test_retrying_waits_out_transient_errors_and_lets_the_others_through() -> None:

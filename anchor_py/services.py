@@ -98,7 +98,7 @@ class MaintenanceService(ABC, Generic[ConfigT, RoundT]):
         self.config = config
         self.db = AsyncConnections(pool_or_dsn, application_name=f"anchor-{self.name}")
         self._stop: asyncio.Event | None = None
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # replaced by run(): an event belongs to the loop that runs it
 
     @abstractmethod
     async def run_once(self, now: datetime | None = None) -> RoundT:
@@ -119,7 +119,7 @@ class MaintenanceService(ABC, Generic[ConfigT, RoundT]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs rounds until ``stop`` is set; never raises (a failed round is logged and retried)."""
-        self._stop = stop
+        self._stop, self._wake = stop, asyncio.Event()
         backoff = Backoff(self.config.retry_delay, self.config.max_retry_delay)
         async with self.db.kept():
             while not stop.is_set():

@@ -6,6 +6,10 @@ runs. One round (``run_once``) takes the due schedules ``FOR UPDATE SKIP LOCKED`
 enqueues them through ``anchor.cron_fire`` and advances the next fire times, all in one transaction;
 between rounds it sleeps until the earliest next fire time (woken early by ``NOTIFY anchor_cron`` when a
 schedule is added, changed or resumed).
+
+A schedule that cannot fire (an expression, timezone or stored value that cannot be used, params the
+task refuses) is paused with its error recorded, and the other schedules fire in the same round; only an
+error that says the database is unwell fails the round, which the service loop then retries.
 """
 
 from __future__ import annotations
@@ -128,7 +132,6 @@ class CronService(MaintenanceService[CronConfig, CronRound]):
 
     name = "cron"
     log = logging.getLogger("anchor_py.cron")
-    Config = CronConfig
 
     def __init__(self, pool_or_dsn: PoolOrDsn, config: CronConfig | None = None) -> None:
         super().__init__(pool_or_dsn, config or CronConfig())

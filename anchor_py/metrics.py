@@ -5,7 +5,7 @@ Two kinds, kept apart so each is counted once:
 * Measured in the worker process (only the worker sees them): executions by task name and outcome, their
   duration, and how many tasks each claim returned. `WorkerMetrics` holds the metric objects in their own
   registry; the worker records into them (`record_execution`, `record_claim`) and
-  `start_metrics_server(port)` serves them for `anchor worker --metrics-port` (docs/dev/metrics.md).
+  `start_metrics_server(port)` serves them for `anchor worker --metrics-port`.
 * Read from the database at scrape time (true for the whole system, whichever process serves them): tasks
   per name and state, queue depth and oldest due pending age per queue, workers alive.
   `DatabaseCollector` reads them through anchor_py.admin; the dashboard's /metrics serves it, and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from anchor_py import admin
+from anchor_py.db import ConnectionSource
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
 
 # Execution durations: from a no-op (sub-millisecond) to the default 1h timeout.
 DURATION_BUCKETS = (
@@ -102,14 +103,11 @@ def record_hook(name: str, outcome: str) -> None:
     WORKER.record_hook(name, outcome)
 
 
-ConnectionSource = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
-
-
 class DatabaseCollector(Collector):
     """System-wide gauges read from the database at each scrape (one short read-only transaction)."""
 
     def __init__(
-        self, connection: ConnectionSource, *, heartbeat_timeout: timedelta = admin.DEFAULT_HEARTBEAT_TIMEOUT
+        self, connection: ConnectionSource, *, heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT
     ) -> None:
         self.connection = connection
         self.heartbeat_timeout = heartbeat_timeout

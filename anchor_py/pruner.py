@@ -19,46 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-import psycopg
-from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
-from anchor_py.services import PoolOrDsn, ServiceFactory
+from anchor_py.db import PoolOrDsn, fetch_value
+from anchor_py.services import MaintenanceService, ServiceConfig, ServiceFactory, check_durations
 
 __all__ = ["PruneRound", "Pruner", "PrunerConfig", "pruner_factory"]
 
-log = logging.getLogger("anchor_py.pruner")
 
-
-@dataclass(frozen=True)
-class PrunerConfig:
+@dataclass(frozen=True, kw_only=True)
+class PrunerConfig(ServiceConfig):
     """How long finished tasks are kept, and how the deletes are paced."""
 
     succeeded_after: timedelta = timedelta(days=7)
     failed_after: timedelta = timedelta(days=30)  # failed, hook_failed and cancelled tasks
-    interval: float = 60.0  # seconds between rounds
+    interval: timedelta = timedelta(seconds=60)  # between rounds
     batch_size: int = 1000  # tasks per delete transaction
     max_batches: int = 100  # per round, so one round stays bounded; the next round goes on
-    batch_pause: float = 0.0  # seconds between batches, to leave the database room under load
+    batch_pause: timedelta = timedelta(0)  # between batches, to leave the database room under load
 
     def __post_init__(self) -> None:
-        if self.succeeded_after < timedelta(0) or self.failed_after < timedelta(0):
-            raise ValueError("succeeded_after and failed_after must not be negative")
+        super().__post_init__()
+        check_durations(
+            self, positive=("interval",), non_negative=("succeeded_after", "failed_after", "batch_pause")
+        )
         if self.batch_size < 1 or self.max_batches < 1:
             raise ValueError(
                 f"batch_size and max_batches must be at least 1, got {self.batch_size}, {self.max_batches}"
             )
-        if self.interval <= 0:
-            raise ValueError(f"interval must be above zero, got {self.interval}")
-        if self.batch_pause < 0:
-            raise ValueError(f"batch_pause must not be negative, got {self.batch_pause}")
 
 
 @dataclass(frozen=True)
@@ -70,24 +60,17 @@ class PruneRound:
     skipped: bool = False
 
 
-class Pruner:
-    """Runs a prune round every ``config.interval`` seconds."""
+class Pruner(MaintenanceService[PrunerConfig, PruneRound]):
+    """Runs a prune round every ``config.interval``."""
+
+    name = "prune"
+    log = logging.getLogger("anchor_py.pruner")
 
     def __init__(self, pool_or_dsn: PoolOrDsn, config: PrunerConfig | None = None) -> None:
-        self._db = pool_or_dsn
-        self.config = config or PrunerConfig()
-        self._stop: asyncio.Event | None = None
+        super().__init__(pool_or_dsn, config or PrunerConfig())
 
-    async def run(self, stop: asyncio.Event) -> None:
-        self._stop = stop
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except psycopg.Error as exc:
-                # the database may be restarting: the next round tries again
-                log.warning("prune round failed: %s", exc)
-            with suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.interval)
+    def next_delay(self, result: PruneRound) -> timedelta:
+        return self.config.interval
 
     async def run_once(self, now: datetime | None = None) -> PruneRound:
         """One round: batches until nothing more is due, ``max_batches`` were done, or the service stops."""
@@ -99,44 +82,26 @@ class Pruner:
             "now": now,
         }
         deleted = batches = 0
-        async with self._connection() as conn:
-            if not await _value(conn, queries.PRUNE_TRY_LOCK, {}):
+        # autocommit: each batch is its own short transaction
+        async with self.db.connection() as conn:
+            if not await fetch_value(conn, queries.PRUNE_TRY_LOCK):
                 return PruneRound(deleted=0, batches=0, skipped=True)
             try:
                 while batches < config.max_batches:
-                    count = int(await _value(conn, queries.PRUNE, arguments))
+                    count = int(await fetch_value(conn, queries.PRUNE, arguments))
                     batches += 1
                     deleted += count
-                    if count < config.batch_size or (self._stop is not None and self._stop.is_set()):
+                    if count < config.batch_size or self.stopping:
                         break
                     if config.batch_pause:
-                        await asyncio.sleep(config.batch_pause)
+                        await asyncio.sleep(config.batch_pause.total_seconds())
             finally:
                 if not conn.closed:
-                    await _value(conn, queries.PRUNE_UNLOCK, {})
+                    await fetch_value(conn, queries.PRUNE_UNLOCK)
         if deleted:
-            log.info("pruned %s finished tasks in %s batches", deleted, batches,
-                     extra={"event": "pruned", "deleted": deleted, "batches": batches})
+            self.log.info("pruned %s finished tasks in %s batches", deleted, batches,
+                          extra={"event": "pruned", "deleted": deleted, "batches": batches})
         return PruneRound(deleted=deleted, batches=batches)
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        if isinstance(self._db, AsyncConnectionPool):
-            async with self._db.connection() as conn:
-                yield conn
-        else:
-            async with await psycopg.AsyncConnection.connect(
-                self._db, autocommit=True, application_name="anchor-pruner"
-            ) as conn:
-                yield conn
-
-
-async def _value(conn: psycopg.AsyncConnection[Any], query: str, arguments: dict[str, Any]) -> Any:
-    # each statement its own transaction, whether the connection is autocommit (worker pool) or not
-    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(query, arguments)
-        row = await cursor.fetchone()
-    return row[0] if row else None
 
 
 def pruner_factory(config: PrunerConfig | None = None) -> ServiceFactory:

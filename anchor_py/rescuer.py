@@ -9,34 +9,31 @@ used up; a failing task whose hook lease died becomes claimable again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-import psycopg
-from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
-from anchor_py.services import PoolOrDsn
+from anchor_py.db import PoolOrDsn, fetch_all
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
+from anchor_py.services import MaintenanceService, ServiceConfig, check_durations
 
 __all__ = ["RescuedTask", "Rescuer", "RescuerConfig"]
 
-log = logging.getLogger("anchor_py.rescuer")
 
+@dataclass(frozen=True, kw_only=True)
+class RescuerConfig(ServiceConfig):
+    """How eagerly dead workers are detected."""
 
-@dataclass(frozen=True)
-class RescuerConfig:
-    """How eagerly dead workers are detected (seconds)."""
-
-    interval: float = 5.0
-    heartbeat_timeout: float = 20.0
-    deadline_grace: float = 30.0
+    interval: timedelta = timedelta(seconds=5)
+    heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT
+    deadline_grace: timedelta = timedelta(seconds=30)
     max_rescues: int = 5
     max_hook_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_durations(self, positive=("interval", "heartbeat_timeout"), non_negative=("deadline_grace",))
 
 
 @dataclass(frozen=True)
@@ -45,50 +42,35 @@ class RescuedTask:
     outcome: str  # pending | failing | failed | cancelled | hook_failed
 
 
-class Rescuer:
-    """Runs ``anchor.rescue`` every ``config.interval`` seconds."""
+class Rescuer(MaintenanceService[RescuerConfig, list[RescuedTask]]):
+    """Runs ``anchor.rescue`` every ``config.interval``."""
+
+    name = "rescue"
+    log = logging.getLogger("anchor_py.rescuer")
 
     def __init__(self, pool_or_dsn: PoolOrDsn, config: RescuerConfig | None = None) -> None:
-        self._db = pool_or_dsn
-        self.config = config or RescuerConfig()
+        super().__init__(pool_or_dsn, config or RescuerConfig())
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except psycopg.Error as exc:
-                # the database may be restarting: the next round tries again
-                log.warning("rescue round failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.interval)
+    def next_delay(self, result: list[RescuedTask]) -> timedelta:
+        return self.config.interval
 
     async def run_once(self, now: datetime | None = None) -> list[RescuedTask]:
         arguments = {
-            "heartbeat_timeout": timedelta(seconds=self.config.heartbeat_timeout),
-            "deadline_grace": timedelta(seconds=self.config.deadline_grace),
+            "heartbeat_timeout": self.config.heartbeat_timeout,
+            "deadline_grace": self.config.deadline_grace,
             "max_rescues": self.config.max_rescues,
             "max_hook_attempts": self.config.max_hook_attempts,
             "now": now,
         }
-        if isinstance(self._db, AsyncConnectionPool):
-            async with self._db.connection() as conn:
-                rows = await _rescue(conn, arguments)
-        else:
-            async with await psycopg.AsyncConnection.connect(self._db, autocommit=True) as conn:
-                rows = await _rescue(conn, arguments)
+        # one statement, one transaction: rescue's advisory lock is held only while it runs
+        async with self.db.connection() as conn:
+            rows = await fetch_all(conn, queries.RESCUE, arguments)
         rescued = [RescuedTask(int(task_id), str(outcome)) for task_id, outcome in rows]
         for task in rescued:
-            log.warning(
+            self.log.warning(
                 "task %s rescued from a dead or hung worker -> %s",
                 task.id,
                 task.outcome,
                 extra={"task_id": task.id, "outcome": task.outcome, "event": "rescued"},
             )
         return rescued
-
-
-async def _rescue(conn: psycopg.AsyncConnection[Any], arguments: dict[str, Any]) -> list[tuple[Any, ...]]:
-    # rescue holds its advisory lock for one transaction: commit right after, whatever the pool's mode
-    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(queries.RESCUE, arguments)
-        return list(await cursor.fetchall())

@@ -114,9 +114,9 @@ def default_services(config: WorkerConfig) -> list[ServiceFactory]:
     """The rescuer and the pruner (retention: 7 days succeeded, 30 days failed) always; the cron
     scheduler when ``anchor_py.cron`` is installed."""
     rescuer_config = RescuerConfig(
-        interval=config.rescue_interval,
-        heartbeat_timeout=config.heartbeat_timeout,
-        deadline_grace=config.deadline_grace,
+        interval=timedelta(seconds=config.rescue_interval),
+        heartbeat_timeout=timedelta(seconds=config.heartbeat_timeout),
+        deadline_grace=timedelta(seconds=config.deadline_grace),
         max_rescues=config.max_rescues,
         max_hook_attempts=config.hook_attempts,
     )

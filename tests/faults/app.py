@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -263,8 +264,9 @@ def main() -> None:
     from anchor_py.rescuer import Rescuer, RescuerConfig
 
     base = worker_config(args.concurrency, args.max_rescues)
-    rescuer = RescuerConfig(interval=base.rescue_interval, heartbeat_timeout=base.heartbeat_timeout,
-                            deadline_grace=base.deadline_grace, max_rescues=base.max_rescues,
+    rescuer = RescuerConfig(interval=timedelta(seconds=base.rescue_interval),
+                            heartbeat_timeout=timedelta(seconds=base.heartbeat_timeout),
+                            deadline_grace=timedelta(seconds=base.deadline_grace), max_rescues=base.max_rescues,
                             max_hook_attempts=base.hook_attempts)
     config = WorkerConfig(**{**base.__dict__, "services": [lambda pool: Rescuer(pool, rescuer)]})
     worker = Worker(args.dsn, FaultExecutor(args.dsn), TASKS, config)

@@ -1,4 +1,4 @@
-"""Next fire times and fire planning (anchor_py.cron): pure Python, no database."""
+"""Next fire times and fire planning (anchor_py.cron_times): pure Python, no database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from anchor_py.cron import CronError, build_params, next_fire_after, plan_fires
+from anchor_py.cron_times import CronError, build_params, next_fire_after, plan_fires
 
 UTC = UTC
 
@@ -54,9 +54,11 @@ def test_bad_expression_is_a_cron_error(expression: str) -> None:
         next_fire_after(expression, "UTC", at(2024, 5, 1))
 
 
-def test_bad_timezone_is_a_cron_error() -> None:
-    with pytest.raises(CronError, match="Mars/Olympus"):
-        next_fire_after("* * * * * *", "Mars/Olympus", at(2024, 5, 1))
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "America", "../../etc/passwd", ""])
+def test_bad_timezone_is_a_cron_error(zone: str) -> None:
+    # "America" is a directory of zones, not a zone
+    with pytest.raises(CronError, match=f"timezone '{zone}'"):
+        next_fire_after("* * * * * *", zone, at(2024, 5, 1))
 
 
 # --- planning a round ----------------------------------------------------------------------------------
@@ -179,3 +181,18 @@ def test_unfillable_required_parameters_are_named() -> None:
     }
     with pytest.raises(CronError, match="param1, param2"):
         build_params(schema, {}, at(2024, 5, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("schema", "params", "message"),
+    [
+        ({"type": "object"}, "three", 'cronjob.parameters must be an object, got "three"'),
+        ({"type": "object"}, [1, 2], r"cronjob.parameters must be an object, got \[1, 2\]"),
+        ({"required": [1]}, {}, r"schema is malformed: .* required \[1\]"),
+        ({"required": "day"}, {}, 'schema is malformed: .* required "day"'),
+        ({"required": ["day"], "properties": "day"}, {}, 'schema is malformed: .*got properties "day"'),
+    ],
+)
+def test_stored_values_of_the_wrong_shape_are_cron_errors(schema: object, params: object, message: str) -> None:
+    with pytest.raises(CronError, match=message):
+        build_params(schema, params, at(2024, 5, 1, 1))

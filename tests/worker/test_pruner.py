@@ -109,7 +109,7 @@ def test_run_loops_until_stopped_and_survives_an_unreachable_database(
 
     async def scenario(target: str) -> None:
         stop = asyncio.Event()
-        runner = asyncio.create_task(Pruner(target, PrunerConfig(interval=0.05)).run(stop))
+        runner = asyncio.create_task(Pruner(target, PrunerConfig(interval=timedelta(seconds=0.05))).run(stop))
         await asyncio.sleep(0.4)
         stop.set()
         await asyncio.wait_for(runner, 5)
@@ -126,3 +126,30 @@ def test_config_refuses_nonsense() -> None:
         PrunerConfig(batch_size=0)
     with pytest.raises(ValueError, match="must not be negative"):
         PrunerConfig(failed_after=timedelta(days=-1))
+
+
+def test_a_task_that_cannot_be_deleted_does_not_stop_the_loop(
+    db: Conn, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    finished_tasks(db, 3)
+    # the application keeps a reference to one finished task (as the superuser, in its own table)
+    db.execute("create table kept_reports (task_id bigint references anchor.tasks (id))")
+    db.execute("insert into kept_reports select min(id) from anchor.tasks")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        config = PrunerConfig(interval=timedelta(seconds=5), retry_delay=timedelta(seconds=0.05),
+                              max_retry_delay=timedelta(seconds=0.1))
+        runner = asyncio.create_task(Pruner(dsn, config).run(stop))
+        await asyncio.sleep(0.5)
+        assert not runner.done()
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+
+    with caplog.at_level(logging.WARNING, logger="anchor_py.pruner"):
+        asyncio.run(scenario())
+    failures = [r.getMessage() for r in caplog.records if "prune round failed" in r.getMessage()]
+    assert len(failures) >= 2 and "23503" in failures[0] and "kept_reports" in failures[0], failures
+    # the lock is not left behind: another pruner can take it
+    with psycopg.connect(dsn, autocommit=True) as other:
+        assert other.execute("select pg_try_advisory_lock(hashtext('anchor.prune'))").fetchone() == (True,)

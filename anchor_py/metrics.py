@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from anchor_py import admin
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
 
 # Execution durations: from a no-op (sub-millisecond) to the default 1h timeout.
 DURATION_BUCKETS = (
@@ -109,7 +110,7 @@ class DatabaseCollector(Collector):
     """System-wide gauges read from the database at each scrape (one short read-only transaction)."""
 
     def __init__(
-        self, connection: ConnectionSource, *, heartbeat_timeout: timedelta = admin.DEFAULT_HEARTBEAT_TIMEOUT
+        self, connection: ConnectionSource, *, heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT
     ) -> None:
         self.connection = connection
         self.heartbeat_timeout = heartbeat_timeout

@@ -148,29 +148,7 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# anchor_py.testing: makes delayed work due now, so a test drains retries without waiting for them.
-TESTING_MAKE_DUE_NOW = """
-UPDATE anchor.tasks SET run_at = now()
-WHERE state IN ('pending', 'failing') AND locked_by IS NULL AND run_at > now()
-"""
-
-# anchor_py.testing: makes a task's failure final (as if its attempts were used up) so its hook runs next.
-TESTING_FORCE_FAILING = """
-UPDATE anchor.tasks SET state = 'failing', run_at = now(), locked_by = NULL, deadline = NULL,
-    hook_attempts = 0, finished_at = NULL
-WHERE id = %(id)s::bigint AND state IN ('pending', 'failed', 'hook_failed')
-RETURNING id
-"""
-
-# anchor_py.testing: the tasks of one name, newest first.
-TESTING_TASKS_NAMED = """
-SELECT id, name, params, state, attempts, last_error FROM anchor.tasks WHERE name = %(name)s::text ORDER BY id DESC
-"""
-
-# anchor_py.testing: one task's state.
-TESTING_TASK_STATE = "SELECT state FROM anchor.tasks WHERE id = %(id)s::bigint"
-
-# anchor_py.testing: whether any work is due now for these task names.
+# Whether any work is due now for these task names (Worker.run_until_empty, which anchor_py.testing drives).
 TESTING_DUE_COUNT = """
 SELECT count(*) FROM anchor.tasks
 WHERE name = ANY(%(task_names)s::text[]) AND run_at <= now()
@@ -210,15 +188,16 @@ CRON_NEXT_WAKE = "SELECT wake_at, db_now FROM anchor.cron_next_wake(p_now => %(n
 CRON_LISTEN = "LISTEN anchor_cron"
 CRON_UNLISTEN = "UNLISTEN anchor_cron"
 
+# Every schedule, for `anchor cron list` and the dashboard (anchor_py.admin).
 CRON_LIST = """
 SELECT name, expression, timezone, params, catch_up, overlap, next_fire_at, last_fired_at, last_task_id,
     paused, paused_at, last_error, fired_count, skipped_count, missed_count
 FROM anchor.cron_list()
 """
 
-CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text)"
-
-CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text)"
+# Operator actions on a schedule; each returns what it did.
+CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text) AS outcome"
+CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text) AS outcome"
 
 # --- admin ---
 # The read side of `anchor tasks|stats|workers`, the dashboard and /metrics (anchor_py/admin.py), and the
@@ -250,7 +229,7 @@ WHERE e.task_id = %(id)s::bigint
 ORDER BY e.id
 """
 
-# Counts per task name and state (the whole table: one pass; see docs/dev/metrics.md for the cost).
+# Counts per task name and state (one pass over the whole table).
 ADMIN_COUNTS = """
 SELECT t.name, t.state, count(*) AS n FROM anchor.tasks t GROUP BY t.name, t.state ORDER BY t.name, t.state
 """
@@ -311,21 +290,6 @@ ADMIN_RETRY = "SELECT anchor.retry_now(id => %(id)s::bigint) AS outcome"
 ADMIN_RETRY_HOOK = "SELECT anchor.retry_hook(id => %(id)s::bigint) AS outcome"
 ADMIN_CANCEL = "SELECT anchor.cancel(id => %(id)s::bigint) AS outcome"
 
-ADMIN_CRON_LIST = "SELECT * FROM anchor.cron_list()"
-ADMIN_CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text) AS outcome"
-ADMIN_CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text) AS outcome"
-
-# Purging goes through the workers' retention function (0003_retention), one batch per call. It groups
-# failed, hook_failed and cancelled under failed_after; a group left out gets 5000 years, which no
-# finished_at can be older than (PostgreSQL 14 has no infinite interval).
-ADMIN_PRUNE = """
-SELECT anchor.prune(
-    succeeded_after => coalesce(%(succeeded_after)s::interval, interval '5000 years'),
-    failed_after => coalesce(%(failed_after)s::interval, interval '5000 years'),
-    batch_size => %(batch_size)s::int
-) AS deleted
-"""
-
 # How many tasks a prune with the same arguments would delete (the progress counter's total).
 ADMIN_PRUNE_COUNT = """
 SELECT
@@ -343,12 +307,15 @@ SELECT
 PRUNE_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('anchor.prune'))"
 PRUNE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('anchor.prune'))"
 
-# One batch: deletes up to batch_size finished tasks past their retention period; returns how many.
+# One batch: deletes up to batch_size finished tasks past their retention period; returns how many. The
+# pruner and `anchor tasks purge` / the dashboard (anchor_py.admin) share it. anchor.prune groups failed,
+# hook_failed and cancelled under failed_after; a group given no period gets 5000 years, which no
+# finished_at can be older than (PostgreSQL 14 has no infinite interval). A null now is the database clock.
 PRUNE = """
 SELECT anchor.prune(
-    succeeded_after => %(succeeded_after)s::interval,
-    failed_after => %(failed_after)s::interval,
+    succeeded_after => coalesce(%(succeeded_after)s::interval, interval '5000 years'),
+    failed_after => coalesce(%(failed_after)s::interval, interval '5000 years'),
     batch_size => %(batch_size)s::int,
     p_now => %(now)s::timestamptz
-)
+) AS deleted
 """

@@ -111,9 +111,7 @@ def get_task(conn: Conn, task_id: int) -> TaskDetail:
         if row is None:
             raise TaskNotFound(task_id)
         events = [TaskEvent(**e) for e in cur.execute(queries.ADMIN_TASK_EVENTS, {"id": task_id}).fetchall()]
-    read_at = row.pop("db_now")
-    fields = set(TaskDetail.__dataclass_fields__)
-    return TaskDetail(**{k: v for k, v in row.items() if k in fields}, events=events, read_at=read_at)
+    return TaskDetail(**row, events=events)
 
 
 def get_stats(

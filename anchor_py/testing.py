@@ -44,19 +44,36 @@ WHERE state IN ('pending', 'failing') AND locked_by IS NULL AND run_at > now()
 
 # Makes a task's failure final (as if its attempts were used up) so its hook runs next.
 TESTING_FORCE_FAILING = """
-UPDATE anchor.tasks SET state = 'failing', run_at = now(), locked_by = NULL, deadline = NULL,
-    hook_attempts = 0, finished_at = NULL
+UPDATE anchor.tasks SET
+    state = 'failing',
+    run_at = now(),
+    locked_by = NULL,
+    deadline = NULL,
+    hook_attempts = 0,
+    finished_at = NULL
 WHERE id = %(id)s::bigint AND state IN ('pending', 'failed', 'hook_failed')
 RETURNING id
 """
 
 # The tasks of one name, newest first.
 TESTING_TASKS_NAMED = """
-SELECT id, name, params, state, attempts, last_error FROM anchor.tasks WHERE name = %(name)s::text ORDER BY id DESC
+SELECT
+    id,
+    name,
+    params,
+    state,
+    attempts,
+    last_error
+FROM anchor.tasks
+WHERE name = %(name)s::text
+ORDER BY id DESC
 """
 
 # One task's state.
-TESTING_TASK_STATE = "SELECT state FROM anchor.tasks WHERE id = %(id)s::bigint"
+TESTING_TASK_STATE = """
+SELECT state FROM anchor.tasks
+WHERE id = %(id)s::bigint
+"""
 
 
 # polls fast, runs no maintenance services (rescue, cron): a test controls everything that happens

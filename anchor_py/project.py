@@ -3,6 +3,7 @@
     [tool.anchor]
     tasks = "api/tasks.yaml"     # the task file `anchor generate` reads
     out = "zgen/taskgen.py"      # the module it writes, which `anchor register` and `anchor worker` load
+    embedded_dir = "..."         # the embedded server's data directory (default: chosen by anchor_py.database)
 
 A key left out (or no pyproject.toml at all) takes the default above.
 """
@@ -30,6 +31,8 @@ class ProjectSettings:
     tasks: str = DEFAULT_TASKS
     # the generated module
     out: str = DEFAULT_OUT
+    # the embedded PostgreSQL's data directory, when the project sets one
+    embedded_dir: str | None = None
 
 
 def project_settings(pyproject: Path = Path("pyproject.toml")) -> ProjectSettings:
@@ -51,13 +54,17 @@ def project_settings(pyproject: Path = Path("pyproject.toml")) -> ProjectSetting
     if not isinstance(section, dict):
         raise ProjectSettingsError(f"{pyproject}: [tool.anchor] must be a table")
     return ProjectSettings(
-        tasks=_path_setting(pyproject, section, "tasks", DEFAULT_TASKS),
-        out=_path_setting(pyproject, section, "out", DEFAULT_OUT),
+        tasks=_path_setting(pyproject, section, "tasks") or DEFAULT_TASKS,
+        out=_path_setting(pyproject, section, "out") or DEFAULT_OUT,
+        embedded_dir=_path_setting(pyproject, section, "embedded_dir"),
     )
 
 
-def _path_setting(pyproject: Path, section: dict[str, Any], key: str, default: str) -> str:
-    value = section.get(key, default)
+def _path_setting(pyproject: Path, section: dict[str, Any], key: str) -> str | None:
+    """The path `key` holds; None when the section leaves it out."""
+    if key not in section:
+        return None
+    value = section[key]
     if not isinstance(value, str) or not value:
         raise ProjectSettingsError(f"{pyproject}: [tool.anchor] {key} must be a path string")
     return value

@@ -36,7 +36,7 @@ from anchor_py import admin
 from anchor_py.dashboard.guard import Guard, parse_basic_auth
 from anchor_py.dashboard.views import page_templates, throughput_chart
 from anchor_py.defaults import HEARTBEAT_TIMEOUT
-from anchor_py.formatting import format_age, parse_period
+from anchor_py.formatting import format_age, parse_period, plural
 from anchor_py.metrics import database_registry
 
 CSRF_COOKIE = "anchor_csrf"
@@ -280,7 +280,7 @@ def create_app(
             admin.prune, succeeded_after=periods["succeeded_after"], failed_after=periods["failed_after"],
             batch_size=1000, time_budget=PRUNE_TIME_BUDGET,
         )
-        msg = f"deleted {result.deleted} finished tasks in {format_age(result.seconds)}"
+        msg = f"deleted {plural(result.deleted, 'finished task')} in {format_age(result.seconds)}"
         if result.more:
             msg += " (stopped after its time budget; more remain: prune again)"
         return back(request, "/prune", msg=msg)

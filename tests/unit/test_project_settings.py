@@ -19,14 +19,15 @@ def test_the_section_sets_either_key(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.anchor]\ntasks = "examples/api/tasks.yaml"\n')
     assert project_settings(pyproject) == ProjectSettings("examples/api/tasks.yaml", DEFAULT_OUT)
-    pyproject.write_text('[tool.anchor]\ntasks = "t.yaml"\nout = "gen/tasks.py"\n')
-    assert project_settings(pyproject) == ProjectSettings("t.yaml", "gen/tasks.py")
+    pyproject.write_text('[tool.anchor]\ntasks = "t.yaml"\nout = "gen/tasks.py"\nembedded_dir = "var/pg"\n')
+    assert project_settings(pyproject) == ProjectSettings("t.yaml", "gen/tasks.py", "var/pg")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[tool.anchor]\nout = 3\n", "[tool.anchor] out must be a path string"),
+        ("[tool.anchor]\nembedded_dir = false\n", "[tool.anchor] embedded_dir must be a path string"),
         ('[tool.anchor]\ntasks = ""\n', "[tool.anchor] tasks must be a path string"),
         ('[tool]\nanchor = "x"\n', "[tool.anchor] must be a table"),
         ("[tool.anchor\n", "pyproject.toml: "),

@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+
 from anchor_py.durations import InvalidDuration, parse_duration
 
 __all__ = [
     "ELLIPSIS",
     "clip",
+    "database_message",
     "format_age",
     "format_ago",
     "format_attempts",
@@ -99,6 +102,13 @@ def clip(text: str, width: int) -> str:
     if width <= 1:
         return text[:width]
     return text[: width - 1] + ELLIPSIS
+
+
+def database_message(exc: psycopg.Error) -> str:
+    """The server's message of `exc` on one line, with its HINT (how to fix it) when it gave one."""
+    message = one_line((exc.diag.message_primary or str(exc)).strip())
+    hint = exc.diag.message_hint
+    return f"{message} (hint: {one_line(hint.strip())})" if hint else message
 
 
 def parse_period(text: str) -> timedelta:

@@ -21,8 +21,8 @@ from anchor_py.cli.common import (
     CannotReach,
     UsageError,
     add_command_group,
-    database_error,
 )
+from anchor_py.formatting import database_message
 
 # Listed in the order `anchor --help` shows them.
 COMMAND_MODULES = (
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anchor {args.command}: cannot reach the database: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except psycopg.Error as exc:
-        print(f"anchor {args.command}: the database refused: {database_error(exc)}", file=sys.stderr)
+        print(f"anchor {args.command}: the database refused: {database_message(exc)}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -62,13 +62,6 @@ def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn_from(args), autocommit=True, connect_timeout=10)
 
 
-def database_error(exc: psycopg.Error) -> str:
-    """The server's message of `exc` on one line, with its HINT when it gave one."""
-    message = " ".join((exc.diag.message_primary or str(exc)).split())
-    hint = exc.diag.message_hint
-    return f"{message} (hint: {' '.join(hint.split())})" if hint else message
-
-
 def add_command_group(parser: argparse.ArgumentParser, dest: str, metavar: str) -> Any:
     """Subcommands under `parser`; run without one, the group prints its subcommands (exit 2)."""
 

@@ -22,7 +22,6 @@ from anchor_py.cli.common import (
     add_command_group,
     add_dsn_option,
     connect,
-    database_error,
     parse_age,
     parse_positive,
     parse_since,
@@ -31,7 +30,7 @@ from anchor_py.cli.common import (
     split_values,
 )
 from anchor_py.cli.output import Column, Progress, pipe_safe, print_json, print_table
-from anchor_py.formatting import format_ago, format_attempts, format_duration, format_time, plural
+from anchor_py.formatting import database_message, format_ago, format_attempts, format_duration, format_time, plural
 
 
 def register(subparsers: Any) -> None:
@@ -238,7 +237,7 @@ def _act(args: argparse.Namespace, verb: str, action: Any) -> int:
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                message = database_error(exc)
+                message = database_message(exc)
                 if exc.sqlstate == NOT_FOUND_SQLSTATE:
                     missing = True
                 else:

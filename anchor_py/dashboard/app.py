@@ -36,7 +36,7 @@ from anchor_py import admin
 from anchor_py.dashboard.guard import Guard, parse_basic_auth
 from anchor_py.dashboard.views import page_templates, throughput_chart
 from anchor_py.defaults import HEARTBEAT_TIMEOUT
-from anchor_py.formatting import format_age, parse_period, plural
+from anchor_py.formatting import database_message, format_age, parse_period, plural
 from anchor_py.metrics import database_registry
 
 CSRF_COOKIE = "anchor_csrf"
@@ -226,7 +226,7 @@ def create_app(
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                return back(request, f"/tasks/{task_id}", err=(exc.diag.message_primary or str(exc)))
+                return back(request, f"/tasks/{task_id}", err=database_message(exc))
             return back(request, f"/tasks/{task_id}", msg=f"{verb}: task {task_id} is now {outcome}")
 
         return endpoint
@@ -252,7 +252,7 @@ def create_app(
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                return back(request, "/cron", err=(exc.diag.message_primary or str(exc)))
+                return back(request, "/cron", err=database_message(exc))
             return back(request, "/cron", msg=f"{name}: {outcome}")
 
         return endpoint

@@ -43,7 +43,14 @@ MIGRATIONS_TABLE_EXISTS = "SELECT to_regclass('anchor.schema_migrations') IS NOT
 INSTALL_LOCK = "SELECT pg_advisory_lock(hashtext('anchor.install_sql'))"
 INSTALL_UNLOCK = "SELECT pg_advisory_unlock(hashtext('anchor.install_sql'))"
 
-APPLIED_MIGRATIONS = "SELECT version, name, checksum FROM anchor.schema_migrations ORDER BY version"
+APPLIED_MIGRATIONS = """
+SELECT
+    version,
+    name,
+    checksum
+FROM anchor.schema_migrations
+ORDER BY version
+"""
 
 RECORD_MIGRATION = """
 INSERT INTO anchor.schema_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s)
@@ -73,7 +80,19 @@ DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s:
 
 # A batch of work sized to free capacity: execute and hook rows, then a wake row (earliest future run_at).
 CLAIM = """
-SELECT kind, id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, scheduled_at, run_at,
+SELECT
+    kind,
+    id,
+    name,
+    params,
+    attempt,
+    hook_attempt,
+    max_attempts,
+    queue,
+    timeout,
+    deadline,
+    scheduled_at,
+    run_at,
     now() AS db_now
 FROM anchor.claim(
     worker_id => %(worker_id)s::text,
@@ -87,7 +106,10 @@ FROM anchor.claim(
 
 # Successful executions, many per round trip; each comes back succeeded or stale.
 COMPLETE = """
-SELECT id, outcome FROM anchor.complete(
+SELECT
+    id,
+    outcome
+FROM anchor.complete(
     ids => %(ids)s::bigint[], attempts => %(attempts)s::int[], worker_id => %(worker_id)s::text
 )
 """
@@ -126,13 +148,19 @@ SELECT anchor.fail_hook(
 """
 
 HAND_BACK = """
-SELECT id, outcome FROM anchor.hand_back(
+SELECT
+    id,
+    outcome
+FROM anchor.hand_back(
     ids => %(ids)s::bigint[], attempts => %(attempts)s::int[], worker_id => %(worker_id)s::text
 )
 """
 
 RESCUE = """
-SELECT id, outcome FROM anchor.rescue(
+SELECT
+    id,
+    outcome
+FROM anchor.rescue(
     heartbeat_timeout => %(heartbeat_timeout)s::interval,
     deadline_grace => %(deadline_grace)s::interval,
     max_rescues => %(max_rescues)s::int,
@@ -148,32 +176,12 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# anchor_py.testing: makes delayed work due now, so a test drains retries without waiting for them.
-TESTING_MAKE_DUE_NOW = """
-UPDATE anchor.tasks SET run_at = now()
-WHERE state IN ('pending', 'failing') AND locked_by IS NULL AND run_at > now()
-"""
-
-# anchor_py.testing: makes a task's failure final (as if its attempts were used up) so its hook runs next.
-TESTING_FORCE_FAILING = """
-UPDATE anchor.tasks SET state = 'failing', run_at = now(), locked_by = NULL, deadline = NULL,
-    hook_attempts = 0, finished_at = NULL
-WHERE id = %(id)s::bigint AND state IN ('pending', 'failed', 'hook_failed')
-RETURNING id
-"""
-
-# anchor_py.testing: the tasks of one name, newest first.
-TESTING_TASKS_NAMED = """
-SELECT id, name, params, state, attempts, last_error FROM anchor.tasks WHERE name = %(name)s::text ORDER BY id DESC
-"""
-
-# anchor_py.testing: one task's state.
-TESTING_TASK_STATE = "SELECT state FROM anchor.tasks WHERE id = %(id)s::bigint"
-
-# anchor_py.testing: whether any work is due now for these task names.
+# Whether any work is due now for these task names (Worker.run_until_empty, which anchor_py.testing drives).
 TESTING_DUE_COUNT = """
 SELECT count(*) FROM anchor.tasks
-WHERE name = ANY(%(task_names)s::text[]) AND run_at <= now()
+WHERE
+    name = any(%(task_names)s::text[])
+    AND run_at <= now()
     AND (state = 'pending' OR (state = 'failing' AND locked_by IS NULL))
 """
 
@@ -181,13 +189,26 @@ WHERE name = ANY(%(task_names)s::text[]) AND run_at <= now()
 
 # The cron round's first step (inside its transaction): due schedules, locked FOR UPDATE SKIP LOCKED.
 CRON_TAKE_DUE = """
-SELECT name, expression, timezone, params, params_schema, catch_up, overlap, next_fire_at, db_now
+SELECT
+    name,
+    expression,
+    timezone,
+    params,
+    params_schema,
+    catch_up,
+    overlap,
+    next_fire_at,
+    db_now
 FROM anchor.cron_take_due(max_schedules => %(max_schedules)s::int, p_now => %(now)s::timestamptz)
 """
 
 # Enqueues a schedule's planned fire times and advances its next fire time, fenced by the one it read.
 CRON_FIRE = """
-SELECT fire_at, outcome, task_id FROM anchor.cron_fire(
+SELECT
+    fire_at,
+    outcome,
+    task_id
+FROM anchor.cron_fire(
     name => %(name)s::text,
     expected_next_fire_at => %(expected_next_fire_at)s::timestamptz,
     fire_times => %(fire_times)s::timestamptz[],
@@ -204,21 +225,41 @@ SELECT anchor.cron_fail(name => %(name)s::text, error_message => %(error_message
 """
 
 # When to look again: the earliest next fire time, and the database clock it was read on.
-CRON_NEXT_WAKE = "SELECT wake_at, db_now FROM anchor.cron_next_wake(p_now => %(now)s::timestamptz)"
+CRON_NEXT_WAKE = """
+SELECT
+    wake_at,
+    db_now
+FROM anchor.cron_next_wake(p_now => %(now)s::timestamptz)
+"""
 
 # Wakes a sleeping cron loop when a schedule is added, changed or resumed.
 CRON_LISTEN = "LISTEN anchor_cron"
 CRON_UNLISTEN = "UNLISTEN anchor_cron"
 
+# Every schedule, for `anchor cron list` and the dashboard (anchor_py.admin).
 CRON_LIST = """
-SELECT name, expression, timezone, params, catch_up, overlap, next_fire_at, last_fired_at, last_task_id,
-    paused, paused_at, last_error, fired_count, skipped_count, missed_count
+SELECT
+    name,
+    expression,
+    timezone,
+    params,
+    catch_up,
+    overlap,
+    next_fire_at,
+    last_fired_at,
+    last_task_id,
+    paused,
+    paused_at,
+    last_error,
+    fired_count,
+    skipped_count,
+    missed_count
 FROM anchor.cron_list()
 """
 
-CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text)"
-
-CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text)"
+# Operator actions on a schedule; each returns what it did.
+CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text) AS outcome"
+CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text) AS outcome"
 
 # --- admin ---
 # The read side of `anchor tasks|stats|workers`, the dashboard and /metrics (anchor_py/admin.py), and the
@@ -228,12 +269,25 @@ ADMIN_NOW = "SELECT now() AS now"
 
 # One page of tasks, newest first, keyset-paged on id. A null filter means "any".
 ADMIN_TASK_LIST = """
-SELECT t.id, t.name, t.state, t.queue, t.priority, t.attempts, t.max_attempts, t.unique_tag, t.run_at,
-    t.created_at, t.finished_at, t.locked_by, t.last_error
-FROM anchor.tasks t
-WHERE (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
-    AND (%(names)s::text[] IS NULL OR t.name = ANY(%(names)s::text[]))
-    AND (%(queues)s::text[] IS NULL OR t.queue = ANY(%(queues)s::text[]))
+SELECT
+    t.id,
+    t.name,
+    t.state,
+    t.queue,
+    t.priority,
+    t.attempts,
+    t.max_attempts,
+    t.unique_tag,
+    t.run_at,
+    t.created_at,
+    t.finished_at,
+    t.locked_by,
+    t.last_error
+FROM anchor.tasks AS t
+WHERE
+    (%(states)s::text[] IS NULL OR t.state = any(%(states)s::text[]))
+    AND (%(names)s::text[] IS NULL OR t.name = any(%(names)s::text[]))
+    AND (%(queues)s::text[] IS NULL OR t.queue = any(%(queues)s::text[]))
     AND (%(tag)s::text IS NULL OR t.unique_tag = %(tag)s::text)
     AND (%(since)s::timestamptz IS NULL OR t.created_at >= %(since)s::timestamptz)
     AND (%(before_id)s::bigint IS NULL OR t.id < %(before_id)s::bigint)
@@ -241,37 +295,86 @@ ORDER BY t.id DESC
 LIMIT %(limit)s::int
 """
 
-ADMIN_TASK = "SELECT t.*, now() AS db_now FROM anchor.tasks t WHERE t.id = %(id)s::bigint"
+ADMIN_TASK = """
+SELECT
+    t.id,
+    t.name,
+    t.params,
+    t.state,
+    t.queue,
+    t.priority,
+    t.attempts,
+    t.max_attempts,
+    t.retry_intervals,
+    t.timeout,
+    t.unique_tag,
+    t.run_at,
+    t.scheduled_at,
+    t.locked_by,
+    t.locked_at,
+    t.deadline,
+    t.cancel_requested,
+    t.rescues,
+    t.hook_attempts,
+    t.last_error,
+    t.created_at,
+    t.finished_at,
+    now() AS read_at
+FROM anchor.tasks AS t
+WHERE t.id = %(id)s::bigint
+"""
 
 ADMIN_TASK_EVENTS = """
-SELECT e.id, e.at, e.kind, e.attempt, e.worker_id, e.error_type, e.message, e.traceback, e.details
-FROM anchor.task_events e
+SELECT
+    e.id,
+    e.at,
+    e.kind,
+    e.attempt,
+    e.worker_id,
+    e.error_type,
+    e.message,
+    e.traceback,
+    e.details
+FROM anchor.task_events AS e
 WHERE e.task_id = %(id)s::bigint
 ORDER BY e.id
 """
 
-# Counts per task name and state (the whole table: one pass; see docs/dev/metrics.md for the cost).
+# Counts per task name and state (one pass over the whole table).
 ADMIN_COUNTS = """
-SELECT t.name, t.state, count(*) AS n FROM anchor.tasks t GROUP BY t.name, t.state ORDER BY t.name, t.state
+SELECT
+    t.name,
+    t.state,
+    count(*) AS n
+FROM anchor.tasks AS t
+GROUP BY t.name, t.state
+ORDER BY t.name, t.state
 """
 
 # Finished tasks per minute over the last %(minutes)s minutes (the current minute included), by outcome.
 ADMIN_THROUGHPUT = """
 WITH bounds AS (
     SELECT date_trunc('minute', now()) - (%(minutes)s::int - 1) * interval '1 minute' AS first_minute
-), finished AS (
-    SELECT date_trunc('minute', t.finished_at) AS minute, t.state, count(*) AS n
-    FROM anchor.tasks t, bounds b
+),
+
+finished AS (
+    SELECT
+        t.state,
+        date_trunc('minute', t.finished_at) AS minute,
+        count(*) AS n
+    FROM anchor.tasks AS t, bounds AS b
     WHERE t.state IN ('succeeded', 'failed', 'hook_failed', 'cancelled') AND t.finished_at >= b.first_minute
-    GROUP BY 1, 2
+    GROUP BY t.state, date_trunc('minute', t.finished_at)
 )
-SELECT m.minute,
+
+SELECT
+    m.minute,
     coalesce(sum(f.n) FILTER (WHERE f.state = 'succeeded'), 0)::bigint AS succeeded,
     coalesce(sum(f.n) FILTER (WHERE f.state IN ('failed', 'hook_failed')), 0)::bigint AS failed,
     coalesce(sum(f.n) FILTER (WHERE f.state = 'cancelled'), 0)::bigint AS cancelled
-FROM bounds b
+FROM bounds AS b
 CROSS JOIN generate_series(b.first_minute, date_trunc('minute', now()), interval '1 minute') AS m (minute)
-LEFT JOIN finished f ON f.minute = m.minute
+LEFT JOIN finished AS f ON m.minute = f.minute
 GROUP BY m.minute
 ORDER BY m.minute
 """
@@ -280,30 +383,48 @@ ORDER BY m.minute
 # many are due now, the age of the oldest due one, running tasks.
 ADMIN_QUEUES = """
 WITH live AS (
-    SELECT t.queue,
+    SELECT
+        t.queue,
         count(*) FILTER (WHERE t.state = 'pending') AS pending,
         count(*) FILTER (WHERE t.state = 'pending' AND t.run_at <= now()) AS due,
-        extract(epoch FROM now() - min(t.run_at) FILTER (WHERE t.state = 'pending' AND t.run_at <= now()))
+        extract(EPOCH FROM now() - min(t.run_at) FILTER (WHERE t.state = 'pending' AND t.run_at <= now()))
             AS oldest_due_seconds,
         count(*) FILTER (WHERE t.state = 'running') AS running
-    FROM anchor.tasks t
+    FROM anchor.tasks AS t
     WHERE t.state IN ('pending', 'running')
     GROUP BY t.queue
 )
-SELECT q.queue, coalesce(l.pending, 0) AS pending, coalesce(l.due, 0) AS due,
-    l.oldest_due_seconds::float8 AS oldest_due_seconds, coalesce(l.running, 0) AS running
-FROM (SELECT d.queue FROM anchor.task_definitions d WHERE d.active UNION SELECT live.queue FROM live) AS q
-LEFT JOIN live l ON l.queue = q.queue
+
+SELECT
+    q.queue,
+    l.oldest_due_seconds::float8 AS oldest_due_seconds,
+    coalesce(l.pending, 0) AS pending,
+    coalesce(l.due, 0) AS due,
+    coalesce(l.running, 0) AS running
+FROM (
+    SELECT d.queue FROM anchor.task_definitions AS d
+    WHERE d.active
+    UNION
+    SELECT live.queue FROM live
+) AS q
+LEFT JOIN live AS l ON q.queue = l.queue
 ORDER BY q.queue
 """
 
 # Workers with their heartbeat age; alive as anchor.worker_alive (and the rescuer) judge it.
 ADMIN_WORKERS = """
-SELECT w.worker_id, w.info, w.started_at, w.last_heartbeat,
-    extract(epoch FROM now() - w.last_heartbeat)::float8 AS heartbeat_age_seconds,
+SELECT
+    w.worker_id,
+    w.info,
+    w.started_at,
+    w.last_heartbeat,
+    extract(EPOCH FROM now() - w.last_heartbeat)::float8 AS heartbeat_age_seconds,
     anchor.worker_alive(w.worker_id, %(timeout)s::interval, now()) AS alive,
-    (SELECT count(*) FROM anchor.tasks t WHERE t.locked_by = w.worker_id AND t.state = 'running') AS running
-FROM anchor.workers w
+    (
+        SELECT count(*) FROM anchor.tasks AS t
+        WHERE t.locked_by = w.worker_id AND t.state = 'running'
+    ) AS running
+FROM anchor.workers AS w
 ORDER BY w.worker_id
 """
 
@@ -311,29 +432,19 @@ ADMIN_RETRY = "SELECT anchor.retry_now(id => %(id)s::bigint) AS outcome"
 ADMIN_RETRY_HOOK = "SELECT anchor.retry_hook(id => %(id)s::bigint) AS outcome"
 ADMIN_CANCEL = "SELECT anchor.cancel(id => %(id)s::bigint) AS outcome"
 
-ADMIN_CRON_LIST = "SELECT * FROM anchor.cron_list()"
-ADMIN_CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text) AS outcome"
-ADMIN_CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text) AS outcome"
-
-# Purging goes through the workers' retention function (0003_retention), one batch per call. It groups
-# failed, hook_failed and cancelled under failed_after; a group left out gets 5000 years, which no
-# finished_at can be older than (PostgreSQL 14 has no infinite interval).
-ADMIN_PRUNE = """
-SELECT anchor.prune(
-    succeeded_after => coalesce(%(succeeded_after)s::interval, interval '5000 years'),
-    failed_after => coalesce(%(failed_after)s::interval, interval '5000 years'),
-    batch_size => %(batch_size)s::int
-) AS deleted
-"""
-
 # How many tasks a prune with the same arguments would delete (the progress counter's total).
 ADMIN_PRUNE_COUNT = """
 SELECT
-    (SELECT count(*) FROM anchor.tasks t
-        WHERE t.state = 'succeeded' AND t.finished_at < now() - %(succeeded_after)s::interval)
-    + (SELECT count(*) FROM anchor.tasks t
-        WHERE t.state IN ('failed', 'hook_failed', 'cancelled') AND t.finished_at < now() - %(failed_after)s::interval)
-    AS n
+    (
+        SELECT count(*) FROM anchor.tasks AS t
+        WHERE t.state = 'succeeded' AND t.finished_at < now() - %(succeeded_after)s::interval
+    )
+    + (
+        SELECT count(*) FROM anchor.tasks AS t
+        WHERE
+            t.state IN ('failed', 'hook_failed', 'cancelled')
+            AND t.finished_at < now() - %(failed_after)s::interval
+    ) AS n
 """
 
 # --- retention ---
@@ -343,12 +454,15 @@ SELECT
 PRUNE_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('anchor.prune'))"
 PRUNE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('anchor.prune'))"
 
-# One batch: deletes up to batch_size finished tasks past their retention period; returns how many.
+# One batch: deletes up to batch_size finished tasks past their retention period; returns how many. The
+# pruner and `anchor tasks purge` / the dashboard (anchor_py.admin) share it. anchor.prune groups failed,
+# hook_failed and cancelled under failed_after; a group given no period gets 5000 years, which no
+# finished_at can be older than (PostgreSQL 14 has no infinite interval). A null now is the database clock.
 PRUNE = """
 SELECT anchor.prune(
-    succeeded_after => %(succeeded_after)s::interval,
-    failed_after => %(failed_after)s::interval,
+    succeeded_after => coalesce(%(succeeded_after)s::interval, interval '5000 years'),
+    failed_after => coalesce(%(failed_after)s::interval, interval '5000 years'),
     batch_size => %(batch_size)s::int,
     p_now => %(now)s::timestamptz
-)
+) AS deleted
 """

@@ -12,11 +12,15 @@ so the SQL core applies the definition's defaults, unique tags and schema valida
   insert would commit by itself.
 - Params holding the character U+0000 anywhere (a value or a key) are refused with a ValueError naming
   the task and the JSON path before anything is sent: PostgreSQL's jsonb cannot store it.
+- Params of another task's model (``run_send_email(SendNotificationParameters(...))``) are refused with a
+  TypeError naming both models before anything is sent. The expected model comes from the ``TASKS`` of the
+  generated module that defines the runner class.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from anchor_py import queries
 from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
+from anchor_py.taskspec import TaskSet
 
 __all__ = ["AsyncTaskRunnerBase", "AutocommitConnectionError", "OpenTransactionError", "TaskRunnerBase"]
 
@@ -71,9 +76,27 @@ def _nul_path(value: Any, path: str = "$") -> str | None:
     return None
 
 
-def _params_json(task_name: str, params: pydantic.BaseModel) -> dict[str, Any]:
+def _task_set_of(runner_type: type) -> TaskSet | None:
+    """The TASKS of the generated module defining `runner_type` (or the generated class it extends)."""
+    for cls in runner_type.__mro__:
+        tasks = getattr(sys.modules.get(cls.__module__), "TASKS", None)
+        if isinstance(tasks, TaskSet):
+            return tasks
+    return None
+
+
+def _expected_model(runner: object, task_name: str) -> type[pydantic.BaseModel] | None:
+    tasks = _task_set_of(type(runner))
+    return tasks.by_name(task_name).params_model if tasks is not None and task_name in tasks else None
+
+
+def _params_json(
+    task_name: str, params: pydantic.BaseModel, expected: type[pydantic.BaseModel] | None
+) -> dict[str, Any]:
     if not isinstance(params, pydantic.BaseModel):
         raise TypeError(f"params must be a generated Parameters model, got {type(params).__name__}")
+    if expected is not None and not isinstance(params, expected):
+        raise TypeError(f"task {task_name} takes {expected.__name__}, got {type(params).__name__}")
     data = params.model_dump(mode="json", by_alias=True, exclude_none=True)
     refuse_nul(task_name, data)
     return data
@@ -90,17 +113,17 @@ def refuse_nul(task_name: str, params_json: Any) -> None:
 
 
 def _enqueue_query_args(
-    task_name: str, params: pydantic.BaseModel, overrides: tuple[TaskOverride, ...]
+    runner: object, task_name: str, params: pydantic.BaseModel, overrides: tuple[TaskOverride, ...]
 ) -> dict[str, Any]:
     arguments = dict.fromkeys(_OVERRIDABLE)
     arguments.update(enqueue_arguments(overrides))
     arguments["name"] = task_name
-    arguments["params"] = Jsonb(_params_json(task_name, params))
+    arguments["params"] = Jsonb(_params_json(task_name, params, _expected_model(runner, task_name)))
     return arguments
 
 
 def _enqueue_many_query_args(
-    task_name: str, params_list: Sequence[pydantic.BaseModel], overrides: tuple[TaskOverride, ...]
+    runner: object, task_name: str, params_list: Sequence[pydantic.BaseModel], overrides: tuple[TaskOverride, ...]
 ) -> dict[str, Any]:
     arguments = dict.fromkeys(_OVERRIDABLE)
     arguments.update(enqueue_arguments(overrides))
@@ -108,7 +131,8 @@ def _enqueue_many_query_args(
     if unique_tag is not None:
         raise InvalidOverride("with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one")
     arguments["name"] = task_name
-    arguments["params"] = Jsonb([_params_json(task_name, params) for params in params_list])
+    expected = _expected_model(runner, task_name)
+    arguments["params"] = Jsonb([_params_json(task_name, params, expected) for params in params_list])
     return arguments
 
 
@@ -164,7 +188,8 @@ class TaskRunnerBase:
 
     def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        return _returned_id(self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides)))
+        arguments = _enqueue_query_args(self, task_name, params, overrides)
+        return _returned_id(self._fetch_committed(queries.ENQUEUE, arguments))
 
     def enqueue_with_tx(
         self,
@@ -177,13 +202,13 @@ class TaskRunnerBase:
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        return _returned_id(_fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides)))
+        return _returned_id(_fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(self, task_name, params, overrides)))
 
     def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
     ) -> list[int]:
         """Enqueue one task per params in a single round trip and commit them; ids in input order."""
-        arguments = _enqueue_many_query_args(task_name, params_list, overrides)
+        arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
         return _returned_ids(self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
@@ -210,7 +235,7 @@ class AsyncTaskRunnerBase:
 
     async def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        row = await self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(task_name, params, overrides))
+        row = await self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(self, task_name, params, overrides))
         return _returned_id(row)
 
     async def enqueue_with_tx(
@@ -224,14 +249,14 @@ class AsyncTaskRunnerBase:
         if not isinstance(tx, psycopg.AsyncConnection):
             raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        arguments = _enqueue_query_args(task_name, params, overrides)
+        arguments = _enqueue_query_args(self, task_name, params, overrides)
         return _returned_id(await _fetch_row_async(tx, queries.ENQUEUE, arguments))
 
     async def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
     ) -> list[int]:
         """Enqueue one task per params in a single round trip and commit them; ids in input order."""
-        arguments = _enqueue_many_query_args(task_name, params_list, overrides)
+        arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
         return _returned_ids(await self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))

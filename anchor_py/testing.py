@@ -21,7 +21,6 @@ import pydantic
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from anchor_py import queries
 from anchor_py.taskspec import TaskSet
 from anchor_py.worker import Worker, WorkerConfig
 
@@ -33,6 +32,49 @@ __all__ = [
     "run_queued_sync",
     "task_state",
 ]
+
+# The statements only these helpers send (they reach past the SQL core's functions, as no production
+# client may), kept here so the production module anchor_py.queries holds none of them.
+
+# Makes delayed work due now, so a test drains retries without waiting for them.
+TESTING_MAKE_DUE_NOW = """
+UPDATE anchor.tasks SET run_at = now()
+WHERE state IN ('pending', 'failing') AND locked_by IS NULL AND run_at > now()
+"""
+
+# Makes a task's failure final (as if its attempts were used up) so its hook runs next.
+TESTING_FORCE_FAILING = """
+UPDATE anchor.tasks SET
+    state = 'failing',
+    run_at = now(),
+    locked_by = NULL,
+    deadline = NULL,
+    hook_attempts = 0,
+    finished_at = NULL
+WHERE id = %(id)s::bigint AND state IN ('pending', 'failed', 'hook_failed')
+RETURNING id
+"""
+
+# The tasks of one name, newest first.
+TESTING_TASKS_NAMED = """
+SELECT
+    id,
+    name,
+    params,
+    state,
+    attempts,
+    last_error
+FROM anchor.tasks
+WHERE name = %(name)s::text
+ORDER BY id DESC
+"""
+
+# One task's state.
+TESTING_TASK_STATE = """
+SELECT state FROM anchor.tasks
+WHERE id = %(id)s::bigint
+"""
+
 
 # polls fast, runs no maintenance services (rescue, cron): a test controls everything that happens
 TEST_WORKER_CONFIG = WorkerConfig(poll_interval=0.05, services=(), shutdown_grace=5)
@@ -81,7 +123,7 @@ def assert_enqueued(
         else params or {}
     )
     with conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(queries.TESTING_TASKS_NAMED, {"name": task_name}).fetchall()
+        rows = cursor.execute(TESTING_TASKS_NAMED, {"name": task_name}).fetchall()
     for row in rows:
         if all(row["params"].get(key) == value for key, value in expected.items()):
             return int(row["id"])
@@ -92,7 +134,7 @@ def assert_enqueued(
 def task_state(conn: psycopg.Connection[Any], task_id: int) -> str | None:
     """The task's state (pending, running, succeeded, failing, failed, hook_failed, cancelled)."""
     with conn.cursor(row_factory=tuple_row) as cursor:
-        row = cursor.execute(queries.TESTING_TASK_STATE, {"id": task_id}).fetchone()
+        row = cursor.execute(TESTING_TASK_STATE, {"id": task_id}).fetchone()
     return str(row[0]) if row else None
 
 
@@ -103,7 +145,7 @@ async def fail_through_hook(
     the way the worker does: in the transaction that marks it failed. Returns the resulting state:
     ``failed`` when the hook committed, ``hook_failed`` when it kept raising."""
     with psycopg.connect(db, autocommit=True) as conn:
-        forced = conn.execute(queries.TESTING_FORCE_FAILING, {"id": task_id}).fetchone()
+        forced = conn.execute(TESTING_FORCE_FAILING, {"id": task_id}).fetchone()
         if forced is None:
             raise AssertionError(f"task {task_id} is not pending, failed or hook_failed: cannot force its failure")
     # every hook attempt at once: no retry interval to wait for
@@ -117,11 +159,11 @@ async def fail_through_hook(
 async def _make_delayed_work_due(db: str | AsyncConnectionPool[Any]) -> bool:
     if isinstance(db, AsyncConnectionPool):
         async with db.connection() as conn:
-            cursor = await conn.execute(queries.TESTING_MAKE_DUE_NOW)
+            cursor = await conn.execute(TESTING_MAKE_DUE_NOW)
             changed = cursor.rowcount
             if not conn.autocommit:
                 await conn.commit()
     else:
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-            changed = (await conn.execute(queries.TESTING_MAKE_DUE_NOW)).rowcount
+            changed = (await conn.execute(TESTING_MAKE_DUE_NOW)).rowcount
     return bool(changed > 0)

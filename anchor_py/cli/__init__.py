@@ -2,7 +2,7 @@
 
 Each command module exposes `register(subparsers)`, which adds its subcommands and sets `handler` on them:
 a function taking the parsed arguments and returning the exit code. A user mistake raises `UsageError`
-(exit 2, its message, no traceback).
+(exit 2, its message, no traceback); the other exit codes are in anchor_py.cli.common.
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from collections.abc import Sequence
 
 import psycopg
 
-from anchor_py.cli.common import UsageError
+from anchor_py.cli.common import (
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CannotReach,
+    UsageError,
+    add_command_group,
+)
+from anchor_py.formatting import database_message
 
 # Listed in the order `anchor --help` shows them.
 COMMAND_MODULES = (
@@ -33,7 +41,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor", description="Durable background tasks on PostgreSQL.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = add_command_group(parser, "command", "COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
@@ -45,15 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except UsageError as exc:
         print(f"anchor {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except CannotReach as exc:
+        print(f"anchor {args.command}: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
         print(f"anchor {args.command}: cannot reach the database: {reason}", file=sys.stderr)
-        return 3
+        return EXIT_UNREACHABLE
     except psycopg.Error as exc:
-        reason = " ".join(str(exc).split())
-        print(f"anchor {args.command}: the database refused: {reason}", file=sys.stderr)
-        return 1
+        print(f"anchor {args.command}: the database refused: {database_message(exc)}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
     return code

@@ -1,17 +1,19 @@
-"""`anchor cron list|pause NAME|resume NAME`: inspect and steer the cron schedules stored in the database."""
+"""`anchor cron list|pause NAME|resume NAME`: inspect and steer the cron schedules stored in the database
+(through anchor_py.admin, as the dashboard does)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from anchor_py import queries
-from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
+from anchor_py import admin
+from anchor_py.cli.common import UsageError, add_command_group, add_dsn_option, connect
+from anchor_py.cli.output import Column, print_table
+from anchor_py.formatting import format_time
 
 _NO_SCHEDULE = "AT007"
 
@@ -22,7 +24,7 @@ def register(subparsers: Any) -> None:
         help="list, pause and resume cron schedules",
         description="Cron schedules come from task definitions with a cronjob (anchor register).",
     )
-    actions = parser.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
+    actions = add_command_group(parser, "cron_command", "ACTION")
 
     listing = actions.add_parser("list", help="every schedule: expression, next fire, last fire, paused, error")
     listing.add_argument("--json", action="store_true", help="print one JSON object per schedule")
@@ -39,44 +41,30 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(handler=run_pause if action == "pause" else run_resume)
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.isoformat(timespec="seconds")
-
-
 def run_list(args: argparse.Namespace) -> int:
-    with psycopg.connect(dsn_from(args), autocommit=True, row_factory=dict_row) as conn:
-        rows = conn.execute(queries.CRON_LIST).fetchall()
+    with connect(args) as conn:
+        schedules = admin.list_cron(conn)
     if args.json:
-        for row in rows:
-            print(json.dumps(row, default=str, sort_keys=True))
+        for schedule in schedules:
+            print(json.dumps(admin.to_json(schedule), sort_keys=True, ensure_ascii=False))
         return 0
-    if not rows:
+    if not schedules:
         print("anchor: no cron schedules (register task definitions with a cronjob first)")
         return 0
-    header = ("NAME", "EXPRESSION", "TIMEZONE", "NEXT FIRE", "LAST FIRE", "PAUSED", "ERROR")
-    table = [header] + [
-        (
-            row["name"],
-            row["expression"],
-            row["timezone"],
-            "-" if row["paused"] else _when(row["next_fire_at"]),
-            _when(row["last_fired_at"]),
-            "yes" if row["paused"] else "no",
-            row["last_error"] or "",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
-    for line in table:
-        cells = "  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True))
-        print(f"{cells}  {line[-1]}".rstrip())
+    columns = (Column("NAME", shrink=True, min_width=10), Column("EXPRESSION"), Column("TIMEZONE"),
+               Column("NEXT FIRE"), Column("LAST FIRE"), Column("PAUSED"), Column("ERROR", shrink=True))
+    print_table(columns, [
+        (s.name, s.expression, s.timezone, "-" if s.paused else format_time(s.next_fire_at),
+         format_time(s.last_fired_at), "yes" if s.paused else "no", s.last_error or "")
+        for s in schedules
+    ])
     return 0
 
 
-def _act(args: argparse.Namespace, statement: str, done: str) -> int:
+def _act(args: argparse.Namespace, action: Callable[[admin.Conn, str], str], done: str) -> int:
     try:
-        with psycopg.connect(dsn_from(args), autocommit=True) as conn:
-            conn.execute(statement, {"name": args.name})
+        with connect(args) as conn:
+            action(conn, args.name)
     except psycopg.Error as exc:
         if exc.sqlstate == _NO_SCHEDULE:
             raise UsageError(f"no cron schedule named {args.name!r} (see anchor cron list)") from exc
@@ -86,8 +74,8 @@ def _act(args: argparse.Namespace, statement: str, done: str) -> int:
 
 
 def run_pause(args: argparse.Namespace) -> int:
-    return _act(args, queries.CRON_PAUSE, "paused")
+    return _act(args, admin.pause_cron, "paused")
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    return _act(args, queries.CRON_RESUME, "resumed")
+    return _act(args, admin.resume_cron, "resumed")

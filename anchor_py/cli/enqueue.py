@@ -11,9 +11,10 @@ from typing import Any
 import psycopg
 
 from anchor_py import queries
-from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
+from anchor_py.cli.common import UsageError, add_dsn_option, connect
 from anchor_py.cli.output import print_json
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
+from anchor_py.formatting import database_message
 from anchor_py.runner import refuse_nul
 
 
@@ -41,13 +42,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     arguments = {"name": args.name, "params": _params(args), **_overrides(args)}
-    with psycopg.connect(dsn_from(args), autocommit=True) as conn:
+    with connect(args) as conn:
         try:
             row = conn.execute(queries.ENQUEUE, arguments).fetchone()
         except psycopg.Error as error:
-            # the SQL core's own refusals (unknown task, params, overrides) are the user's to fix
+            # the SQL core's own refusals (unknown task, params, overrides) are the user's to fix; its HINT
+            # says how
             if error.sqlstate and error.sqlstate.startswith("AT"):
-                raise UsageError(error.diag.message_primary or str(error)) from None
+                raise UsageError(database_message(error)) from None
             raise
     assert row is not None
     if args.json:

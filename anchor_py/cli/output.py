@@ -1,5 +1,6 @@
-"""Output for the operator commands: aligned tables that fit the terminal (80 columns when unknown),
-`--json`, human ages and times, and a progress counter for long operations."""
+"""Terminal output of the operator commands: aligned tables that fit the terminal (80 columns when unknown),
+`--json`, and a progress counter for long operations. The words inside the cells (ages, times, states)
+come from anchor_py.formatting, which the dashboard shares."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-ELLIPSIS = "…"
+from anchor_py.formatting import clip, format_age, one_line
+
 GAP = "  "
 
 
@@ -51,26 +52,13 @@ def terminal_width() -> int:
     return shutil.get_terminal_size(fallback=(80, 24)).columns
 
 
-def _clip(text: str, width: int) -> str:
-    if len(text) <= width:
-        return text
-    if width <= 1:
-        return text[:width]
-    return text[: width - 1] + ELLIPSIS
-
-
-def _one_line(value: object) -> str:
-    text = "" if value is None else str(value)
-    return " ".join(text.split()) if ("\n" in text or "\t" in text or "\r" in text) else text
-
-
 def format_table(columns: Sequence[Column], rows: Sequence[Sequence[object]], width: int | None = None) -> str:
     """An aligned table with a header line, at most `width` characters wide (the terminal's by default).
 
     Cells are made one line. When the table is too wide, the widest shrinkable column is cut first (its
     cells end in …), down to its min_width; other columns keep their full width."""
     limit = terminal_width() if width is None else width
-    cells = [[_one_line(v) for v in row] for row in rows]
+    cells = [[one_line(v) for v in row] for row in rows]
     for row in cells:
         if len(row) != len(columns):
             raise ValueError(f"a row has {len(row)} cells for {len(columns)} columns")
@@ -92,7 +80,7 @@ def format_table(columns: Sequence[Column], rows: Sequence[Sequence[object]], wi
     for row in [[c.header for c in columns], *cells]:
         parts = []
         for i, (column, text) in enumerate(zip(columns, row, strict=True)):
-            text = _clip(text, widths[i])
+            text = clip(text, widths[i])
             last = i == len(columns) - 1
             if column.align == "right":
                 parts.append(text.rjust(widths[i]))
@@ -109,50 +97,6 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, 
 def print_json(data: Any, *, out: TextIO | None = None) -> None:
     json.dump(data, out or sys.stdout, indent=2, ensure_ascii=False, default=str)
     (out or sys.stdout).write("\n")
-
-
-def format_age(seconds: float | None) -> str:
-    """A short age: 850ms, 42s, 5m10s, 3h05m, 2d04h; '-' for None."""
-    if seconds is None:
-        return "-"
-    if seconds < 0:
-        return "-" + format_age(-seconds)
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h" if hours else f"{days}d"
-
-
-def format_duration(value: timedelta | None) -> str:
-    return "-" if value is None else format_age(value.total_seconds())
-
-
-def format_time(value: datetime | None) -> str:
-    """UTC, to the second: 2026-03-01 14:05:09."""
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_ago(value: datetime | None, now: datetime) -> str:
-    """'5m ago', 'in 30s' or '-'."""
-    if value is None:
-        return "-"
-    seconds = (now - value).total_seconds()
-    return f"{format_age(seconds)} ago" if seconds >= 0 else f"in {format_age(-seconds)}"
-
-
-def format_attempts(attempts: int, max_attempts: int) -> str:
-    return f"{attempts}/{'∞' if max_attempts == -1 else max_attempts}"
 
 
 class Progress:

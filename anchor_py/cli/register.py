@@ -18,6 +18,7 @@ import psycopg
 
 from anchor_py import queries
 from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
+from anchor_py.formatting import plural
 from anchor_py.taskspec import TaskSet
 
 DEFAULT_TASKGEN = "zgen/taskgen.py"
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version}
         ).fetchone()
     outcome = row[0] if row else None
-    print(f"anchor: {len(tasks)} task definitions, version {tasks.version}: {outcome}")
+    print(f"anchor: {plural(len(tasks), 'task definition')}, version {tasks.version}: {outcome}")
     return 0
 
 

@@ -6,19 +6,10 @@ import argparse
 from typing import Any
 
 from anchor_py import admin
-from anchor_py.cli.common import add_dsn_option
-from anchor_py.cli.output import (
-    Column,
-    format_age,
-    format_ago,
-    format_table,
-    format_time,
-    pipe_safe,
-    print_json,
-    print_table,
-    terminal_width,
-)
-from anchor_py.cli.tasks import connect, parse_age, parse_positive
+from anchor_py.cli.common import add_command_group, add_dsn_option, connect, parse_age, parse_positive
+from anchor_py.cli.output import Column, format_table, pipe_safe, print_json, print_table, terminal_width
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
+from anchor_py.formatting import format_age, format_ago, format_time
 
 SPARK = "▁▂▃▄▅▆▇█"
 SHORT_STATES = {"pending": "PEND", "running": "RUN", "succeeded": "SUCC", "hook_failed": "HOOKF",
@@ -39,8 +30,7 @@ def register(subparsers: Any) -> None:
         "last minutes, pending depth and the oldest due task per queue, and the workers alive.",
     )
     p.add_argument("--minutes", default="15", metavar="N", help="throughput window in minutes (default 15)")
-    p.add_argument("--heartbeat-timeout", default="30s", metavar="AGE",
-                   help="a worker silent longer than this counts as dead (default 30s, as the rescuer)")
+    add_heartbeat_timeout_option(p)
     p.add_argument("--json", action="store_true", help="everything as one JSON object")
     add_dsn_option(p)
     p.set_defaults(handler=run_stats)
@@ -48,15 +38,20 @@ def register(subparsers: Any) -> None:
     workers: argparse.ArgumentParser = subparsers.add_parser(
         "workers", help="the workers and their heartbeats", description="Workers registered in the database."
     )
-    sub = workers.add_subparsers(dest="workers_command", required=True, metavar="SUBCOMMAND")
+    sub = add_command_group(workers, "workers_command", "SUBCOMMAND")
     p = sub.add_parser("list", help="workers with heartbeat age, alive or not, running tasks",
                        description="Every worker row: when it started, its last heartbeat, whether it counts "
                        "as alive and how many tasks it is running.")
-    p.add_argument("--heartbeat-timeout", default="30s", metavar="AGE",
-                   help="a worker silent longer than this counts as dead (default 30s)")
+    add_heartbeat_timeout_option(p)
     p.add_argument("--json", action="store_true", help="a JSON array of workers")
     add_dsn_option(p)
     p.set_defaults(handler=run_workers)
+
+
+def add_heartbeat_timeout_option(parser: argparse.ArgumentParser) -> None:
+    default = format_age(HEARTBEAT_TIMEOUT.total_seconds())
+    parser.add_argument("--heartbeat-timeout", default=default, metavar="AGE",
+                        help=f"a worker silent longer than this counts as dead (default {default}, as the rescuer)")
 
 
 def sparkline(values: list[int]) -> str:
@@ -72,6 +67,7 @@ def stats_json(stats: admin.Stats) -> dict[str, Any]:
         "counts": stats.table(),
         "totals": stats.by_state(),
         "throughput": admin.to_json(stats.throughput),
+        "finished": stats.finished,
         "finished_per_minute": round(stats.per_minute(), 3),
         "oldest_pending_age_seconds": stats.oldest_due_seconds,
         "queues": admin.to_json(stats.queues),
@@ -83,7 +79,7 @@ def stats_json(stats: admin.Stats) -> dict[str, Any]:
 @pipe_safe
 def run_stats(args: argparse.Namespace) -> int:
     minutes = parse_positive(args.minutes, "--minutes", 1440)
-    timeout = parse_age(args.heartbeat_timeout)
+    timeout = parse_age(args.heartbeat_timeout, "--heartbeat-timeout")
     with connect(args) as conn:
         stats = admin.get_stats(conn, minutes=minutes, heartbeat_timeout=timeout)
     if args.json:
@@ -110,8 +106,9 @@ def run_stats(args: argparse.Namespace) -> int:
     finished = [p.total for p in stats.throughput]
     sums = {k: sum(getattr(p, k) for p in stats.throughput) for k in ("succeeded", "failed", "cancelled")}
     print()
-    print(f"Throughput, last {minutes} min: {stats.per_minute():.1f} finished/min "
-          f"(succeeded {sums['succeeded']}, failed {sums['failed']}, cancelled {sums['cancelled']})")
+    # the rate and the counts are over the same tasks (see admin.Stats.per_minute)
+    print(f"Throughput, last {minutes} min: {stats.finished} finished, {stats.per_minute():.1f}/min")
+    print(f"  succeeded {sums['succeeded']}, failed {sums['failed']}, cancelled {sums['cancelled']}")
     print(f"  per minute, oldest first: {sparkline(finished)}  (peak {max(finished, default=0)})")
 
     print()
@@ -142,7 +139,7 @@ def print_workers(workers: list[admin.WorkerInfo], now: Any) -> None:
 
 @pipe_safe
 def run_workers(args: argparse.Namespace) -> int:
-    timeout = parse_age(args.heartbeat_timeout)
+    timeout = parse_age(args.heartbeat_timeout, "--heartbeat-timeout")
     with connect(args) as conn:
         now = admin.db_now(conn)
         workers = admin.list_workers(conn, heartbeat_timeout=timeout)

@@ -1,41 +1,36 @@
 """`anchor tasks list|show|retry|cancel|purge`: look at tasks and act on single ones.
 
-Exit codes: 0 ok, 1 the database refused (e.g. retrying a succeeded task), 2 usage error, 3 the database
-cannot be reached, 4 not found (a task id that does not exist).
+Exit codes (anchor_py.cli.common): 0 ok, 1 the database refused (e.g. retrying a succeeded task), 2 usage
+error, 3 the database cannot be reached, 4 not found (a task id that does not exist).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from anchor_py import admin
-from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
-from anchor_py.cli.output import (
-    Column,
-    Progress,
-    format_ago,
-    format_attempts,
-    format_duration,
-    format_time,
-    pipe_safe,
-    print_json,
-    print_table,
+from anchor_py.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    NOT_FOUND_SQLSTATE,
+    UsageError,
+    add_command_group,
+    add_dsn_option,
+    connect,
+    parse_age,
+    parse_positive,
+    parse_since,
+    parse_states,
+    parse_task_id,
+    split_values,
 )
-from anchor_py.durations import InvalidDuration, parse_duration
-
-EXIT_REFUSED = 1
-EXIT_NOT_FOUND = 4
-NOT_FOUND_SQLSTATE = "AT004"
-
-_DAYS = re.compile(r"^\s*(\d+)d(.*)$")
+from anchor_py.cli.output import Column, Progress, pipe_safe, print_json, print_table
+from anchor_py.formatting import database_message, format_ago, format_attempts, format_duration, format_time, plural
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +40,7 @@ def register(subparsers: Any) -> None:
         description="Look at the tasks in the queue and act on single ones. "
         "Exit codes: 0 ok, 1 the database refused, 2 usage error, 3 database unreachable, 4 not found.",
     )
-    sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="SUBCOMMAND")
+    sub = add_command_group(tasks, "tasks_command", "SUBCOMMAND")
 
     p = sub.add_parser(
         "list",
@@ -112,65 +107,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help='the result as JSON: {"deleted": N, ...}')
     add_dsn_option(p)
     p.set_defaults(handler=run_purge)
-
-
-# Argument parsing ------------------------------------------------------------------------------------
-
-
-def parse_task_id(text: str) -> int:
-    value = text.strip()
-    if not value.isdigit() or int(value) < 1 or int(value) > 2**63 - 1:
-        raise UsageError(f"{text!r} is not a task id (a whole number above zero)")
-    return int(value)
-
-
-def parse_positive(text: str, what: str, maximum: int = 1_000_000) -> int:
-    value = text.strip()
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
-        raise UsageError(f"{what} {text!r} must be a whole number from 1 to {maximum}")
-    return int(value)
-
-
-def parse_age(text: str) -> timedelta:
-    """A period: a duration (30m, 1h30m, 500ms) optionally led by whole days (7d, 1d12h)."""
-    match = _DAYS.match(text)
-    try:
-        if match:
-            rest = match.group(2).strip()
-            return timedelta(days=int(match.group(1))) + (parse_duration(rest) if rest else timedelta())
-        return parse_duration(text)
-    except (InvalidDuration, OverflowError):
-        raise UsageError(f"{text!r} is not a period (examples: 30m, 12h, 7d, 1d12h)") from None
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """`--since`: a period back from now, or an ISO 8601 time (UTC when it has no offset)."""
-    if re.match(r"^\s*\d{4}-\d{2}-\d{2}", text):
-        try:
-            value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise UsageError(f"--since {text!r} is not a time (example: 2026-03-01T12:00:00Z)") from None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        return now - parse_age(text)
-    except UsageError:
-        raise UsageError(f"--since {text!r} is not a period (30m, 2h, 7d) or a time (2026-03-01T12:00Z)") from None
-
-
-def split_values(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
-
-
-def parse_states(values: Sequence[str]) -> tuple[str, ...]:
-    states = split_values(values)
-    for state in states:
-        if state not in admin.STATES:
-            raise UsageError(f"unknown state {state!r} (states: {', '.join(admin.STATES)})")
-    return states
-
-
-def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn_from(args), autocommit=True, connect_timeout=10)
 
 
 # list ------------------------------------------------------------------------------------------------
@@ -253,7 +189,7 @@ def run_show(args: argparse.Namespace) -> int:
     ]
     if task.scheduled_at:
         lines.append(f"  scheduled at  {format_time(task.scheduled_at)} (cron fire time)")
-    if task.locked_by:
+    if task.held:
         lines.append(f"  held by       {task.locked_by} since {format_time(task.locked_at)}, "
                      f"deadline {format_time(task.deadline)}")
     if task.finished_at:
@@ -301,7 +237,7 @@ def _act(args: argparse.Namespace, verb: str, action: Any) -> int:
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                message = (exc.diag.message_primary or str(exc)).strip()
+                message = database_message(exc)
                 if exc.sqlstate == NOT_FOUND_SQLSTATE:
                     missing = True
                 else:
@@ -334,7 +270,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 @pipe_safe
 def run_purge(args: argparse.Namespace) -> int:
     states = split_values(args.state)
-    older_than = parse_age(args.older_than)
+    older_than = parse_age(args.older_than, "--older-than")
     batch_size = parse_positive(args.batch_size, "--batch-size", 100_000)
     try:
         succeeded_after, failed_after = admin.prune_periods(states, older_than)
@@ -348,7 +284,8 @@ def run_purge(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"would_delete": total, "states": groups, "older_than_seconds": older_than.total_seconds()})
             else:
-                print(f"would delete {total} {what} tasks finished more than {format_duration(older_than)} ago")
+                print(f"would delete {plural(total, what + ' task')} finished more than "
+                      f"{format_duration(older_than)} ago")
             return 0
         progress = None if args.json or total == 0 else Progress("deleted", total)
         result = admin.prune(
@@ -364,5 +301,5 @@ def run_purge(args: argparse.Namespace) -> int:
         print_json({"deleted": result.deleted, "batches": result.batches, "states": groups,
                     "older_than_seconds": older_than.total_seconds()})
     else:
-        print(f"deleted {result.deleted} {what} tasks finished more than {format_duration(older_than)} ago")
+        print(f"deleted {plural(result.deleted, what + ' task')} finished more than {format_duration(older_than)} ago")
     return 0

@@ -8,21 +8,18 @@ Pages: overview, task list, task detail (event timeline, tracebacks), cron sched
 Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a random per-session value in
 a cookie, echoed in a hidden form field, compared server-side) and go through the SQL core's functions
 (anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.cron_pause, anchor.cron_resume, anchor.prune).
-Optional guards when exposed: a bearer token (header, cookie, or ?token= once) and/or HTTP basic auth.
+Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
+auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-import json
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -34,25 +31,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from anchor_py import admin
-from anchor_py.cli.output import format_age, format_ago, format_attempts, format_duration, format_time
-from anchor_py.durations import InvalidDuration, parse_duration
+from anchor_py.dashboard.guard import Guard, parse_basic_auth
+from anchor_py.dashboard.views import page_templates, throughput_chart
+from anchor_py.defaults import HEARTBEAT_TIMEOUT
+from anchor_py.formatting import database_message, format_age, parse_period, plural
 from anchor_py.metrics import database_registry
 
-TEMPLATES = Path(__file__).parent / "templates"
 CSRF_COOKIE = "anchor_csrf"
 CSRF_FIELD = "csrf_token"
-TOKEN_COOKIE = "anchor_token"
 PAGE_SIZE = 50
 CHART_MINUTES = 60
 # pruning from the dashboard stops after this long per click, so a huge backlog never hangs a request
 PRUNE_TIME_BUDGET = 10.0
-
-ConnectionSource = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
-
 
 class _Database:
     """Connections for the dashboard: from the caller's pool, or from a small pool of our own (opened on
@@ -85,146 +77,18 @@ class _Database:
                 self._pool = None
 
 
-def _state_class(state: str) -> str:
-    return "state-" + state.replace("_", "-")
-
-
-def _templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=str(TEMPLATES))
-    env = templates.env
-    env.filters["ago"] = format_ago
-    env.filters["age"] = format_age
-    env.filters["utc"] = format_time
-    env.filters["duration"] = format_duration
-    env.filters["state_class"] = _state_class
-    env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
-    env.globals["attempts"] = format_attempts
-    env.globals["STATES"] = admin.STATES
-    return templates
-
-
-def _throughput_chart(points: list[admin.ThroughputPoint], width: int = 720, height: int = 160) -> dict[str, Any]:
-    """Bar geometry for the inline SVG chart (stacked: succeeded, failed, cancelled per minute)."""
-    top = max((p.total for p in points), default=0)
-    scale_top = max(top, 1)
-    left, bottom = 36, 18
-    plot_w, plot_h = width - left - 4, height - bottom - 6
-    slot = plot_w / max(len(points), 1)
-    bars = []
-    for i, p in enumerate(points):
-        x = left + i * slot + 1
-        y = float(6 + plot_h)
-        segments = []
-        for kind, value in (("succeeded", p.succeeded), ("failed", p.failed), ("cancelled", p.cancelled)):
-            h = plot_h * value / scale_top
-            if value:
-                y -= h
-                segments.append({"kind": kind, "y": round(y, 1), "h": round(h, 1)})
-        bars.append({
-            "x": round(x, 1), "w": round(max(slot - 2, 1), 1), "segments": segments,
-            "title": f"{format_time(p.minute)[11:16]} UTC: {p.succeeded} succeeded, {p.failed} failed, "
-                     f"{p.cancelled} cancelled",
-        })
-    labels = []
-    if points:
-        last = len(points) - 1
-        for i, anchor in ((0, "start"), (last // 2, "middle"), (last, "end")):
-            x = left + i * slot + (0 if anchor == "start" else slot if anchor == "end" else slot / 2)
-            labels.append({"x": round(x, 1), "anchor": anchor, "text": format_time(points[i].minute)[11:16]})
-    return {
-        "width": width, "height": height, "left": left, "top_y": 6, "base_y": 6 + plot_h, "max": top,
-        "bars": bars, "labels": labels, "total": sum(p.total for p in points),
-    }
-
-
-class _Guard:
-    """ASGI middleware: optional bearer token and/or basic auth in front of every route."""
-
-    def __init__(self, app: ASGIApp, token: str | None, basic_auth: tuple[str, str] | None) -> None:
-        self.app = app
-        self.token = token
-        self.basic_auth = basic_auth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.token is None and self.basic_auth is None):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        header = request.headers.get("authorization", "")
-        if self.basic_auth is not None and not self._basic_ok(header):
-            await PlainTextResponse(
-                "authentication required", status_code=401,
-                headers={"WWW-Authenticate": 'Basic realm="anchor dashboard", charset="UTF-8"'},
-            )(scope, receive, send)
-            return
-        if self.token is not None:
-            offered = request.query_params.get("token")
-            if offered is not None and hmac.compare_digest(offered.encode(), self.token.encode()):
-                # once, from a link: remember it in a cookie and drop it from the address bar
-                query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-                response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
-                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict",
-                                    path=(scope.get("root_path") or "/"))
-                await response(scope, receive, send)
-                return
-            bearer = header[7:] if header.lower().startswith("bearer ") else None
-            candidates = [c for c in (bearer, request.cookies.get(TOKEN_COOKIE)) if c]
-            if not any(hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates):
-                await PlainTextResponse(
-                    "a token is required: open the dashboard with ?token=<token> once, or send "
-                    "'Authorization: Bearer <token>'", status_code=401,
-                )(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _basic_ok(self, header: str) -> bool:
-        assert self.basic_auth is not None
-        if not header.lower().startswith("basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        want_user, want_password = self.basic_auth
-        return hmac.compare_digest(user.encode(), want_user.encode()) & hmac.compare_digest(
-            password.encode(), want_password.encode()
-        )
-
-
-def _parse_basic_auth(value: str | tuple[str, str] | None) -> tuple[str, str] | None:
-    if value is None or isinstance(value, tuple):
-        return value
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("basic_auth must be 'user:password'")
-    return user, password
-
-
-def parse_period(text: str) -> timedelta:
-    """'7d', '12h', '1d12h', '30m' (raises ValueError)."""
-    value = text.strip()
-    days = 0
-    head, sep, rest = value.partition("d")
-    if sep and head.isdigit():
-        days, value = int(head), rest.strip()
-    try:
-        return timedelta(days=days) + (parse_duration(value) if value else timedelta())
-    except (InvalidDuration, OverflowError):
-        raise ValueError(f"{text!r} is not a period (examples: 30m, 12h, 7d)") from None
-
-
 def create_app(
     dsn_or_pool: str | ConnectionPool,
     token: str | None = None,
     basic_auth: str | tuple[str, str] | None = None,
     *,
-    heartbeat_timeout: timedelta = admin.DEFAULT_HEARTBEAT_TIMEOUT,
+    heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT,
 ) -> Starlette:
     """The dashboard as an ASGI app. `dsn_or_pool`: a DSN (the app keeps a small pool) or your
     psycopg_pool.ConnectionPool. `token` and `basic_auth` ('user:password') guard every route when set."""
     db = _Database(dsn_or_pool)
-    templates = _templates()
-    basic = _parse_basic_auth(basic_auth)
+    templates = page_templates()
+    basic = parse_basic_auth(basic_auth)
 
     async def read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def call() -> Any:
@@ -285,7 +149,7 @@ def create_app(
             "stats": stats,
             "totals": stats.by_state(),
             "table": sorted(stats.table().items()),
-            "chart": _throughput_chart(stats.throughput),
+            "chart": throughput_chart(stats.throughput),
             "now": stats.read_at,
             "refresh": int(refresh) if refresh and refresh.isdigit() and 2 <= int(refresh) <= 3600 else None,
         })
@@ -362,7 +226,7 @@ def create_app(
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                return back(request, f"/tasks/{task_id}", err=(exc.diag.message_primary or str(exc)))
+                return back(request, f"/tasks/{task_id}", err=database_message(exc))
             return back(request, f"/tasks/{task_id}", msg=f"{verb}: task {task_id} is now {outcome}")
 
         return endpoint
@@ -388,7 +252,7 @@ def create_app(
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                return back(request, "/cron", err=(exc.diag.message_primary or str(exc)))
+                return back(request, "/cron", err=database_message(exc))
             return back(request, "/cron", msg=f"{name}: {outcome}")
 
         return endpoint
@@ -416,7 +280,7 @@ def create_app(
             admin.prune, succeeded_after=periods["succeeded_after"], failed_after=periods["failed_after"],
             batch_size=1000, time_budget=PRUNE_TIME_BUDGET,
         )
-        msg = f"deleted {result.deleted} finished tasks in {format_age(result.seconds)}"
+        msg = f"deleted {plural(result.deleted, 'finished task')} in {format_age(result.seconds)}"
         if result.more:
             msg += " (stopped after its time budget; more remain: prune again)"
         return back(request, "/prune", msg=msg)
@@ -447,5 +311,5 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.database = db
-    app.add_middleware(_Guard, token=token, basic_auth=basic)
+    app.add_middleware(Guard, token=token, basic_auth=basic)
     return app

@@ -50,7 +50,7 @@ def test_enqueue_prints_the_id_and_applies_the_options(dsn: str, db: Conn) -> No
         (["Job", "{n: 1}"], "params: not JSON"),
         (["Job", "[1]"], "params: expected a JSON object, got list"),
         (["Job", '{"n": "1"}'], "task Job: params $.n: expected an integer, got string"),
-        (["Nope", "{}"], "unknown task 'Nope'"),
+        (["Nope", "{}"], "unknown task 'Nope' (hint: Register the task definitions first (anchor register)"),
         (["Job", "{}", "--delay", "5x"], "'5x' is not a duration"),
         (["Job", "{}", "--run-at", "2030-01-01T09:00:00"], "--run-at: '2030-01-01T09:00:00' needs an offset"),
         (["Job", "{}", "--max-attempts", "0"], "max_attempts must be -1 (unlimited) or at least 1, got 0"),

@@ -123,6 +123,15 @@ def test_show_prints_params_attempts_events_and_the_traceback(dsn: str, tasks: d
     assert detail["events"][0]["traceback"] == TRACEBACK
 
 
+def test_show_says_held_by_only_while_the_task_runs(dsn: str, tasks: dict[str, int]) -> None:
+    running = anchor("tasks", "show", str(tasks["running"]), dsn=dsn).stdout
+    assert f"held by       {WORKER} since " in running
+    # a finished task keeps its last worker's id, but nobody holds it any more
+    for state in ("failed", "succeeded", "hook_failed"):
+        shown = anchor("tasks", "show", str(tasks[state]), dsn=dsn).stdout
+        assert f"[{state}]" in shown and "held by" not in shown
+
+
 def test_retry_and_cancel_change_the_tasks_and_report_each_id(dsn: str, db: Conn, tasks: dict[str, int]) -> None:
     result = anchor("tasks", "retry", str(tasks["email"]), str(tasks["cancelled"]), dsn=dsn)
     assert result.stdout.splitlines() == [f"task {tasks['email']}: pending", f"task {tasks['cancelled']}: pending"]
@@ -178,9 +187,28 @@ def test_bad_input_is_one_clear_line_and_exit_2(dsn: str, args: list[str], messa
     assert result.stdout == ""
 
 
-def test_an_unreachable_database_is_exit_3() -> None:
-    result = anchor("tasks", "list", dsn="host=127.0.0.1 port=1 dbname=nothing connect_timeout=3", check=3)
+@pytest.mark.parametrize(
+    "bad_dsn",
+    ["host=127.0.0.1 port=1 dbname=nothing connect_timeout=3", "not a dsn", "postgresql://127.0.0.1:99999/x",
+     "host=127.0.0.1 sslmode=bogus"],
+)
+def test_an_unreachable_database_or_a_malformed_dsn_is_exit_3(bad_dsn: str) -> None:
+    result = anchor("tasks", "list", dsn=bad_dsn, check=3)
     assert result.stderr.startswith("anchor tasks: cannot reach the database")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "subcommands"),
+    [([], ["generate", "tasks", "stats", "dashboard"]), (["tasks"], ["list", "show", "retry", "cancel", "purge"]),
+     (["workers"], ["list"]), (["cron"], ["list", "pause", "resume"])],
+)
+def test_a_command_group_alone_lists_its_subcommands(command: list[str], subcommands: list[str]) -> None:
+    result = anchor(*command, check=2)
+    assert result.stderr.startswith("usage: anchor " + " ".join(command))
+    assert "error:" not in result.stderr
+    listed = [line.split()[0] for line in result.stderr.splitlines() if line.startswith("    ") and line.split()]
+    assert set(subcommands) <= set(listed), result.stderr
 
 
 def finish_days_ago(db: Conn, name: str, days: int, outcome: str) -> int:
@@ -228,6 +256,8 @@ def test_stats_numbers_match_the_database(dsn: str, db: Conn, tasks: dict[str, i
         assert {s: n for s, n in counts.items() if n} == expected[name]
     assert data["totals"]["failed"] == 2 and data["totals"]["pending"] == 1
     assert sum(p["succeeded"] + p["failed"] + p["cancelled"] for p in data["throughput"]) == 5
+    # the rate counts the same 5 tasks (all finished this minute), over the at most 15 minutes of the window
+    assert data["finished"] == 5 and 5 / 15 <= data["finished_per_minute"] <= 5 / 14
     assert data["workers_alive"] == 1 and len(data["workers"]) == 2
 
     out = anchor("stats", dsn=dsn).stdout
@@ -239,7 +269,7 @@ def test_stats_numbers_match_the_database(dsn: str, db: Conn, tasks: dict[str, i
     job = next(line.split() for line in lines if line.startswith("Job "))
     assert job[header.index("FAILED")] == "1"
     assert "Workers alive: 1 of 2 registered" in out
-    assert "Throughput, last 15 min:" in out
+    assert f"Throughput, last 15 min: 5 finished, {data['finished_per_minute']:.1f}/min" in out
 
 
 def test_workers_list(dsn: str, db: Conn) -> None:

@@ -57,6 +57,10 @@ def test_pages_render_with_the_numbers_of_the_database(dsn: str, db: Conn, tasks
             assert re.search(rf'data-state="{state}">\s*<div class="label">[^<]*</div>\s*'
                              rf'<div class="value" data-count="1">', home.text)
         assert 'id="throughput-chart"' in home.text
+        # the rate and the count are of the same four tasks, all finished this minute
+        rate = re.search(r'id="kpi-rate">([0-9.]+)<', home.text)
+        assert rate and float(rate.group(1)) > 0
+        assert re.search(r'<div class="v">4</div><div class="l">finished in the window</div>', home.text)
 
         listing = client.get("/tasks", params={"state": "failed"})
         assert listing.status_code == 200
@@ -64,6 +68,8 @@ def test_pages_render_with_the_numbers_of_the_database(dsn: str, db: Conn, tasks
 
         detail = client.get(f"/tasks/{tasks['failed']}")
         assert detail.status_code == 200 and 'data-state="failed"' in detail.text
+        assert "Held by" not in detail.text  # only a running task is held
+        assert "Held by" in client.get(f"/tasks/{tasks['running']}").text
         assert client.get("/tasks/987654").status_code == 404
         assert client.get("/tasks/abc").status_code == 404
         assert client.get("/tasks", params={"state": "bogus"}).status_code == 400
@@ -155,7 +161,7 @@ def test_prune_from_the_dashboard(dsn: str, db: Conn, tasks: dict[str, int]) -> 
         assert "is not a period" in bad.text
         # "1ms": everything finished so far is older than that
         done = client.post("/prune", data={"csrf_token": token, "succeeded_after": "1ms", "failed_after": ""})
-        assert "deleted 1 finished tasks" in done.text
+        assert "deleted 1 finished task in " in done.text
     left = {r["state"] for r in db.execute("select state from anchor.tasks")}
     assert "succeeded" not in left and {"failed", "cancelled", "hook_failed"} <= left
 

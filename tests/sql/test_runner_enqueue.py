@@ -131,6 +131,30 @@ def test_overrides_reach_the_row(guide_db: Conn) -> None:
     assert task_row(guide_db, later)["run_at"] == run_at
 
 
+def test_another_tasks_parameters_are_a_type_error_naming_both_models(guide_db: Conn, dsn: str) -> None:
+    notification = taskgen.SendNotificationParameters.model_construct()
+    expected = "task SendEmail takes SendEmailParameters, got SendNotificationParameters"
+    runner = taskgen.TaskRunner(guide_db)
+    with pytest.raises(TypeError, match=expected):
+        runner.run_send_email(notification)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=expected):
+        runner.run_send_email_many([taskgen.SendEmailParameters(user_id=1, template_id="w"), notification])  # type: ignore[list-item]
+
+    class AppRunner(taskgen.TaskRunner):
+        """A subclass in the application's own module still knows the generated models."""
+
+    with pytest.raises(TypeError, match=expected):
+        AppRunner(guide_db).run_send_email(notification)  # type: ignore[arg-type]
+
+    async def run_async() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await taskgen.AsyncTaskRunner(conn).run_send_email(notification)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match=expected):
+        asyncio.run(run_async())
+    assert task_count(guide_db) == 0
+
+
 def test_a_duplicate_unique_tag_returns_the_live_tasks_id(guide_db: Conn) -> None:
     runner = taskgen.TaskRunner(guide_db)
     params = taskgen.SendEmailParameters(user_id=1, template_id="daily")

@@ -1,4 +1,5 @@
-"""Table formatting, ages and the progress counter of the operator commands (anchor_py.cli.output)."""
+"""The words of the operator surfaces (anchor_py.formatting) and the terminal tables and progress counter of
+the CLI (anchor_py.cli.output)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from anchor_py.cli.output import (
-    Column,
-    Progress,
+from anchor_py.cli.output import Column, Progress, format_table
+from anchor_py.formatting import (
+    clip,
     format_age,
     format_ago,
     format_attempts,
-    format_table,
     format_time,
+    one_line,
+    parse_period,
+    plural,
+    state_label,
 )
 
 COLUMNS = (Column("ID", align="right"), Column("TASK", shrink=True, min_width=6), Column("STATE"))
@@ -112,3 +116,28 @@ def test_progress_rewrites_one_line_on_a_terminal() -> None:
     progress.finish()
     assert out.getvalue().startswith("\rdeleted: 5\rdeleted: 10\rdeleted: 10 in ")
     assert out.getvalue().count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "period"),
+    [("30m", timedelta(minutes=30)), ("7d", timedelta(days=7)), (" 1d12h ", timedelta(days=1, hours=12)),
+     ("2d 30m", timedelta(days=2, minutes=30)), ("500ms", timedelta(milliseconds=500))],
+)
+def test_one_period_parser_for_cli_and_dashboard(text: str, period: timedelta) -> None:
+    assert parse_period(text) == period
+
+
+@pytest.mark.parametrize("text", ["", "a week", "0d", "0s", "7", "d", "-1d", "1d-2h", "99999999999999d"])
+def test_a_period_that_is_not_one_names_the_text(text: str) -> None:
+    with pytest.raises(ValueError, match=f"{text!r} is not a period"):
+        parse_period(text)
+
+
+def test_plural_and_one_line_cells() -> None:
+    assert plural(1, "task definition") == "1 task definition"
+    assert plural(0, "task definition") == "0 task definitions"
+    assert plural(9, "task definition") == "9 task definitions"
+    assert plural(2, "entry", "entries") == "2 entries"
+    assert one_line("a\n  b\tc") == "a b c"
+    assert clip("abcdef", 4) == "abc…" and clip("abc", 4) == "abc"
+    assert state_label("hook_failed") == "hook failed"

@@ -137,6 +137,32 @@ def test_stats_count_states_throughput_oldest_pending_and_workers(db: Conn, ever
     assert task(db, waiting)["state"] == "pending"
 
 
+def test_the_rate_counts_the_same_tasks_as_the_window(db: Conn, every_state: dict[str, int]) -> None:
+    # four tasks finished this minute, which a rate over full minutes only would leave out
+    stats = admin.get_stats(db, minutes=15)
+    assert stats.finished == 4 == sum(p.total for p in stats.throughput)
+    window = (stats.read_at - stats.throughput[0].minute).total_seconds() / 60
+    assert 14 <= window <= 15
+    assert stats.per_minute() == pytest.approx(4 / window)
+    # a window of one minute, seconds old, is not extrapolated: the rate is at most the count itself
+    current = admin.get_stats(db, minutes=1)
+    assert current.per_minute() == current.finished
+
+
+def test_a_worker_is_alive_by_the_rescuer_heartbeat_timeout(db: Conn) -> None:
+    now = db_now(db)
+    heartbeat(db, "w-15s", now - timedelta(seconds=15))
+    heartbeat(db, "w-25s", now - timedelta(seconds=25))
+    # 20 s (anchor_py.defaults), as the rescuer judges: a worker silent 25 s is dead for both
+    assert {w.worker_id: w.alive for w in admin.list_workers(db)} == {"w-15s": True, "w-25s": False}
+
+
+def test_held_only_while_running(db: Conn, every_state: dict[str, int]) -> None:
+    assert admin.get_task(db, every_state["running"]).held
+    for state in ("pending", "succeeded", "failed", "hook_failed", "cancelled"):
+        assert not admin.get_task(db, every_state[state]).held, state
+
+
 def test_actions_go_through_the_core_and_refusals_carry_its_sqlstate(db: Conn, every_state: dict[str, int]) -> None:
     assert admin.retry_task(db, every_state["failed"]) == "pending"
     assert task(db, every_state["failed"])["state"] == "pending"
@@ -204,6 +230,7 @@ def test_cron_list_pause_and_resume(db: Conn) -> None:
     register(db, definition("Nightly", cron={"expression": "0 0 2 * * *"}))
     (schedule,) = admin.list_cron(db)
     assert (schedule.name, schedule.expression, schedule.paused) == ("Nightly", "0 0 2 * * *", False)
+    assert (schedule.catch_up, schedule.overlap, schedule.fired_count) == (0, "skip", 0)
     assert admin.pause_cron(db, "Nightly") == "paused"
     assert admin.list_cron(db)[0].paused
     assert admin.resume_cron(db, "Nightly") == "resumed"

@@ -102,7 +102,7 @@ def test_a_service_built_from_a_dsn_keeps_one_connection_across_rounds(dsn: str,
 def test_the_rescuer_rescues_with_an_injected_clock(dsn: str, db: Conn) -> None:
     job = {"name": "Job", "max_attempts": 3, "retry_interval": "1s"}
     db.execute("select anchor.register_tasks(%s::jsonb, 1)", (json.dumps([job]),))
-    db.execute("select anchor.heartbeat('gone')")
+    db.execute("select anchor.heartbeat_v2('gone', '{}')")
     task_id = db.execute("select anchor.enqueue('Job', '{}') as id").fetchone()["id"]  # type: ignore[index]
     db.execute("select * from anchor.claim('gone', 1)")
     rescuer = Rescuer(dsn)

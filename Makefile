@@ -39,7 +39,7 @@ typecheck: $(STAMP) ## mypy --strict on the runtime and the generator
 install-sql: $(STAMP) ## apply the SQL core's migrations to DATABASE_URL (embedded server when unset)
 	$(BIN)/anchor install-sql $(if $(DATABASE_URL),--dsn '$(DATABASE_URL)')
 
-generate: $(STAMP) ## regenerate zgen/taskgen.py from api/tasks.yaml
+generate: $(STAMP) ## regenerate examples/zgen/taskgen.py from examples/api/tasks.yaml
 	$(BIN)/anchor generate
 
 bench: $(STAMP) ## throughput and latency benchmarks (PEERS=1 adds procrastinate and pgqueuer)

@@ -13,6 +13,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# an older editable install left anchor_py/ in site-packages, which would hide the checkout's package
+	rm -rf $(VENV)/lib/python3*/site-packages/anchor_py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""anchor-py's benchmark harness: `python -m benchmarks` (or `make bench`, `anchor bench`).
+"""anchor-py's benchmark harness: `python -m benchmarks` (or `make bench`).
 
 Every scenario runs on its own scratch database, created and dropped on the server given by
 $DATABASE_URL (else 127.0.0.1:5432, else the embedded PostgreSQL). Each result is printed as one

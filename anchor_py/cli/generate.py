@@ -67,7 +67,23 @@ def run(args: argparse.Namespace) -> int:
         return _check(out_path, module.source)
     _write_atomically(out_path, module.source)
     print(f"wrote {out_path}")
+    _make_package(out_path.parent)
     return 0
+
+
+def _make_package(directory: Path) -> None:
+    """Mark the output directory as a package, so the project imports the module as zgen.taskgen.
+
+    The working directory itself (``--out taskgen.py``) is the project, not a package: it gets no marker.
+    """
+    marker = directory / "__init__.py"
+    if directory.resolve() == Path.cwd().resolve() or marker.exists():
+        return
+    try:
+        marker.touch()
+    except OSError as error:
+        raise UsageError(f"cannot write {marker}: {_reason(error)}") from None
+    print(f"wrote {marker}")
 
 
 def _project_settings(pyproject: Path) -> dict[str, Any]:

@@ -31,9 +31,10 @@ test-faults: $(STAMP) ## the long fault-injection and soak tests
 
 check: lint typecheck ## lint and type-check only
 
-lint: $(STAMP) ## ruff and sqlfluff
+lint: $(STAMP) ## ruff, sqlfluff and the import rules (layers, no cycles: [tool.importlinter] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/sqlfluff lint sql
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP) ## mypy --strict on the runtime and the generator
 	$(BIN)/mypy --strict anchor_py codegen/anchor_py_codegen
@@ -54,4 +55,4 @@ dashboard: $(STAMP) ## the web dashboard on 127.0.0.1:8080
 	$(BIN)/anchor dashboard --port 8080
 
 clean: ## remove the virtualenv and local state (.anchor/)
-	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

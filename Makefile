@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install anchor-py with its dev extras (embedded server, dashboard)
 
-demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup)
+demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup; stopped after, unless it already ran)
+	@if [ -z "$(DATABASE_URL)" ] && ! $(BIN)/anchor embedded status >/dev/null; then \
+	    trap '$(BIN)/anchor embedded stop' EXIT; trap 'exit 130' INT TERM; \
+	fi; \
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) check ## lint, type-check, then the test suite against a real PostgreSQL
@@ -54,5 +57,8 @@ soak: $(STAMP) ## the long soak scenario (memory, dead tuples, latency drift)
 dashboard: $(STAMP) ## the web dashboard on 127.0.0.1:8080
 	$(BIN)/anchor dashboard --port 8080
 
-clean: ## remove the virtualenv and local state (.anchor/)
+clean: ## stop the embedded servers, then remove the virtualenv and local state (.anchor/)
+	@for dir in .anchor/*/; do \
+	    if [ -f "$$dir/postmaster.pid" ] && [ -x $(BIN)/anchor ]; then $(BIN)/anchor embedded stop --data-dir "$$dir"; fi; \
+	done
 	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "anchor_py.cli.tasks",
     "anchor_py.cli.stats",
     "anchor_py.cli.dashboard",
+    "anchor_py.cli.embedded",
 )
 
 

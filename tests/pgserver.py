@@ -2,8 +2,9 @@
 127.0.0.1:5432 when it answers, else an embedded one of this test session's own.
 ANCHOR_TEST_SERVER=embedded skips straight to the embedded one (how CI proves that path works).
 
-The session's embedded server lives in .anchor/test-pgdata-<pid> and is stopped and deleted when the session
-ends, however it ends; one left by a killed session is stopped and deleted by the next session."""
+The session's embedded server lives in .anchor/test-pgdata-<pid> (also $ANCHOR_EMBEDDED_DIR for the commands
+the tests run) and is stopped and deleted when the session ends, however it ends; one left by a killed session
+is stopped and deleted by the next session."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from anchor_py.database import process_running, start_embedded, stop_embedded
+from anchor_py.database import EMBEDDED_DIR_ENV, process_running, start_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,16 @@ def _answers(conninfo: str) -> bool:
         return False
 
 
+EMBEDDED_DIRS = REPO / ".anchor"
+SESSION_EMBEDDED_DIR = EMBEDDED_DIRS / f"test-pgdata-{os.getpid()}"
+
+
 def find_server() -> Server:
+    _discard_servers_of_dead_sessions()
+    # Any embedded server this session starts, on purpose or through a command run without a DSN, is its own,
+    # and goes when the session ends (registered before starting: a half-started server goes too).
+    os.environ[EMBEDDED_DIR_ENV] = str(SESSION_EMBEDDED_DIR)
+    atexit.register(discard_embedded, SESSION_EMBEDDED_DIR)
     if os.environ.get("ANCHOR_TEST_SERVER") == "embedded":
         return _embedded()
     if os.environ.get("DATABASE_URL"):
@@ -68,14 +78,8 @@ def find_server() -> Server:
     return _embedded()
 
 
-EMBEDDED_DIRS = REPO / ".anchor"
-
-
 def _embedded() -> Server:
-    _discard_servers_of_dead_sessions()
-    data_dir = EMBEDDED_DIRS / f"test-pgdata-{os.getpid()}"
-    atexit.register(discard_embedded, data_dir)  # before starting: a half-started server goes too
-    return _from_conninfo(start_embedded(data_dir), "an embedded server of this session")
+    return _from_conninfo(start_embedded(SESSION_EMBEDDED_DIR), "an embedded server of this session")
 
 
 def discard_embedded(data_dir: Path) -> None:

@@ -1,4 +1,6 @@
-"""``anchor generate``: write the typed task module (default zgen/taskgen.py) from the task file.
+"""``anchor generate``: write the typed task module (default zgen/taskgen.py) from the task file, and make
+its directory a package (an empty ``__init__.py`` when there is none), so the project imports it as
+``zgen.taskgen``.
 
 Settings come from the flags, else ``[tool.anchor]`` in ./pyproject.toml, else the defaults.
 The generator package is imported only when this command runs: the runtime never needs it.

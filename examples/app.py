@@ -1,4 +1,4 @@
-"""The guide's examples as a runnable app: an executor for the tasks in api/tasks.yaml.
+"""The guide's examples as a runnable app: an executor for the tasks in examples/api/tasks.yaml.
 
 The "services" of the guide (email, payments, orders, notifications, key storage) are small tables in the
 ``examples`` schema, so every effect, and every onFailed hook's write, can be seen in the database. Run it
@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from anchor_py import FatalTaskError, RetryTaskWithoutErrorEvent, TaskContext
-from zgen import taskgen
+from examples.zgen import taskgen
 
 log = logging.getLogger("examples")
 
@@ -42,7 +42,7 @@ SLOW_ORDER_ID = 1000
 
 
 class Executor:
-    """Implements the guide's examples (ExecutorInterface of zgen/taskgen.py, for these tasks)."""
+    """Implements the guide's examples (ExecutorInterface of examples/zgen/taskgen.py, for these tasks)."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn

@@ -13,6 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 from pytest_postgresql import factories
 
+from anchor_py.database import process_running
 from anchor_py.migrate import install
 from tests.pgserver import Server, find_server
 
@@ -26,21 +27,11 @@ def _drop_leftovers_of_dead_sessions() -> None:
     with psycopg.connect(SERVER.dsn("postgres"), autocommit=True) as conn:
         for (name,) in conn.execute("select datname from pg_database where datname like 'anchor_test_%'").fetchall():
             match = re.fullmatch(r"anchor_test_(\d+)(_tmpl)?", name)
-            if match is None or _process_alive(int(match[1])):
+            if match is None or process_running(int(match[1])):
                 continue
             if match[2]:
                 conn.execute(f'alter database "{name}" with is_template false')
             conn.execute(f'drop database if exists "{name}" with (force)')
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _drop_leftovers_of_dead_sessions()

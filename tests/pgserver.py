@@ -1,15 +1,24 @@
 """Which PostgreSQL the tests use: $DATABASE_URL or PG* when set, else the machine's server at
-127.0.0.1:5432 when it answers, else the embedded one (started once, kept in .anchor/test-pgdata).
-ANCHOR_TEST_SERVER=embedded skips straight to the embedded one (how CI proves that path works)."""
+127.0.0.1:5432 when it answers, else an embedded one of this test session's own.
+ANCHOR_TEST_SERVER=embedded skips straight to the embedded one (how CI proves that path works).
+
+The session's embedded server lives in .anchor/test-pgdata-<pid> (also $ANCHOR_EMBEDDED_DIR for the commands
+the tests run) and is stopped and deleted when the session ends, however it ends; one left by a killed session
+is stopped and deleted by the next session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from anchor_py.database import EMBEDDED_DIR_ENV, process_running, start_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +56,16 @@ def _answers(conninfo: str) -> bool:
         return False
 
 
+EMBEDDED_DIRS = REPO / ".anchor"
+SESSION_EMBEDDED_DIR = EMBEDDED_DIRS / f"test-pgdata-{os.getpid()}"
+
+
 def find_server() -> Server:
+    _discard_servers_of_dead_sessions()
+    # Any embedded server this session starts, on purpose or through a command run without a DSN, is its own,
+    # and goes when the session ends (registered before starting: a half-started server goes too).
+    os.environ[EMBEDDED_DIR_ENV] = str(SESSION_EMBEDDED_DIR)
+    atexit.register(discard_embedded, SESSION_EMBEDDED_DIR)
     if os.environ.get("ANCHOR_TEST_SERVER") == "embedded":
         return _embedded()
     if os.environ.get("DATABASE_URL"):
@@ -61,6 +79,17 @@ def find_server() -> Server:
 
 
 def _embedded() -> Server:
-    from anchor_py.database import start_embedded
+    return _from_conninfo(start_embedded(SESSION_EMBEDDED_DIR), "an embedded server of this session")
 
-    return _from_conninfo(start_embedded(REPO / ".anchor" / "test-pgdata"), "the embedded server")
+
+def discard_embedded(data_dir: Path) -> None:
+    """Stops the embedded server on ``data_dir`` (if it runs) and deletes the directory."""
+    stop_embedded(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _discard_servers_of_dead_sessions() -> None:
+    for data_dir in EMBEDDED_DIRS.glob("test-pgdata*"):
+        match = re.fullmatch(r"test-pgdata-(\d+)", data_dir.name)
+        if match is None or not process_running(int(match[1])):  # test-pgdata: the one all sessions once shared
+            discard_embedded(data_dir)

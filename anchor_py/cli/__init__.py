@@ -35,7 +35,7 @@ COMMAND_MODULES = (
     "anchor_py.cli.tasks",
     "anchor_py.cli.stats",
     "anchor_py.cli.dashboard",
-    "anchor_py.cli.bench",
+    "anchor_py.cli.embedded",
 )
 
 

@@ -1,4 +1,6 @@
-"""``anchor generate``: write the typed task module (default zgen/taskgen.py) from the task file.
+"""``anchor generate``: write the typed task module (default zgen/taskgen.py) from the task file, and make
+its directory a package (an empty ``__init__.py`` when there is none), so the project imports it as
+``zgen.taskgen``.
 
 Settings come from the flags, else ``[tool.anchor]`` in ./pyproject.toml, else the defaults.
 The generator package is imported only when this command runs: the runtime never needs it.
@@ -67,7 +69,23 @@ def run(args: argparse.Namespace) -> int:
         return _check(out_path, module.source)
     _write_atomically(out_path, module.source)
     print(f"wrote {out_path}")
+    _make_package(out_path.parent)
     return 0
+
+
+def _make_package(directory: Path) -> None:
+    """Mark the output directory as a package, so the project imports the module as zgen.taskgen.
+
+    The working directory itself (``--out taskgen.py``) is the project, not a package: it gets no marker.
+    """
+    marker = directory / "__init__.py"
+    if directory.resolve() == Path.cwd().resolve() or marker.exists():
+        return
+    try:
+        marker.touch()
+    except OSError as error:
+        raise UsageError(f"cannot write {marker}: {_reason(error)}") from None
+    print(f"wrote {marker}")
 
 
 def _project_settings(pyproject: Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from anchor_py.runner import AutocommitConnectionError
 from anchor_py.taskcore import InvalidOverride, TaskOverride, with_retry_policy, with_timeout
 from anchor_py.worker import Worker, WorkerConfig
 from examples.webapp.tasks import SCHEMA, WebappExecutor
-from zgen import taskgen
+from examples.zgen import taskgen
 
 
 def _tasks(request: Request) -> taskgen.AsyncTaskRunner:

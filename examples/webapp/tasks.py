@@ -11,7 +11,7 @@ import os
 from anchor_py import TaskContext
 from examples.app import SCHEMA as GUIDE_SCHEMA
 from examples.app import Executor as GuideExecutor
-from zgen import taskgen
+from examples.zgen import taskgen
 
 # the guide's tables (examples.*) and the web app's own
 SCHEMA = (

@@ -26,7 +26,7 @@ from anchor_py.taskcore import (
     with_unique_tag,
 )
 from anchor_py.taskspec import TaskSet
-from zgen import taskgen
+from examples.zgen import taskgen
 
 ROOT = Path(__file__).resolve().parents[2]
 Conn = psycopg.Connection[dict[str, Any]]

@@ -19,6 +19,7 @@ from anchor_py.taskspec import TaskSet
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
+GUIDE_TASKS = ROOT / "examples" / "api" / "tasks.yaml"
 UPDATE = os.environ.get("ANCHOR_UPDATE_GOLDEN") == "1"
 
 
@@ -39,7 +40,7 @@ def load_module(source: str, name: str, tmp_path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def guide(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return load_module(generated_source(ROOT / "api" / "tasks.yaml"), "guide_taskgen", tmp_path_factory.mktemp("guide"))
+    return load_module(generated_source(GUIDE_TASKS), "guide_taskgen", tmp_path_factory.mktemp("guide"))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def every_type(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 
 
 def test_committed_zgen_module_is_up_to_date() -> None:
-    assert (ROOT / "zgen" / "taskgen.py").read_text(encoding="utf-8") == generated_source(ROOT / "api" / "tasks.yaml")
+    assert (ROOT / "examples" / "zgen" / "taskgen.py").read_text(encoding="utf-8") == generated_source(GUIDE_TASKS)
 
 
 def test_every_type_snapshot() -> None:
@@ -61,13 +62,13 @@ def test_every_type_snapshot() -> None:
 
 
 def test_output_is_deterministic_and_independent_of_task_order() -> None:
-    text = (ROOT / "api" / "tasks.yaml").read_text(encoding="utf-8")
-    first = generate(text, "api/tasks.yaml").source
-    assert generate(text, "api/tasks.yaml").source == first
+    text = GUIDE_TASKS.read_text(encoding="utf-8")
+    first = generate(text, "examples/api/tasks.yaml").source
+    assert generate(text, "examples/api/tasks.yaml").source == first
     head, _, body = text.partition("tasks:\n")
     entries = ["  - name:" + entry for entry in body.split("  - name:")[1:]]
     reversed_text = head + "tasks:\n" + "".join(f"{entry.rstrip()}\n" for entry in reversed(entries))
-    assert generate(reversed_text, "api/tasks.yaml").source == first
+    assert generate(reversed_text, "examples/api/tasks.yaml").source == first
 
 
 def test_header_names_the_source_file() -> None:

@@ -250,7 +250,7 @@ WHERE e.task_id = %(id)s::bigint
 ORDER BY e.id
 """
 
-# Counts per task name and state (the whole table: one pass; see docs/dev/metrics.md for the cost).
+# Counts per task name and state (the whole table: one pass; a scrape every 30-60 s keeps it cheap).
 ADMIN_COUNTS = """
 SELECT t.name, t.state, count(*) AS n FROM anchor.tasks t GROUP BY t.name, t.state ORDER BY t.name, t.state
 """

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
 
-# the pages whose untestable blocks must be marked (the rest are written by other engineers)
+# the pages whose untestable blocks must be marked (the others keep illustrations unmarked)
 OWNED_PAGES = {"README.md", "docs/async-tasks.md", "docs/sql-api.md", "docs/operations.md"}
 LONG_RUNNING = ("anchor worker", "anchor dashboard")
 RUNS_WITH_DATABASE = {"python", "sql"}

@@ -321,7 +321,9 @@ def test_untested_blocks_say_why_and_owned_pages_mark_every_other_command() -> N
 
 
 def test_the_docs_exist() -> None:
-    for page in ("README.md", "docs/async-tasks.md", "docs/sql-api.md", "docs/operations.md", "CHANGELOG.md"):
+    pages = ("README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/async-tasks.md", "docs/sql-api.md",
+             "docs/operations.md", "docs/architecture.md")
+    for page in pages:
         assert (REPO / page).is_file(), f"{page} is missing"
     assert any(_runnable(b) for b in BLOCKS), "no runnable code block found: is the extractor broken?"
 

@@ -1,6 +1,6 @@
 """Duration strings, parsed exactly like the SQL core's ``anchor.parse_duration``.
 
-Grammar (docs/dev/contract.md): one or more ``<number><unit>`` with no space between
+Grammar (docs/sql-api.md, Durations): one or more ``<number><unit>`` with no space between
 them, ``number`` being digits with an optional ``.digits`` fraction and ``unit`` one of
 ``h``, ``m``, ``s``, ``ms``; surrounding spaces are ignored; the total must be > 0 and at
 most 100000h (which keeps every value far inside both ``timedelta`` and ``interval``).

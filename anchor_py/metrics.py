@@ -5,7 +5,7 @@ Two kinds, kept apart so each is counted once:
 * Measured in the worker process (only the worker sees them): executions by task name and outcome, their
   duration, and how many tasks each claim returned. `WorkerMetrics` holds the metric objects in their own
   registry; the worker records into them (`record_execution`, `record_claim`) and
-  `start_metrics_server(port)` serves them for `anchor worker --metrics-port`.
+  `start_metrics_server(port)` serves them for `anchor worker --metrics-port` (docs/operations.md, Metrics).
 * Read from the database at scrape time (true for the whole system, whichever process serves them): tasks
   per name and state, queue depth and oldest due pending age per queue, workers alive.
   `DatabaseCollector` reads them through anchor_py.admin; the dashboard's /metrics serves it, and

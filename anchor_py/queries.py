@@ -340,7 +340,7 @@ WHERE e.task_id = %(id)s::bigint
 ORDER BY e.id
 """
 
-# Counts per task name and state (one pass over the whole table).
+# Counts per task name and state (the whole table: one pass; a scrape every 30-60 s keeps it cheap).
 ADMIN_COUNTS = """
 SELECT
     t.name,

@@ -88,7 +88,7 @@ def print_report(results: list[Result], *, elapsed: float, load: tuple[float, fl
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
     print()
-    print("targets (issue 6), ratios measured in this run:")
+    print("targets, ratios measured in this run:")
     for name, text, met in targets(results):
         mark = {True: "MET   ", False: "MISSED", None: "  -   "}[met]
         print(f"  {mark}  {name}: {text}")

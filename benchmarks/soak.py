@@ -1,4 +1,4 @@
-"""The soak: steady enqueue and drain for a long time, looking for slow leaks (issue 8, item 2).
+"""The soak: steady enqueue and drain for a long time, looking for slow leaks.
 
     python -m benchmarks.soak [--minutes 10] [--rate 300] [--workers 4] [--dsn DSN]   (make soak)
 

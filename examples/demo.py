@@ -4,13 +4,20 @@ Starts examples/webapp (its lifespan installs the SQL core and starts the worker
 do), sends the requests a user of the app would, and prints what happened to each task: successes, a
 retry, a timeout, final failures whose onFailed hook wrote in the failure's own transaction, and the
 requests that enqueued nothing (a rolled-back registration, an invalid enum value).
+
+It says what it does before each step, the operator actions it takes itself included (with the `anchor`
+command that does the same), shows the worker's log at INFO (retries are logged there), and keeps every
+line within 120 columns: long messages are wrapped, never cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from examples.app import SLOW_ORDER_ID  # noqa: E402
 from examples.webapp.app import create_app  # noqa: E402
 
 FINAL_STATES = ("succeeded", "failed", "hook_failed", "cancelled")
+WIDTH = 120  # every line the demo prints fits a terminal this wide
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ REQUESTS = [
 
 TASKS = """
 select t.id, t.name, t.state, t.attempts, t.run_at > now() + interval '2 seconds' as waiting,
+    t.run_at - now() as waits,
     coalesce(
         (select 'payment_audit' from examples.payment_audit a where a.task_id = t.id),
         (select 'order_failures' from examples.order_failures o where o.task_id = t.id),
@@ -71,28 +80,85 @@ from anchor.tasks t where t.id = any(%s) order by t.id
 """
 
 
+def say(text: str, indent: int = 0) -> None:
+    """One step of the story, wrapped to WIDTH (continuation lines indented two more)."""
+    print(textwrap.fill(text, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2)), flush=True)
+
+
+class WrappedLogs(logging.Formatter):
+    """The worker's log lines as `anchor worker` formats them, each wrapped to WIDTH."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = self.inner.format(record).splitlines()
+        return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="    ") or line for line in lines)
+
+
+def show_logs() -> None:
+    configure_logging("INFO")  # INFO: retries are logged there, failures and hooks above it
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo says which request it sends itself
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(WrappedLogs(handler.formatter or logging.Formatter()))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def refusal(response: httpx.Response) -> str:
+    """What an error response said: its error, and each invalid field with the reason."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    if not isinstance(body, dict):
+        return json.dumps(body)
+    details = [f"{'.'.join(str(part) for part in d['loc'])}: {d['msg']}" for d in body.get("details", [])]
+    return "; ".join([str(body.get("error", body)), *details])
+
+
 async def send_requests(base_url: str) -> list[tuple[Request, int, int | None]]:
     """Each request with its HTTP status and the task id it got back (None when nothing was queued)."""
     sent = []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        for request in REQUESTS:
+        for number, request in enumerate(REQUESTS, 1):
+            body = "" if request.body is None else " " + json.dumps(request.body)
+            say(f"#{number} {request.method} {request.path}{body}: {request.story}", indent=2)
             response = await client.request(request.method, request.path, json=request.body)
-            task_id = response.json().get("taskId") if response.headers.get("content-type", "").startswith(
-                "application/json") and isinstance(response.json(), dict) else None
+            reply = response.json() if response.headers.get("content-type", "").startswith("application/json") else None
+            task_id = reply.get("taskId") if isinstance(reply, dict) else None
+            if response.is_error:
+                say(f"-> HTTP {response.status_code}, nothing queued: {refusal(response)}", indent=5)
+            else:
+                say(f"-> HTTP {response.status_code}, " + (f"task {task_id}" if task_id else "no task"), indent=5)
             sent.append((request, response.status_code, task_id))
     return sent
 
 
+async def act_as_operator(conn: psycopg.AsyncConnection[Any], row: dict[str, Any]) -> None:
+    """Moves on a task that would wait minutes for its next attempt, saying so first, as an operator would:
+    the rate-limited notification is retried now, the deletion of a key that does not exist (unlimited
+    attempts, 30 minutes apart) is cancelled."""
+    task, waits = f"task {row['id']} ({row['name']})", f"{round(row['waits'].total_seconds() / 60)} min"
+    if row["name"] == "deleteOpaqueKey":
+        say(f"operator: {task} fails and retries without limit, the next time in {waits}; cancelling it:", indent=2)
+        say(f"select anchor.cancel({row['id']});   -- the same from a shell: anchor tasks cancel {row['id']}",
+            indent=4)
+        await conn.execute("select anchor.cancel(%s)", (row["id"],))
+    else:
+        say(f"operator: {task} waits {waits} for its next attempt; running it now:", indent=2)
+        say(f"select anchor.retry_now({row['id']});   -- the same from a shell: anchor tasks retry {row['id']}",
+            indent=4)
+        await conn.execute("select anchor.retry_now(%s)", (row["id"],))
+
+
 async def wait_until_final(dsn: str, ids: list[int]) -> list[dict[str, Any]]:
-    """Polls until every task is final. A task waiting minutes for its retry interval is moved on as an
-    operator would: the rate-limited notification is retried now (anchor.retry_now), and the deletion of
-    a key that does not exist (unlimited attempts, 30 min apart) is cancelled (anchor.cancel)."""
+    """Polls until every task is final, acting as an operator on the tasks that would wait minutes."""
     rows: list[dict[str, Any]] = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         for _ in range(600):
@@ -101,27 +167,35 @@ async def wait_until_final(dsn: str, ids: list[int]) -> list[dict[str, Any]]:
                 break
             for row in rows:
                 if row["state"] == "pending" and row["waiting"]:
-                    action = "cancel" if row["name"] == "deleteOpaqueKey" else "retry_now"
-                    await conn.execute(f"select anchor.{action}(%s)", (row["id"],))
+                    await act_as_operator(conn, row)
             await asyncio.sleep(0.1)
     return rows
 
 
-def print_table(headers: list[str], table: list[list[str]]) -> None:
+def print_table(headers: list[str], table: list[list[str]], notes: list[str]) -> None:
+    """The table, each row followed by its note (a whole error message, wrapped) when it has one."""
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
-    for line in [headers, ["-" * w for w in widths], *table]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    print("  ".join(cell.ljust(width) for cell, width in zip(headers, widths, strict=True)).rstrip())
+    print("  ".join("-" * width for width in widths))
+    for row, note in zip(table, notes, strict=True):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if note:
+            say(note, indent=4)
 
 
 async def main() -> int:
-    configure_logging("WARNING")  # the failures and hooks, as the worker reports them
+    show_logs()
     dsn = resolve_dsn()
+    say("anchor-py demo: the example web app (examples/webapp) and its worker, driven by a few requests.")
+    say("1. Dropping the example's own tables (schema `examples`), so every run tells the same story; "
+        "anchor.tasks keeps the tasks of earlier runs.")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # a fresh start for the example's own tables (the app's lifespan creates them), so a second
-        # `make demo` tells the same story; anchor.tasks keeps every earlier run's tasks
         conn.execute("drop schema if exists examples cascade")
     app = create_app(dsn, worker_config=WorkerConfig(poll_interval=0.2, concurrency=8))
     port = free_port()
+    say(f"2. Starting the web app on http://127.0.0.1:{port}. Its lifespan installs the SQL core (anchor install-sql), "
+        "registers the task definitions (anchor register) and starts a worker in the same process "
+        "(concurrency 8). Log lines below are the worker's, at INFO.")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -129,25 +203,28 @@ async def main() -> int:
             return 1  # uvicorn said why
         await asyncio.sleep(0.05)
     try:
-        print(f"the example web app is serving on http://127.0.0.1:{port} with its worker; sending requests...")
+        say(f"3. Sending {len(REQUESTS)} requests, as the app's users would:")
         sent = await send_requests(f"http://127.0.0.1:{port}")
         ids = [task_id for _, _, task_id in sent if task_id is not None]
+        say(f"4. Waiting until the {len(ids)} queued tasks are final (retries, a timeout, onFailed hooks):")
         rows = {row["id"]: row for row in await wait_until_final(dsn, ids)}
+        say("5. Stopping the web app; its worker stops with it (a task still running would be handed back).")
     finally:
         server.should_exit = True
         await serving
 
-    print()
-    table = []
-    for request, status, task_id in sent:
+    say("6. What happened to each request (hook wrote: the table the onFailed hook wrote to, in the failure's "
+        "own transaction):")
+    table, notes = [], []
+    for number, (request, status, task_id) in enumerate(sent, 1):
         row = rows.get(task_id) if task_id is not None else None
         table.append([
-            f"{request.method} {request.path}", str(status), request.story,
-            str(task_id or "-"), row["name"] if row else "-", row["state"] if row else "nothing queued",
+            f"#{number}", f"{request.method} {request.path}", str(status), str(task_id or "-"),
+            row["name"] if row else "-", row["state"] if row else "nothing queued",
             str(row["attempts"]) if row else "-", row["hook_wrote"] if row else "-",
-            row["last_error"][:40] if row else "",
         ])
-    print_table(["request", "http", "story", "task", "name", "state", "attempts", "hook wrote", "last error"], table)
+        notes.append(f"last error: {row['last_error']}" if row and row["last_error"] else "")
+    print_table(["", "request", "http", "task", "name", "state", "attempts", "hook wrote"], table, notes)
     return 0 if all(row["state"] in FINAL_STATES for row in rows.values()) else 1
 
 

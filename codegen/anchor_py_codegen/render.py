@@ -240,7 +240,7 @@ def _spec(task: TaskDecl) -> list[str]:
 
 
 def definition(task: TaskDecl) -> dict[str, object]:
-    """The task's entry for ``anchor.register_tasks`` (keys as in docs/dev/contract.md)."""
+    """The task's entry for ``anchor.register_tasks`` (keys as in docs/sql-api.md)."""
     cron = task.cronjob
     return {
         "name": task.name,

@@ -5,15 +5,17 @@ blocks are the same bytes as the English ones). One test per block, named ``page
 
 How each kind of block runs:
 - ```python and ```sql blocks run against a fresh, migrated database (the ``dsn`` fixture) whose task
-  definitions are registered from the repository's generated module ``zgen.taskgen`` (the state after
-  ``anchor install-sql`` and ``anchor register``). ``DATABASE_URL`` points at it. The runnable blocks of
-  one ``##`` section form a sequence sharing one database and one Python namespace: the test of block k
-  runs blocks 1..k-1 of its section first, so a block may use what the previous ones defined.
+  definitions are registered from the example project's generated module ``examples.zgen.taskgen`` (the
+  state after ``anchor install-sql`` and ``anchor register``). The docs speak to a user's project, where
+  the generated module is ``zgen.taskgen``: in the blocks that name is the example's module.
+  ``DATABASE_URL`` points at the database. The runnable blocks of one ``##`` section form a sequence
+  sharing one database and one Python namespace: the test of block k runs blocks 1..k-1 of its section
+  first, so a block may use what the previous ones defined.
   Python runs in-process (``asyncio.run`` inside a block works); SQL runs through psycopg.
-- ```bash blocks run in a subprocess (bash -e) in a scratch copy of the project (api/, zgen/, examples/,
-  pyproject.toml) when every command in them is ``anchor ...``; a command that serves until stopped
-  (``anchor worker``, ``anchor dashboard``) passes when it is still up after a few seconds and stops
-  cleanly on SIGTERM.
+- ```bash blocks run in a subprocess (bash -e) in a scratch copy of the example project (examples/, and
+  pyproject.toml whose ``[tool.anchor]`` points at it) when every command in them is ``anchor ...``; a
+  command that serves until stopped (``anchor worker``, ``anchor dashboard``) passes when it is still up
+  after a few seconds and stops cleanly on SIGTERM.
 - ```yaml blocks that are whole task files (a top-level ``tasks:``) go through ``anchor generate``; other
   YAML blocks must parse. ```json blocks must parse. ```toml blocks must parse.
 - Anything else (text, output, other languages) is not code to run.
@@ -31,6 +33,7 @@ Markers, an HTML comment on the line right before the opening fence:
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -53,7 +56,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
 
-# the pages whose untestable blocks must be marked (the rest are written by other engineers)
+# the pages whose untestable blocks must be marked (the others keep illustrations unmarked)
 OWNED_PAGES = {"README.md", "docs/async-tasks.md", "docs/sql-api.md", "docs/operations.md"}
 LONG_RUNNING = ("anchor worker", "anchor dashboard")
 RUNS_WITH_DATABASE = {"python", "sql"}
@@ -144,7 +147,7 @@ def _chain(block: Block) -> list[Block]:
 
 
 def _register_tasks(dsn: str) -> None:
-    from zgen import taskgen
+    from examples.zgen import taskgen
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -190,9 +193,17 @@ def _check_expected_error(block: Block, error: BaseException) -> None:
         assert expected in f"{type(error).__name__}: {error}", f"{block.id}: expected {expected!r} in: {error!r}"
 
 
+def _as_users_generated_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lets the blocks' ``from zgen import taskgen`` (a user's project) import the example's module."""
+    example = importlib.import_module("examples.zgen")
+    monkeypatch.setitem(sys.modules, "zgen", example)
+    monkeypatch.setitem(sys.modules, "zgen.taskgen", importlib.import_module("examples.zgen.taskgen"))
+
+
 def _run_in_database(block: Block, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", dsn)
     monkeypatch.chdir(REPO)
+    _as_users_generated_module(monkeypatch)
     _register_tasks(dsn)
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     chain = _chain(block)
@@ -221,9 +232,7 @@ def _run_in_database(block: Block, dsn: str, monkeypatch: pytest.MonkeyPatch) ->
 def _scratch_project(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("api", "zgen", "examples"):
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "examples", project / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
     return project
 
@@ -321,7 +330,9 @@ def test_untested_blocks_say_why_and_owned_pages_mark_every_other_command() -> N
 
 
 def test_the_docs_exist() -> None:
-    for page in ("README.md", "docs/async-tasks.md", "docs/sql-api.md", "docs/operations.md", "CHANGELOG.md"):
+    pages = ("README.md", "CONTRIBUTING.md", "CHANGELOG.md", "docs/async-tasks.md", "docs/sql-api.md",
+             "docs/operations.md", "docs/architecture.md")
+    for page in pages:
         assert (REPO / page).is_file(), f"{page} is missing"
     assert any(_runnable(b) for b in BLOCKS), "no runnable code block found: is the extractor broken?"
 

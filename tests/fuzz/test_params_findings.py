@@ -1,5 +1,5 @@
 """Minimal reproductions of params on which the SQL validator and the generated models disagreed,
-found by tests/fuzz/test_params_agree.py (docs/dev/fault-findings.md)."""
+found by tests/fuzz/test_params_agree.py (docs/reliability.md, Known gaps)."""
 
 from __future__ import annotations
 

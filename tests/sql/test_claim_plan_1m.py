@@ -1,4 +1,4 @@
-"""The claim stays an index scan at 1M rows (issue 6): half a million due pending tasks among a million
+"""The claim stays an index scan at 1M rows: half a million due pending tasks among a million
 rows, the rest finished; the claim's inner statements (planned inside the function, shown by
 auto_explain) must use the claim index and never scan the table sequentially. The default suite has a
 600k-row version in test_claim.py; this one is the issue's size and takes longer."""

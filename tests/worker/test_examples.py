@@ -54,3 +54,10 @@ def test_demo_drives_the_web_app_and_shows_each_outcome(dsn: str, db: psycopg.Co
                      "timed out after 1s"):
         assert expected in result.stdout
     assert result.stdout.count(" succeeded ") == 5 and result.stdout.count(" failed ") == 2
+    # it says what it does, its own operator actions too, with the CLI command doing the same
+    assert "select anchor.retry_now(" in result.stdout and "anchor tasks retry " in result.stdout
+    assert "select anchor.cancel(" in result.stdout and "anchor tasks cancel " in result.stdout
+    # the rate-limited retry shows in the log, error messages are whole, and every line fits 120 columns
+    assert "SendNotification attempt 1 failed" in result.stderr and "-> retry" in result.stderr
+    assert "deleting opaque key 999 failed: no such key" in result.stdout
+    assert max(len(line) for line in (result.stdout + result.stderr).splitlines()) <= 120

@@ -1,4 +1,4 @@
-"""The worker records into its metric objects, and `start_metrics_server` serves them (issue 7, metrics)."""
+"""The worker records into its metric objects, and `start_metrics_server` serves them."""
 
 from __future__ import annotations
 

@@ -124,7 +124,8 @@ def test_one_row_that_cannot_be_rescued_does_not_stop_the_rescue_of_the_rest(db:
             if new.id = {broken} and new.state <> 'failed' then raise exception 'cannot update row {broken}'; end if;
             return new;
         end $$""")
-    db.execute("create trigger refuse before update on anchor.tasks for each row execute function public.refuse_update()")
+    db.execute("create trigger refuse before update on anchor.tasks for each row"
+               " execute function public.refuse_update()")
     rows = db.execute(
         "select * from anchor.rescue(heartbeat_timeout => '30 seconds', p_now => %s) order by id",
         (now + timedelta(minutes=5),),

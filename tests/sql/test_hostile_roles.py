@@ -62,7 +62,9 @@ def test_a_worker_cannot_rescue_a_live_workers_task(db: Conn, worker: Conn, args
     assert task(db, task_id)["state"] == "running"
 
 
-@pytest.mark.parametrize("args", ["release_after => '-1 hour'", "release_after => '0'", "p_now => now() + interval '1 day'"])
+@pytest.mark.parametrize(
+    "args", ["release_after => '-1 hour'", "release_after => '0'", "p_now => now() + interval '1 day'"]
+)
 def test_a_worker_cannot_release_another_workers_fresh_claims(db: Conn, worker: Conn, args: str) -> None:
     task_id = enqueue(db, "Job")
     claim(db, VICTIM)

@@ -54,7 +54,8 @@ def race(dsn: str, first: str, second: str) -> tuple[str | None, str]:
         with psycopg.connect(dsn, autocommit=True) as watcher:
             for _ in range(200):
                 waiting = watcher.execute(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+                    "select count(*) from pg_stat_activity"
+                    " where wait_event_type = 'Lock' and datname = current_database()"
                 ).fetchone()
                 if waiting and waiting[0]:
                     break
@@ -67,7 +68,8 @@ def race(dsn: str, first: str, second: str) -> tuple[str | None, str]:
 def test_retry_now_racing_an_enqueue_on_the_tag_raises_at006(db: Conn, dsn: str, app: Conn) -> None:
     failed = task_in_state(db, "cancelled")
     db.execute("update anchor.tasks set unique_tag = 'race' where id = %s", (failed,))
-    state, message = race(dsn, "select anchor.enqueue('Job', '{}', unique_tag => 'race')", f"select anchor.retry_now({failed})")
+    enqueue_it = "select anchor.enqueue('Job', '{}', unique_tag => 'race')"
+    state, message = race(dsn, enqueue_it, f"select anchor.retry_now({failed})")
     assert state == "AT006", message
 
 

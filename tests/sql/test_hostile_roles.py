@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,33 @@ def test_the_v2_twins_are_granted_like_their_v1_functions(db: Conn, worker: Conn
     ).fetchall()
     assert {r["proname"] for r in rows} >= {"claim_v2", "complete_v2", "fail_v2", "hand_back_v2", "heartbeat_v2"}
     assert all(r["worker"] and not r["enqueuer"] and r["prosecdef"] for r in rows), rows
+
+
+def start_tick(db: Conn) -> Any:
+    """A cron schedule (every second) whose next fire time is a day ahead; returns that time."""
+    register(db, definition("Job", max_attempts=3), definition("Tick", cron={"expression": "* * * * * *"}), version=2)
+    tomorrow = db_now(db) + timedelta(days=1)
+    db.execute("select * from anchor.cron_fire('Tick', null, '{}', '[]', %s)", (tomorrow,)).fetchall()
+    return tomorrow
+
+
+def test_a_worker_cannot_fire_a_schedule_early_by_moving_the_clock(db: Conn, worker: Conn) -> None:
+    tomorrow = start_tick(db)
+    assert worker.execute("select * from anchor.cron_take_due(p_now => %s)", (tomorrow,)).fetchall() == []
+    state, message = sqlstate_of(lambda: worker.execute(
+        "select * from anchor.cron_fire('Tick', %s, array[%s]::timestamptz[], '[{}]', %s, p_now => %s)",
+        (tomorrow, tomorrow, tomorrow + timedelta(seconds=1), tomorrow),
+    ).fetchall())
+    assert state == "AT003" and "in the future" in message, message
+    assert one(db, "select count(*) from anchor.tasks where name = 'Tick'") == 0
+
+
+def test_a_schedule_cannot_be_pushed_past_what_a_worker_can_decode(db: Conn, worker: Conn) -> None:
+    tomorrow = start_tick(db)
+    state, message = sqlstate_of(lambda: worker.execute(
+        "select * from anchor.cron_fire('Tick', %s, '{}', '[]', 'infinity')", (tomorrow,)
+    ).fetchall())
+    assert state == "AT003" and "next_fire_at" in message, message
+    worker.execute("select anchor.cron_fail('Tick', 'broken', p_now => 'infinity')")
+    paused_at = one(db, "select paused_at from anchor.cron_schedules where name = 'Tick'")
+    assert abs(paused_at - db_now(db)) < timedelta(minutes=1)

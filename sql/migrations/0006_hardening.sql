@@ -9,7 +9,8 @@
 -- enters, makes claim and rescue robust against rows written before the bounds, gives every claim a fence
 -- token that never repeats, and binds the worker role to sane arguments. The limits, in one place:
 --   run_at, scheduled_at, p_now     finite and within 100 years of the server's clock
---   timeout, delay, retry entries   at most 100000 hours (as parse_duration); above zero (delay: >= 0)
+--   timeout, delay, retry entries   at most 100000 hours (as parse_duration); above zero (delay: >= 0);
+--                                   retry_intervals a flat list of at most 1000 entries
 --   retry waits                     at least 1 second, for every policy, default and override: a shorter
 --                                   entry (or none, e.g. max_attempts -1 without retry_interval) waits 1s
 --   numbers anywhere in params      at most 1.7976931348623157e308 in magnitude (what a double holds;
@@ -23,7 +24,10 @@
 --   release_after act as at least worker_min_heartbeat_timeout (10 s), rescue's deadline_grace as at least
 --   0, prune's retention periods as at least worker_min_retention (1 day), and deregister_worker leaves
 --   a worker that still runs tasks alone. Smaller values are raised to the floor rather than refused, so
---   a worker configured with a short timeout keeps working.
+--   a worker configured with a short timeout keeps working. Worker ids are not secrets: a worker role can
+--   still act for another worker id within these floors (separate databases keep untrusted fleets apart).
+-- Unique tags stay shared by all task names: a tag held by a live task of another name raises AT006 naming
+-- that name (never its id), and a race on a tag (retry_now, retry_hook) raises AT006, never a raw 23505.
 
 insert into anchor.settings (name, value, description) values
 ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)'),

@@ -1334,41 +1334,7 @@ AS $function$
     select coalesce((select d.on_failed from anchor.task_definitions d where d.name = p_name), false)
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.heartbeat(worker_id text, info jsonb DEFAULT NULL::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS bigint[]
- LANGUAGE plpgsql
-AS $function$
-#variable_conflict use_column
-declare
-    v_now timestamptz := anchor.clock(heartbeat.p_now);
-    v_problem text;
-begin
-    if coalesce(btrim(heartbeat.worker_id), '') = '' then
-        raise exception using errcode = 'AT003', message = 'heartbeat: worker_id must not be empty';
-    end if;
-    v_problem := case
-        when octet_length(heartbeat.worker_id) > 255
-            then format('worker_id of %s bytes is over the limit of 255 bytes', octet_length(heartbeat.worker_id))
-        when pg_column_size(heartbeat.info) > 65536
-            then format('info of %s bytes is over the limit of 65536 bytes', pg_column_size(heartbeat.info))
-        else 'info ' || anchor.params_shape_problem(heartbeat.info)
-    end;
-    if v_problem is not null then
-        raise exception using errcode = 'AT003', message = format('heartbeat: worker %s: %s', left(heartbeat.worker_id, 40), v_problem);
-    end if;
-    insert into anchor.workers as w (worker_id, info, started_at, last_heartbeat)
-    values (heartbeat.worker_id, heartbeat.info, v_now, v_now)
-    on conflict (worker_id) do update set
-        last_heartbeat = excluded.last_heartbeat, info = coalesce(excluded.info, w.info);
-    return array(
-        select t.id from anchor.tasks t
-        where t.locked_by = heartbeat.worker_id and t.state = 'running' and t.cancel_requested
-        order by t.id
-    );
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.heartbeat_v2(worker_id text, held_ids bigint[], info jsonb DEFAULT NULL::jsonb, release_after interval DEFAULT '00:00:30'::interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION anchor.heartbeat_v2(worker_id text, held_ids bigint[], info jsonb DEFAULT NULL::jsonb, release_after interval DEFAULT '00:00:20'::interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint[]
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1380,13 +1346,30 @@ declare
     v_release_after interval := anchor.at_least_unless_admin(
         heartbeat_v2.release_after, anchor.interval_setting('worker_min_heartbeat_timeout')
     );
-    v_cancel_ids bigint[];
+    v_problem text;
 begin
+    if coalesce(btrim(heartbeat_v2.worker_id), '') = '' then
+        raise exception using errcode = 'AT003', message = 'heartbeat_v2: worker_id must not be empty';
+    end if;
     if heartbeat_v2.held_ids is null then
         raise exception using errcode = 'AT003',
             message = format('heartbeat_v2: held_ids must be an array (empty when worker %s holds nothing)', heartbeat_v2.worker_id);
     end if;
-    v_cancel_ids := anchor.heartbeat(heartbeat_v2.worker_id, heartbeat_v2.info, v_now);
+    v_problem := case
+        when octet_length(heartbeat_v2.worker_id) > 255
+            then format('worker_id of %s bytes is over the limit of 255 bytes', octet_length(heartbeat_v2.worker_id))
+        when pg_column_size(heartbeat_v2.info) > 65536
+            then format('info of %s bytes is over the limit of 65536 bytes', pg_column_size(heartbeat_v2.info))
+        else 'info ' || anchor.params_shape_problem(heartbeat_v2.info)
+    end;
+    if v_problem is not null then
+        raise exception using errcode = 'AT003',
+            message = format('heartbeat_v2: worker %s: %s', left(heartbeat_v2.worker_id, 40), v_problem);
+    end if;
+    insert into anchor.workers as w (worker_id, info, started_at, last_heartbeat)
+    values (heartbeat_v2.worker_id, heartbeat_v2.info, v_now, v_now)
+    on conflict (worker_id) do update set
+        last_heartbeat = excluded.last_heartbeat, info = coalesce(excluded.info, w.info);
 
     with released as (
         update anchor.tasks t set
@@ -1413,7 +1396,12 @@ begin
         jsonb_build_object('reason', 'not held by its worker', 'outcome', r.state)
     from released as r;
 
-    return array(select c from unnest(v_cancel_ids) as c where c = any(heartbeat_v2.held_ids));
+    return array(
+        select t.id from anchor.tasks t
+        where t.locked_by = heartbeat_v2.worker_id and t.state = 'running' and t.cancel_requested
+            and t.id = any(heartbeat_v2.held_ids)
+        order by t.id
+    );
 end;
 $function$;
 
@@ -1865,7 +1853,7 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.rescue(heartbeat_timeout interval DEFAULT '00:00:30'::interval, deadline_grace interval DEFAULT '00:00:30'::interval, max_rescues integer DEFAULT 5, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION anchor.rescue(heartbeat_timeout interval DEFAULT '00:00:20'::interval, deadline_grace interval DEFAULT '00:00:30'::interval, max_rescues integer DEFAULT 5, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -2279,7 +2267,6 @@ grant execute on function anchor.hand_back(bigint[],integer[],text,timestamp wit
 grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.has_failure_hook(text) to anchor_admin;
-grant execute on function anchor.heartbeat(text,jsonb,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.interval_setting(text) to anchor_admin;

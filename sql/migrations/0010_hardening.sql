@@ -1230,52 +1230,16 @@ $$;
 
 -- Workers and crash recovery -------------------------------------------------------------------------
 
--- Registers or refreshes a worker; returns its running tasks whose cancel was requested (a fallback for
--- a missed anchor_cancel notification). info is shown on the dashboard: bounded like params.
-create or replace function anchor.heartbeat(worker_id text, info jsonb default null, p_now timestamptz default null)
-returns bigint[]
-language plpgsql
-as $$
-#variable_conflict use_column
-declare
-    v_now timestamptz := anchor.clock(heartbeat.p_now);
-    v_problem text;
-begin
-    if coalesce(btrim(heartbeat.worker_id), '') = '' then
-        raise exception using errcode = 'AT003', message = 'heartbeat: worker_id must not be empty';
-    end if;
-    v_problem := case
-        when octet_length(heartbeat.worker_id) > 255
-            then format('worker_id of %s bytes is over the limit of 255 bytes', octet_length(heartbeat.worker_id))
-        when pg_column_size(heartbeat.info) > 65536
-            then format('info of %s bytes is over the limit of 65536 bytes', pg_column_size(heartbeat.info))
-        else 'info ' || anchor.params_shape_problem(heartbeat.info)
-    end;
-    if v_problem is not null then
-        raise exception using errcode = 'AT003', message = format('heartbeat: worker %s: %s', left(heartbeat.worker_id, 40), v_problem);
-    end if;
-    insert into anchor.workers as w (worker_id, info, started_at, last_heartbeat)
-    values (heartbeat.worker_id, heartbeat.info, v_now, v_now)
-    on conflict (worker_id) do update set
-        last_heartbeat = excluded.last_heartbeat, info = coalesce(excluded.info, w.info);
-    return array(
-        select t.id from anchor.tasks t
-        where t.locked_by = heartbeat.worker_id and t.state = 'running' and t.cancel_requested
-        order by t.id
-    );
-end;
-$$;
-
--- Refreshes the worker like heartbeat(); running tasks it does not hold → pending with the attempt given
--- back (→ cancelled when a cancel was requested), failing leases it does not hold → released with the
--- hook attempt given back; each with a 'handed_back' event. Returns its cancel-requested task ids. For a
--- non-admin caller release_after is at least worker_min_heartbeat_timeout, so no worker can release
--- another's claims the moment they are made.
+-- Registers or refreshes the worker (info is shown on the dashboard: bounded like params); running tasks
+-- it does not hold → pending with the attempt given back (→ cancelled when a cancel was requested),
+-- failing leases it does not hold → released with the hook attempt given back; each with a 'handed_back'
+-- event. Returns the held tasks whose cancel was requested. For a non-admin caller release_after is at
+-- least worker_min_heartbeat_timeout, so no worker can release another's claims the moment they are made.
 create or replace function anchor.heartbeat_v2(
     worker_id text,
     held_ids bigint[],
     info jsonb default null,
-    release_after interval default '30 seconds',
+    release_after interval default '20 seconds',
     p_now timestamptz default null
 )
 returns bigint[]
@@ -1287,13 +1251,30 @@ declare
     v_release_after interval := anchor.at_least_unless_admin(
         heartbeat_v2.release_after, anchor.interval_setting('worker_min_heartbeat_timeout')
     );
-    v_cancel_ids bigint[];
+    v_problem text;
 begin
+    if coalesce(btrim(heartbeat_v2.worker_id), '') = '' then
+        raise exception using errcode = 'AT003', message = 'heartbeat_v2: worker_id must not be empty';
+    end if;
     if heartbeat_v2.held_ids is null then
         raise exception using errcode = 'AT003',
             message = format('heartbeat_v2: held_ids must be an array (empty when worker %s holds nothing)', heartbeat_v2.worker_id);
     end if;
-    v_cancel_ids := anchor.heartbeat(heartbeat_v2.worker_id, heartbeat_v2.info, v_now);
+    v_problem := case
+        when octet_length(heartbeat_v2.worker_id) > 255
+            then format('worker_id of %s bytes is over the limit of 255 bytes', octet_length(heartbeat_v2.worker_id))
+        when pg_column_size(heartbeat_v2.info) > 65536
+            then format('info of %s bytes is over the limit of 65536 bytes', pg_column_size(heartbeat_v2.info))
+        else 'info ' || anchor.params_shape_problem(heartbeat_v2.info)
+    end;
+    if v_problem is not null then
+        raise exception using errcode = 'AT003',
+            message = format('heartbeat_v2: worker %s: %s', left(heartbeat_v2.worker_id, 40), v_problem);
+    end if;
+    insert into anchor.workers as w (worker_id, info, started_at, last_heartbeat)
+    values (heartbeat_v2.worker_id, heartbeat_v2.info, v_now, v_now)
+    on conflict (worker_id) do update set
+        last_heartbeat = excluded.last_heartbeat, info = coalesce(excluded.info, w.info);
 
     with released as (
         update anchor.tasks t set
@@ -1320,7 +1301,12 @@ begin
         jsonb_build_object('reason', 'not held by its worker', 'outcome', r.state)
     from released as r;
 
-    return array(select c from unnest(v_cancel_ids) as c where c = any(heartbeat_v2.held_ids));
+    return array(
+        select t.id from anchor.tasks t
+        where t.locked_by = heartbeat_v2.worker_id and t.state = 'running' and t.cancel_requested
+            and t.id = any(heartbeat_v2.held_ids)
+        order by t.id
+    );
 end;
 $$;
 
@@ -1356,7 +1342,7 @@ $$;
 -- For a non-admin caller heartbeat_timeout is at least worker_min_heartbeat_timeout and deadline_grace
 -- at least 0, so no worker can declare live workers dead.
 create or replace function anchor.rescue(
-    heartbeat_timeout interval default '30 seconds',
+    heartbeat_timeout interval default '20 seconds',
     deadline_grace interval default '30 seconds',
     max_rescues integer default 5,
     max_hook_attempts integer default 5,

@@ -141,7 +141,7 @@ def try_enqueue(app: Conn, name: str, params: str, overrides: dict[str, Any]) ->
 def work_as_worker(worker: Conn, queues: list[str]) -> None:
     """One round of a worker on the real clock: claim what is due (decoding every value as the worker does),
     fail it once (or its hook), rescue."""
-    worker.execute("select anchor.heartbeat('fuzz-worker')")
+    worker.execute("select anchor.heartbeat_v2('fuzz-worker', '{}')")
     # every column, wake row included: psycopg must decode each (params as Python's json, times as datetime)
     rows = worker.execute("select * from anchor.claim_v2('fuzz-worker', 100, queues => %s)", (queues,)).fetchall()
     for row in (r for r in rows if r["kind"] != "wake"):
@@ -156,7 +156,7 @@ def work_as_worker(worker: Conn, queues: list[str]) -> None:
 def drain_as_admin(db: Conn, queues: list[str]) -> None:
     """Runs everything still live to its end, on a clock 100 years ahead (the furthest p_now allowed)."""
     for _ in range(50):
-        db.execute("select anchor.heartbeat('fuzz-drainer', p_now => now() + interval '100 years')")
+        db.execute("select anchor.heartbeat_v2('fuzz-drainer', '{}', p_now => now() + interval '100 years')")
         rows = db.execute(
             "select kind, id, fence from anchor.claim_v2('fuzz-drainer', 1000, queues => %s,"
             " p_now => now() + interval '100 years') where kind <> 'wake'",
@@ -185,7 +185,7 @@ def test_no_enqueued_value_stops_claim_rescue_or_the_next_task(db: Conn, roles: 
         assert all(r["state"] in FINAL for r in states), states
 
         normal = int(one(app, "select anchor.enqueue('Job', '{\"n\": 1}')"))
-        worker.execute("select anchor.heartbeat('fuzz-worker')")
+        worker.execute("select anchor.heartbeat_v2('fuzz-worker', '{}')")
         rows = worker.execute(
             "select id, fence from anchor.claim_v2('fuzz-worker', 100) where id = %s", (normal,)
         ).fetchall()

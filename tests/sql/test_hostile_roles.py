@@ -75,7 +75,8 @@ def test_a_worker_cannot_release_another_workers_fresh_claims(db: Conn, worker: 
 
 def test_a_worker_cannot_move_another_workers_heartbeat_back(db: Conn, worker: Conn) -> None:
     task_id = victim_task(db)
-    worker.execute(f"select anchor.heartbeat('{VICTIM}', p_now => now() - interval '1 hour')")
+    held = f"array[{task_id}]::bigint[]"
+    worker.execute(f"select anchor.heartbeat_v2('{VICTIM}', {held}, p_now => now() - interval '1 hour')")
     assert one(db, "select anchor.worker_alive(%s, '30 seconds', now())", (VICTIM,)) is True
     assert db.execute("select * from anchor.rescue()").fetchall() == []
     assert task(db, task_id)["state"] == "running"
@@ -91,7 +92,7 @@ def test_a_worker_cannot_deregister_a_worker_that_still_runs_tasks(db: Conn, wor
 
 def test_a_stopping_worker_that_handed_its_tasks_back_deregisters(db: Conn, worker: Conn) -> None:
     task_id = enqueue(db, "Job")
-    worker.execute(f"select anchor.heartbeat('{WORKER}')")
+    worker.execute(f"select anchor.heartbeat_v2('{WORKER}', '{{}}')")
     (row,) = worker.execute(f"select * from anchor.claim('{WORKER}', 10) where kind = 'execute'").fetchall()
     worker.execute(f"select * from anchor.hand_back(array[{task_id}]::bigint[], array[{row['attempt']}], '{WORKER}')")
     worker.execute(f"select anchor.deregister_worker('{WORKER}')")

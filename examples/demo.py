@@ -12,6 +12,7 @@ import asyncio
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ async def main() -> int:
         # a fresh start for the example's own tables (the app's lifespan creates them), so a second
         # `make demo` tells the same story; anchor.tasks keeps every earlier run's tasks
         conn.execute("drop schema if exists examples cascade")
-    app = create_app(dsn, worker_config=WorkerConfig(poll_interval=0.2, concurrency=8))
+    app = create_app(dsn, worker_config=WorkerConfig(poll_interval=timedelta(milliseconds=200), concurrency=8))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())

@@ -29,7 +29,7 @@ def anchor(*args: str, dsn: str, **kwargs: Any) -> subprocess.CompletedProcess[s
 def start_worker(dsn: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [ANCHOR, "worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
-         "--dsn", dsn, "--poll-interval", "0.2", "--log-format", "json", "--log-level", "DEBUG", *extra],
+         "--dsn", dsn, "--poll-interval", "200ms", "--log-format", "json", "--log-level", "DEBUG", *extra],
         cwd=REPO, env={**os.environ, "ANCHOR_TEST_DSN": dsn}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
@@ -66,7 +66,7 @@ def test_worker_runs_tasks_logs_json_and_sigterm_hands_back_unfinished_work(dsn:
     quick = enqueue(db, "Work", {"userId": 1})
     flaky = enqueue(db, "Flaky", {"userId": 2, "mode": "fatal"})
     slow = enqueue(db, "Work", {"userId": 3, "sleep": 60})
-    worker = start_worker(dsn, "--shutdown-grace", "1")
+    worker = start_worker(dsn, "--shutdown-grace", "1s")
     try:
         wait_until(lambda: task(db, flaky)["state"] == "failed" and bool(runs(db, slow)), 20)
         assert task(db, quick)["state"] == "succeeded"

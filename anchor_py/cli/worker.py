@@ -22,10 +22,13 @@ from anchor_py.cli.common import UsageError, add_dsn_option, dsn_from
 from anchor_py.cli.register import add_taskgen_option, load_task_set
 from anchor_py.durations import InvalidDuration, parse_duration
 from anchor_py.logs import LOG_FORMATS, configure_logging
-from anchor_py.worker import AbandonedThreadsError, Worker, WorkerConfig
+from anchor_py.worker import AbandonedThreadsError, DatabaseSetupError, Worker, WorkerConfig
 
 # Exit code when too many sync executions overran their timeout: the supervisor should restart us.
 EXIT_ABANDONED_THREADS = 70
+# Exit code when the database cannot serve the worker until someone fixes the setup (sysexits' EX_CONFIG):
+# a supervisor restarting us would only repeat the error.
+EXIT_DATABASE_SETUP = 78
 
 # The duration options, with what each sets; values such as "500ms", "20s", "1m30s" (anchor_py.durations).
 _DURATION_OPTIONS = {
@@ -43,7 +46,13 @@ def register(subparsers: Any) -> None:
         "worker",
         help="run a worker: claim and execute tasks until SIGTERM/SIGINT",
         description="Run tasks with the executor your factory returns. SIGTERM or SIGINT stops claiming, "
-        "lets running tasks finish (up to --shutdown-grace) and hands the rest back.",
+        "lets running tasks finish (up to --shutdown-grace) and hands the rest back; a second signal stops "
+        "at once. While the database cannot be reached the worker retries; a problem only a person can fix "
+        "exits at once.",
+        epilog=f"exit codes: 0 stopped by a signal; 2 usage error; {EXIT_DATABASE_SETUP} the database cannot serve "
+        "a worker until its setup changes (no such database or role, authentication failed, a malformed DSN, "
+        f"the SQL core missing or older: run `anchor install-sql`); {EXIT_ABANDONED_THREADS} too many sync "
+        "executions overran their timeout (restart the process).",
     )
     parser.add_argument("--app", required=True, metavar="MODULE:FACTORY",
                         help="the factory returning your executor, e.g. myapp.tasks:make_executor")
@@ -99,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as exc:
             raise UsageError(str(exc)) from exc
         asyncio.run(worker.run(install_signal_handlers=True))
+    except DatabaseSetupError as exc:
+        print(f"anchor worker: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_SETUP
     except AbandonedThreadsError:
         # those threads cannot be stopped and would keep the interpreter from exiting
         logging.shutdown()

@@ -5,6 +5,7 @@
 
 from anchor_py.worker.config import WorkerConfig, default_services
 from anchor_py.worker.core import Worker
+from anchor_py.worker.startup import DatabaseSetupError
 from anchor_py.worker.usercode import AbandonedThreadsError
 
-__all__ = ["AbandonedThreadsError", "Worker", "WorkerConfig", "default_services"]
+__all__ = ["AbandonedThreadsError", "DatabaseSetupError", "Worker", "WorkerConfig", "default_services"]

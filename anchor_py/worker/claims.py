@@ -18,7 +18,7 @@ from psycopg.rows import tuple_row
 
 from anchor_py import queries
 from anchor_py.worker.completions import CompletionBuffer
-from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, one_line, retrying
+from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, one_line, retrying, until_stopped
 from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import Handler, InFlight, Job
@@ -178,6 +178,10 @@ class ClaimLoop:
         return claimed
 
     async def _recover(self) -> None:
-        """After the database came back: heartbeat and flush completions before claiming again."""
+        """Wait for the database (or a stop request), then heartbeat and flush completions before claiming
+        again."""
+        await until_stopped(self._reconnect(), self._stopping)
+
+    async def _reconnect(self) -> None:
         await retrying("reconnect (heartbeat)", self._liveness.heartbeat_once)
         await retrying("flush completions", self._completions.flush)

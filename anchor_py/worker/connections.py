@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["CONNECTION_ERRORS", "ClaimPool", "fetch_one", "retrying"]
+__all__ = ["CONNECTION_ERRORS", "ClaimPool", "fetch_one", "one_line", "retrying", "until_stopped"]
 
 log = logging.getLogger("anchor_py.worker")
 
@@ -109,6 +109,23 @@ async def retrying(what: str, call: Callable[..., Awaitable[Any]], *args: Any) -
             log.warning("%s: database unavailable (%s); retrying in %.1fs", what, one_line(exc), backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+async def until_stopped(step: Awaitable[Any], stopping: asyncio.Event) -> bool:
+    """Run ``step`` unless ``stopping`` is set first (then cancel it): True when it ran to the end."""
+    task = asyncio.ensure_future(step)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()  # its error, if it failed
+    return True
 
 
 def one_line(exc: BaseException) -> str:

@@ -36,11 +36,12 @@ from anchor_py.taskspec import TaskSet
 from anchor_py.worker.claims import ClaimLoop
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.config import WorkerConfig, default_services
-from anchor_py.worker.connections import ClaimPool, autocommit_settings, fetch_one, one_line, retrying
+from anchor_py.worker.connections import ClaimPool, autocommit_settings, fetch_one, one_line, retrying, until_stopped
 from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, handlers_for
 from anchor_py.worker.liveness import Liveness, describe
+from anchor_py.worker.startup import wait_for_database
 from anchor_py.worker.usercode import AbandonedThreadsError, UserCodeRunner
 
 if TYPE_CHECKING:  # prometheus-client is an optional extra: metrics are imported only by who passes them
@@ -49,6 +50,9 @@ if TYPE_CHECKING:  # prometheus-client is an optional extra: metrics are importe
 __all__ = ["Worker"]
 
 log = logging.getLogger("anchor_py.worker")
+
+# Seconds the shutdown may spend writing completions, handing tasks back and deregistering, in all.
+_SHUTDOWN_DATABASE_BUDGET = 10.0
 
 
 class Worker:
@@ -93,6 +97,8 @@ class Worker:
         self._stopped = asyncio.Event()
         self._running = False
         self._fatal_error: BaseException | None = None
+        self._forced = False
+        self._shutdown_step: asyncio.Future[Any] | None = None
 
         inflight = self._inflight = InFlight()
         self._usercode = UserCodeRunner(config.concurrency, config.max_abandoned_threads, self._on_fatal)
@@ -136,7 +142,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
         for sig in signals:
-            loop.add_signal_handler(sig, self._request_stop, sig.name)
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
         try:
             await self._run()
         finally:
@@ -180,7 +186,10 @@ class Worker:
         background: list[asyncio.Task[None]] = []
         services_stop = asyncio.Event()
         try:
-            await self._start()
+            # every step may wait for the database: each gives way to a stop request at once
+            if not (await wait_for_database(self._conninfo, self._stopping)
+                    and await until_stopped(self._start(), self._stopping)):
+                return
             background = [
                 asyncio.create_task(self._liveness.run_listen(), name="anchor-listen"),
                 asyncio.create_task(self._liveness.run_heartbeat(), name="anchor-heartbeat"),
@@ -228,6 +237,27 @@ class Worker:
     def _held_ids(self) -> list[int]:
         return [*self._inflight.jobs, *self._completions.held_ids()]
 
+    def _on_signal(self, name: str) -> None:
+        if self._stopping.is_set():
+            self._force_stop(name)
+        else:
+            self._request_stop(name)
+
+    def _force_stop(self, why: str) -> None:
+        """A second signal: stop now. Running executions are interrupted and handed back if the database
+        answers within a second; what is left, the rescuer recovers."""
+        if self._forced:
+            return
+        self._forced = True
+        log.warning("worker %s stopping now (%s again): not waiting for running tasks", self.worker_id, why)
+        for job in self._inflight.jobs.values():
+            if job.interruptible:
+                self._usercode.interrupt(job, "shutdown")
+            elif job.task is not None:
+                job.task.cancel()  # reporting to the database: it can wait for rescue
+        if self._shutdown_step is not None:
+            self._shutdown_step.cancel()
+
     def _request_stop(self, why: str) -> None:
         if not self._stopping.is_set():
             log.info("worker %s stopping (%s)", self.worker_id, why)
@@ -250,18 +280,20 @@ class Worker:
         grace = self.config.shutdown_grace.total_seconds()
         try:
             running = [job.task for job in jobs.values() if job.task is not None]
-            if running:
+            if running and not self._forced:
                 log.info("waiting up to %gs for %s running tasks", grace, len(running))
                 await asyncio.wait(running, timeout=grace)
             for job in list(jobs.values()):
                 self._usercode.interrupt(job, "shutdown")
             remaining = [job.task for job in jobs.values() if job.task is not None and not job.task.done()]
             if remaining:
-                await asyncio.wait(remaining, timeout=5)
-            await _bounded("flush completions", self._completions.flush)
+                await asyncio.wait(remaining, timeout=1 if self._forced else 5)
+            # the database steps share one budget: against a database that is gone, stopping must not take long
+            deadline = asyncio.get_running_loop().time() + _SHUTDOWN_DATABASE_BUDGET
+            await self._bounded("flush completions", deadline, self._completions.flush)
             unfinished = [job for job in jobs.values() if job.hook_attempt is None]
             if unfinished:
-                await _bounded("hand back", self._executions.hand_back, unfinished)
+                await self._bounded("hand back", deadline, self._executions.hand_back, unfinished)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -269,9 +301,9 @@ class Worker:
                 if job.task is not None:
                     job.task.cancel()  # still reporting to an unreachable database: rescue has them
             if self._liveness.registered:
-                await _bounded("deregister", self._pool.fetch_value, queries.DEREGISTER_WORKER,
-                               {"worker_id": self.worker_id})
-            log.info("worker %s stopped", self.worker_id)
+                await self._bounded("deregister", deadline, self._pool.fetch_value, queries.DEREGISTER_WORKER,
+                                    {"worker_id": self.worker_id})
+                log.info("worker %s stopped", self.worker_id)
         finally:
             await self._hooks.close()
             if self._service_pool is not None:
@@ -283,18 +315,27 @@ class Worker:
             self._running = False
             self._stopped.set()
 
+    async def _bounded(self, what: str, deadline: float, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """A shutdown step: retried through a short outage until ``deadline`` (a second later once a second
+        signal came), then given up: the rescuer recovers what is left."""
+        loop = asyncio.get_running_loop()
+        budget = min(deadline, loop.time() + 1) if self._forced else deadline
+        step = self._shutdown_step = asyncio.ensure_future(retrying(what, call, *args))
+        try:
+            return await asyncio.wait_for(step, timeout=max(0.0, budget - loop.time()))
+        except (TimeoutError, asyncio.CancelledError, psycopg.Error) as exc:
+            current = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+                raise  # the shutdown itself was cancelled, not just this step
+            log.error("shutdown: could not %s (%s); rescue will recover what is left", what,
+                      "stopped at once" if self._forced else one_line(exc))
+            return None
+        finally:
+            self._shutdown_step = None
+
 
 async def _run_service(service: Service, stop: asyncio.Event) -> None:
     try:
         await service.run(stop)
     except Exception:
         log.exception("maintenance service %s crashed", type(service).__name__)
-
-
-async def _bounded(what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """A shutdown step: retried through a short outage, then given up (rescue recovers the rest)."""
-    try:
-        return await asyncio.wait_for(retrying(what, call, *args), timeout=10)
-    except (TimeoutError, psycopg.Error) as exc:
-        log.error("shutdown: could not %s (%s); rescue will recover what is left", what, one_line(exc))
-        return None

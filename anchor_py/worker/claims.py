@@ -23,6 +23,7 @@ from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import Handler, InFlight, Job
 from anchor_py.worker.liveness import Liveness
+from anchor_py.worker.undecodable import DECODE_ERRORS, Undecodable, split_rows
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -135,7 +136,11 @@ class ClaimLoop:
                 else:
                     cursor = conn.cursor(row_factory=tuple_row)
                     await cursor.execute(queries.CLAIM, arguments, prepare=True)
-                rows = await cursor.fetchall()
+                try:
+                    rows = await cursor.fetchall()
+                    undecodable: list[Undecodable] = []
+                except DECODE_ERRORS:
+                    rows, undecodable = await split_rows(cursor)
         except BaseException:
             completions.failed(batch)
             raise
@@ -175,7 +180,21 @@ class ClaimLoop:
             jobs[task_id] = job
             runner = execute(job) if kind == "execute" else run_hook(job)
             job.task = loop.create_task(runner, name=f"anchor-task-{task_id}")
+        for row in undecodable:
+            claimed += 1
+            self._end_undecodable(row)
         return claimed
+
+    def _end_undecodable(self, row: Undecodable) -> None:
+        """Fail a claimed task whose row cannot be read for good (its hook cannot run either)."""
+        job = Job(id=row.id, handler=self._handlers[row.name], params=None, attempt=row.attempt,
+                  max_attempts=row.max_attempts, queue=row.queue, timeout=0.0, deadline=None, scheduled_at=None,
+                  hook_attempt=row.hook_attempt)
+        self._inflight.jobs[row.id] = job
+        details = {"error_type": "anchor.UndecodableTask", "error_message": row.reason, "error_traceback": None}
+        runner = self._executions.fail_for_good(job, details) if row.kind == "execute" else \
+            self._hooks.cannot_run(job, details)
+        job.task = asyncio.get_running_loop().create_task(runner, name=f"anchor-task-{row.id}")
 
     async def _recover(self) -> None:
         """Wait for the database (or a stop request), then heartbeat and flush completions before claiming

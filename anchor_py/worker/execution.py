@@ -12,13 +12,14 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pydantic
 from psycopg.rows import tuple_row
 
 from anchor_py import queries
 from anchor_py.taskcore import is_fatal, is_retry_without_event
 from anchor_py.worker.completions import CompletionBuffer
-from anchor_py.worker.connections import ClaimPool, retrying
+from anchor_py.worker.connections import ClaimPool, one_line, retrying
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, Job, error_details
 from anchor_py.worker.usercode import USER_CODE_ERRORS, Interrupted, UserCodeRunner
@@ -51,11 +52,11 @@ class Executions:
         try:
             params = handler.spec.params_model.model_validate(job.params)
         except pydantic.ValidationError as exc:
-            await self._report_failure(job, {
+            await self.fail_for_good(job, {
                 "error_type": "anchor.InvalidParams",
                 "error_message": f"stored params no longer fit {handler.spec.params_model.__name__}: {exc}",
                 "error_traceback": None,
-            }, fatal=True)
+            })
             return
         try:
             await self._usercode.call(job, job.timeout, handler.execute, handler.execute_is_async, job.context(),
@@ -88,6 +89,11 @@ class Executions:
             )
         self._completions.add(job)
         self._inflight.release(job)
+
+    async def fail_for_good(self, job: Job, details: dict[str, Any]) -> None:
+        """The task can never run (its params or row cannot be read): fail it without retrying; its hook
+        cannot run either."""
+        await self._report_failure(job, details, fatal=True)
 
     def cancel_requested(self, task_id: int) -> None:
         """The operator cancelled this task: interrupt its execution if it runs here (hooks run on)."""
@@ -135,6 +141,14 @@ class Executions:
         except asyncio.CancelledError:
             self._inflight.release(job)
             raise
+        except psycopg.Error as exc:
+            # the SQL core refused to record it: free the slot and stop holding the task, so the heartbeat
+            # lets it go back to the queue (and the worker goes on with other work)
+            log.error("task %s %s attempt %s: could not record its failure (%s): %s", job.id, job.name, job.attempt,
+                      details["error_type"], one_line(exc),
+                      extra=job.log_fields(self._worker_id, "unrecorded", error=one_line(exc)))
+            self._inflight.release(job)
+            return
         if self._metrics is not None:
             self._metrics.record_execution(job.name, str(outcome), time.monotonic() - job.started)
         level = logging.INFO if outcome == "retry" else logging.WARNING
@@ -149,8 +163,8 @@ class Executions:
             if params is not None:
                 await self._hooks.run(job, params)
             else:
-                # the params could not be parsed: the hook can never run with them
-                await self._hooks.cannot_run(job, details["error_message"])
+                # the params or the row could not be read: the hook can never run with them
+                await self._hooks.cannot_run(job, details)
             return
         self._inflight.release(job)
         if outcome == "retry":

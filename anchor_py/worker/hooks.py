@@ -80,7 +80,8 @@ class HookRunner:
                 try:
                     params = job.handler.spec.params_model.model_validate(job.params)
                 except pydantic.ValidationError as exc:
-                    await self.cannot_run(job, f"stored params no longer fit the model: {exc}")
+                    await self.cannot_run(job, {"error_type": "anchor.InvalidParams", "error_traceback": None,
+                                                "error_message": f"stored params no longer fit the model: {exc}"})
                     return
             job.started = time.monotonic()
             if job.handler.hook_is_async or job.handler.hook is None:
@@ -92,13 +93,10 @@ class HookRunner:
         finally:
             self._inflight.release(job)
 
-    async def cannot_run(self, job: Job, reason: str) -> None:
-        """The params cannot be parsed, so no attempt of the hook can succeed: hook_failed now."""
+    async def cannot_run(self, job: Job, details: dict[str, Any]) -> None:
+        """The params or the row cannot be read, so no attempt of the hook can succeed: hook_failed now."""
         try:
-            await self._fail(
-                job, {"error_type": "anchor.InvalidParams", "error_message": reason, "error_traceback": None},
-                max_hook_attempts=job.hook_attempt,
-            )
+            await self._fail(job, details, max_hook_attempts=job.hook_attempt)
         finally:
             self._inflight.release(job)
 

@@ -136,9 +136,9 @@ class ClaimLoop:
                 else:
                     cursor = conn.cursor(row_factory=tuple_row)
                     await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                undecodable: Sequence[Undecodable] = ()
                 try:
                     rows = await cursor.fetchall()
-                    undecodable: list[Undecodable] = []
                 except DECODE_ERRORS:
                     rows, undecodable = await split_rows(cursor)
         except BaseException:

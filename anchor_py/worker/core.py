@@ -51,8 +51,10 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("anchor_py.worker")
 
-# Seconds the shutdown may spend writing completions, handing tasks back and deregistering, in all.
-_SHUTDOWN_DATABASE_BUDGET = 10.0
+# Seconds the shutdown may spend writing completions, handing tasks back and deregistering, in all: enough
+# to ride out a database restart, short enough that a supervisor's stop timeout is not reached when the
+# database is gone (what is not written then, the rescuer recovers).
+_SHUTDOWN_DATABASE_BUDGET = 3.0
 
 
 class Worker:

@@ -4,11 +4,13 @@ fix; an outage is retried (and logged); SIGTERM ends it promptly in every state;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -147,6 +149,79 @@ def test_sigterm_while_running_ends_the_worker_within_5s(dsn: str, db: Db) -> No
     took, stderr = finish(process, within=5)
     assert process.returncode == 0, stderr
     assert not _registered_worker(db, worker_id)  # it deregistered on the way out
+    assert_nothing_left(worker_id)
+
+
+class CuttableProxy:
+    """A TCP proxy to the database that can be cut: every connection through it drops, and new ones are
+    refused, as when the database host goes away."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # cut
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._sockets += [client, server]
+                if self._cut:  # cut while this one was being connected
+                    client.close()
+                    server.close()
+                    return
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_sigterm_while_the_database_is_gone_ends_the_worker_within_5s(dsn: str, db: Db) -> None:
+    db.execute(TEST_TABLES)
+    db.execute("select anchor.register_tasks(%s::jsonb, %s)", (TASKS.definitions_json(), TASKS.version))
+    parts = conninfo_to_dict(dsn)
+    proxy = CuttableProxy(str(parts.get("host") or "127.0.0.1"), int(parts.get("port") or 5432))
+    process, worker_id = start_worker(with_dsn(dsn, host="127.0.0.1", port=proxy.port))
+    assert process.stderr is not None
+    try:
+        deadline = time.monotonic() + 20
+        while f"worker {worker_id} started" not in process.stderr.readline():
+            assert time.monotonic() < deadline and process.poll() is None
+        proxy.cut()
+        time.sleep(1.5)  # it notices: its heartbeat, LISTEN and claims fail and are retried
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+    took, stderr = finish(process, within=5)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "database unavailable (" in stderr or "LISTEN connection lost (" in stderr, stderr  # with the reason
+    assert "could not deregister" in stderr, stderr  # it tried, then gave up: rescue takes over
     assert_nothing_left(worker_id)
 
 

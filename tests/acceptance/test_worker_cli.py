@@ -95,3 +95,16 @@ def test_worker_with_a_bad_app_is_a_usage_error(dsn: str) -> None:
     result = anchor("worker", "--app", "tests.worker.app", "--taskgen", "tests.worker.app", "--dsn", dsn, dsn=dsn)
     assert result.returncode == 2
     assert "--app must look like module:factory" in result.stderr
+
+
+def test_worker_durations_are_duration_strings_and_a_bad_one_names_its_option(dsn: str) -> None:
+    result = anchor("worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
+                    "--dsn", dsn, "--heartbeat-timeout", "20", dsn=dsn)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "anchor worker: --heartbeat-timeout: '20' is not a duration (expected e.g. 500ms, 20s, 1m30s)\n"
+    )
+    result = anchor("worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
+                    "--dsn", dsn, "--heartbeat-interval", "30s", dsn=dsn)  # longer than the 20s timeout
+    assert result.returncode == 2
+    assert "heartbeat_timeout must be longer than heartbeat_interval" in result.stderr

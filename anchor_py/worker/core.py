@@ -41,7 +41,7 @@ from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, handlers_for
 from anchor_py.worker.liveness import Liveness, describe
-from anchor_py.worker.startup import wait_for_database
+from anchor_py.worker.startup import DatabaseSetupError, wait_for_database
 from anchor_py.worker.usercode import AbandonedThreadsError, UserCodeRunner
 
 if TYPE_CHECKING:  # prometheus-client is an optional extra: metrics are imported only by who passes them
@@ -212,7 +212,13 @@ class Worker:
         await self._hooks.open()
         self._usercode.open()
         # the worker must be registered before its first claim, or rescue would take its tasks at once
-        await retrying("heartbeat", self._liveness.heartbeat_once)
+        try:
+            await retrying("heartbeat", self._liveness.heartbeat_once)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseSetupError(
+                f"this role may not use the SQL core ({one_line(exc)}): grant it anchor_worker "
+                "(`anchor install-sql --roles` creates the roles)"
+            ) from None
         if self.config.register_tasks:
             await retrying("register tasks", self._register_tasks)
 

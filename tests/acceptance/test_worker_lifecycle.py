@@ -113,6 +113,19 @@ def test_a_missing_database_or_role_is_permanent(dsn: str) -> None:
         assert_nothing_left(worker_id)
 
 
+def test_a_role_without_anchor_worker_is_told_to_grant_it(dsn: str, db: Db) -> None:
+    role = f"anchor_test_no_grant_{os.getpid()}"
+    db.execute(f"create role {role} login")
+    try:
+        process, worker_id = start_worker(with_dsn(dsn, user=role))
+        _, stderr = finish(process, within=5)
+    finally:
+        db.execute(f"drop role {role}")
+    assert process.returncode == EXIT_DATABASE_SETUP, stderr
+    assert "this role may not use the SQL core" in stderr and "grant it anchor_worker" in stderr, stderr
+    assert_nothing_left(worker_id)
+
+
 def test_a_closed_port_is_retried_with_its_message_until_sigterm(dsn: str) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -137,7 +137,13 @@ class Worker:
         return self._usercode.abandoned_threads
 
     async def run(self, *, install_signal_handlers: bool = False) -> None:
-        """Run until stop() (or a signal, with install_signal_handlers), then shut down gracefully."""
+        """Run until stop() (or a signal, with install_signal_handlers), then shut down gracefully.
+
+        Waits for the database while it cannot be reached (a stop request ends the wait); raises
+        DatabaseSetupError at once when it cannot serve a worker until its setup changes (no such database
+        or role, authentication, the SQL core missing or older, a role without anchor_worker). With signal
+        handlers, a second SIGTERM/SIGINT stops at once instead of waiting for running tasks.
+        """
         if self.config.disable:
             log.info("worker disabled (WorkerConfig.disable): not starting")
             return

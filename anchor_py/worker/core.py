@@ -286,7 +286,7 @@ class Worker:
 
     async def _nothing_due(self) -> bool:
         async with self._pool.connection() as conn:
-            row = await fetch_one(conn, queries.TESTING_DUE_COUNT, {"task_names": self._task_names})
+            row = await fetch_one(conn, queries.DUE_COUNT, {"task_names": self._task_names})
         return row is not None and row[0] == 0
 
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:

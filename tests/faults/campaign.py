@@ -66,9 +66,11 @@ class CampaignConfig:
 class FaultLog:
     """What was injected and when (epoch seconds, the same clock as the server's timestamps)."""
 
-    kills: list[dict[str, Any]] = field(default_factory=list)  # phase, pid, at, held (task ids)
+    # cycle_s: how long injecting it took (finding a victim and killing it; a restart until the first task
+    # completed after it), so a long campaign can be planned from a short one
+    kills: list[dict[str, Any]] = field(default_factory=list)  # phase, pid, at, held (task ids), cycle_s
     kills_without_victim: dict[str, int] = field(default_factory=dict)
-    restarts: list[dict[str, Any]] = field(default_factory=list)  # mode, down_at, back_at
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # mode, down_at, back_at, cycle_s
     cuts: list[dict[str, Any]] = field(default_factory=list)  # at, cut (by application_name)
 
 
@@ -159,7 +161,8 @@ class Injector:
 
     def kill(self, phase: str, patience: float = 15.0) -> None:
         """SIGKILL a worker found inside ``phase`` (waiting up to ``patience`` seconds for one)."""
-        give_up = time.monotonic() + patience
+        began = time.monotonic()
+        give_up = began + patience
         while time.monotonic() < give_up:
             self.fleet.supervise(self.config.workers)
             pid = VICTIM_PICKERS[phase](self.dsn, self.fleet)
@@ -169,8 +172,9 @@ class Injector:
                 held = retry_db(self.dsn, """
                     select id from anchor.tasks where locked_by = %s and state in ('running', 'failing')""",
                                 (f"fault-{pid}",))
-                self.log.kills.append({"phase": phase, "pid": pid, "at": at, "held": [r["id"] for r in held]})
                 self.fleet.supervise(self.config.workers)  # the supervisor starts a replacement
+                self.log.kills.append({"phase": phase, "pid": pid, "at": at, "held": [r["id"] for r in held],
+                                       "cycle_s": round(time.monotonic() - began, 3)})
                 return
             time.sleep(0.01)
         self.log.kills_without_victim[phase] = self.log.kills_without_victim.get(phase, 0) + 1
@@ -178,16 +182,18 @@ class Injector:
     def restart(self, mode: str) -> None:
         """Restart PostgreSQL (``mode`` shutdown, down for up to 1.5 s); then wait for the first task
         completed after it, so the next fault does not land inside this recovery."""
+        began = time.monotonic()
         down_at = time.time()
         self.server.restart(mode, down_for=self.rng.uniform(0.2, 1.5))
         back_at = time.time()
-        self.log.restarts.append({"mode": mode, "down_at": down_at, "back_at": back_at})
         give_up = time.monotonic() + 60
         while time.monotonic() < give_up and not retry_db(self.dsn, """
                 select 1 from anchor.tasks where state = 'succeeded' and finished_at >= to_timestamp(%s)
                 limit 1""", (back_at,)):
             self.fleet.supervise(self.config.workers)
             time.sleep(0.1)
+        self.log.restarts.append({"mode": mode, "down_at": down_at, "back_at": back_at,
+                                  "cycle_s": round(time.monotonic() - began, 3)})
 
 
 def run_campaign(server: ThrowawayPostgres, dsn: str, log_dir: Path, config: CampaignConfig) -> dict[str, Any]:
@@ -239,13 +245,18 @@ def main(argv: list[str] | None = None) -> int:
                             workers=args.workers, concurrency=args.concurrency, rate=args.rate, seed=args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="anchor-campaign-"))
     server = ThrowawayPostgres()
+    report: dict[str, Any] = {"problems": ["the campaign did not finish"]}
     try:
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute("create database campaign")
         prepare_database(server.dsn("campaign"))
         report = run_campaign(server, server.dsn("campaign"), log_dir, config)
     finally:
-        server.close()
+        if report["problems"]:  # keep the database to look into (pg_ctl -D <pgdata> start)
+            server.stop("fast")
+            print(f"database kept: {server.pgdata} (port {server.port})")
+        else:
+            server.close()
     path = args.report or log_dir / "report.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table(report)

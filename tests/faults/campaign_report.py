@@ -23,8 +23,10 @@ from tests.faults.harness import Fleet, connect, table_problems, unaccounted_exe
 if TYPE_CHECKING:
     from tests.faults.campaign import FaultLog
 
-# Per killed worker: the phases its death is seen to have interrupted, from what it left behind. A claim:
-# tasks it claimed but never started were rescued from it. An execution: one it started never ended. A
+# Per killed worker: the phases its death is seen to have interrupted, from what it left behind (a kill
+# "landed" in a phase when its victim was inside it just before the SIGKILL; these are its traces). A claim:
+# tasks it claimed but never started were rescued from it (a claim killed before its commit rolls back
+# and leaves none). An execution: one it started never ended. A
 # completion batch: an execution it ended was not written when it died (rescued from it later, or written
 # by its backend after the SIGKILL: the statement was in flight). A hook: a hook it began never committed.
 _LANDED = """
@@ -77,7 +79,9 @@ def _explain(execution: dict[str, Any], log: FaultLog, exited: set[int], end: fl
     """The death that landed during ``execution`` (before the task's next execution began), if any."""
     start = execution["at"].timestamp()
     until = execution["next_at"].timestamp() if execution["next_at"] is not None else end
-    if any(k["pid"] == execution["pid"] and start <= k["at"] <= until for k in log.kills):
+    # a process dies once, so its kill ends every execution it ran (one that the server recorded a few ms
+    # after the SIGKILL was sent had been started before it)
+    if any(k["pid"] == execution["pid"] and k["at"] <= until for k in log.kills):
         return "kill"
     if execution["pid"] in exited:
         return "worker exited"
@@ -114,12 +118,14 @@ def analyse(dsn: str, log: FaultLog, ids: dict[str, list[int]], unacknowledged: 
             "select count(*) as n from anchor.tasks where state = 'hook_failed'").fetchone()["n"]  # type: ignore[index]
         end = conn.execute("select extract(epoch from clock_timestamp())::float8 as now").fetchone()["now"]  # type: ignore[index]
         duplicates: dict[str, int] = {}
-        unexplained = []
+        not_by_kill: list[dict[str, Any]] = []  # the rare ones, listed in the report to be looked at
         for execution in unaccounted_executions(conn):
-            why = _explain(execution, log, fl.exited, end)
-            duplicates[why or "unexplained"] = duplicates.get(why or "unexplained", 0) + 1
-            if why is None:
-                unexplained.append({k: str(v) if isinstance(v, datetime) else v for k, v in execution.items()})
+            why = _explain(execution, log, fl.exited, end) or "unexplained"
+            duplicates[why] = duplicates.get(why, 0) + 1
+            if why != "kill":
+                not_by_kill.append({k: str(v) if isinstance(v, datetime) else v for k, v in execution.items()}
+                                   | {"explained_by": why})
+        unexplained = [e for e in not_by_kill if e["explained_by"] == "unexplained"]
         if unexplained:
             problems.append(f"{len(unexplained)} duplicate executions no death explains: {unexplained[:10]}")
         landed = {r["pid"]: r for r in conn.execute(
@@ -152,10 +158,10 @@ def analyse(dsn: str, log: FaultLog, ids: dict[str, list[int]], unacknowledged: 
             else:
                 restart["recovery_s"] = round(first["at"] - restart["back_at"], 3)
                 restart_recovery.append(first["at"] - restart["back_at"])
-    kills_by_phase = {phase: {"landed": 0, "confirmed": 0} for phase in VICTIM_PICKERS}
+    kills_by_phase = {phase: {"landed": 0, "traces": 0} for phase in VICTIM_PICKERS}
     for kill in log.kills:
         kills_by_phase[kill["phase"]]["landed"] += 1
-        kills_by_phase[kill["phase"]]["confirmed"] += kill["phase"] in kill["interrupted"]
+        kills_by_phase[kill["phase"]]["traces"] += kill["phase"] in kill["interrupted"]
     for phase, missed in log.kills_without_victim.items():
         kills_by_phase[phase]["no_victim_found"] = missed
     restarts_by_mode: dict[str, int] = {}
@@ -182,9 +188,12 @@ def analyse(dsn: str, log: FaultLog, ids: dict[str, list[int]], unacknowledged: 
         "tasks_lost": lost,
         "hook_commits_per_failed_hooked_task": hook_commits,
         "hook_failed": hook_failed,
-        "duplicate_executions": {"total": sum(duplicates.values()), "explained_by": duplicates},
+        "duplicate_executions": {"total": sum(duplicates.values()), "explained_by": duplicates,
+                                 "not_by_a_kill": not_by_kill[:50]},
         "recovery_after_kill_s": percentiles(kill_recovery),
         "recovery_after_restart_s": percentiles(restart_recovery),
+        "injection_cycle_s": {"kill": percentiles([k["cycle_s"] for k in log.kills]),
+                              "restart": percentiles([r["cycle_s"] for r in log.restarts])},
         "restart_log": log.restarts,
         "kill_log": [{k: v for k, v in kill.items() if k != "held"} for kill in log.kills],
         "problems": problems,
@@ -221,6 +230,8 @@ def print_table(report: dict[str, Any]) -> None:
         stats = report[f"recovery_after_{what}_s"]
         rows.append((f"recovery after {what} (s)",
                      f"p50 {stats['p50']}, p99 {stats['p99']}, max {stats['max']} (n={stats['count']})"))
+    for what, stats in report["injection_cycle_s"].items():
+        rows.append((f"{what} cycle (s)", f"p50 {stats['p50']}, p99 {stats['p99']}, max {stats['max']}"))
     rows.append(("invariants", "all held" if not report["problems"] else "FAILED"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -222,6 +222,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("tasks lost (must be 0)", str(report["tasks_lost"])),
         ("hook commits per failed task", ", ".join(f"{k}: {v} tasks" for k, v in
                                                    report["hook_commits_per_failed_hooked_task"].items()) or "-"),
+        ("tasks hook_failed", str(report["hook_failed"])),
         ("duplicate executions", f"{report['duplicate_executions']['total']} ("
          + (", ".join(f"{k} {v}" for k, v in report["duplicate_executions"]["explained_by"].items()) or "none")
          + ")"),

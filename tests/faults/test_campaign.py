@@ -29,8 +29,9 @@ def test_campaign_short(fault_server: ThrowawayPostgres, fault_dsn: str, log_dir
     print_table(report)
     assert report["problems"] == []
     assert report["tasks_lost"] == 0
-    assert report["kills"]["landed"] == 20, report["kills"]
-    assert all(phase["landed"] == 5 for phase in report["kills"]["by_phase"].values()), report["kills"]
+    # a kill finds no victim in its phase only if none shows up within 15 s: rare, and then only one
+    assert report["kills"]["landed"] >= 19, report["kills"]
+    assert all(phase["landed"] >= 4 for phase in report["kills"]["by_phase"].values()), report["kills"]
     assert report["restarts"]["by_mode"] == {"fast": 1, "immediate": 1}
     assert report["recovery_after_restart_s"]["count"] == 2
     assert report["recovery_after_kill_s"]["count"] > 0

@@ -48,6 +48,7 @@ create table if not exists fault_runs (
 );
 create index if not exists fault_runs_task_idx on fault_runs (task_id, kind);
 create index if not exists fault_runs_pid_idx on fault_runs (pid, kind);
+create index if not exists fault_runs_at_idx on fault_runs (kind, at);  -- "executions begun in the last 2 s"
 create table if not exists hook_log (
     task_id bigint not null,
     attempt int not null,

@@ -96,8 +96,10 @@ class SteadyEnqueuer(threading.Thread):
 
     def run(self) -> None:
         owed = 0.0
+        last = time.monotonic()
         while not self.stop_event.wait(self.TICK):
-            owed += self.rate * self.TICK
+            now = time.monotonic()  # by the clock, not by ticks: enqueueing itself takes time
+            owed, last = owed + self.rate * (now - last), now
             count, owed = int(owed), owed - int(owed)
             for kind, names, share in self.MIX:
                 self._enqueue(kind, self.rng.choice(names), self._count(count, share))

@@ -78,18 +78,27 @@ class Fleet:
     def spawn(self, count: int = 1) -> list[Worker]:
         started = []
         for _ in range(count):
-            index = len(self.workers)
-            log = self.log_dir / f"worker-{index}.log"
-            with open(log, "wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
-                     "--max-rescues", str(self.max_rescues), *(["--cron"] if self.cron else [])],
-                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+            log = self.log_dir / f"worker-{len(self.workers)}.log"
+            process = self._start(log)
+            # pids wrap around in a long run (pid_max is often 32768): one pid must mean one worker process, or the
+            # records of a dead worker and of its namesake mix (worker id, executions, kills). A process
+            # that got a used pid is killed before it has loaded anything, and replaced.
+            while any(worker.pid == process.pid for worker in self.workers):
+                process.kill()
+                process.wait()
+                process = self._start(log)
             worker = Worker(process, log)
             self.workers.append(worker)
             started.append(worker)
         return started
+
+    def _start(self, log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
+                 "--max-rescues", str(self.max_rescues), *(["--cron"] if self.cron else [])],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers if w.process.poll() is None]

@@ -26,30 +26,29 @@ if TYPE_CHECKING:
 # Per killed worker: the phases its death is seen to have interrupted, from what it left behind (a kill
 # "landed" in a phase when its victim was inside it just before the SIGKILL; these are its traces). A claim:
 # tasks it claimed but never started were rescued from it (a claim killed before its commit rolls back
-# and leaves none). An execution: one it started never ended. A
-# completion batch: an execution it ended was not written when it died (rescued from it later, or written
-# by its backend after the SIGKILL: the statement was in flight). A hook: a hook it began never committed.
+# and leaves none). An execution: one it started never ended. A completion batch: an execution it ended
+# was not written when it died (rescued from it later, or still held at the kill and written afterwards by
+# its backend: the statement was in flight). A hook: a hook it began never committed.
 _LANDED = """
-select p.pid,
+select
     exists (select 1 from anchor.task_events e
-            where e.kind = 'rescued' and e.worker_id = 'fault-' || p.pid and e.details ->> 'from_state' = 'running'
-              and not exists (select 1 from fault_runs s where s.pid = p.pid and s.kind = 'exec_start'
+            where e.kind = 'rescued' and e.worker_id = %(worker_id)s and e.details ->> 'from_state' = 'running'
+              and not exists (select 1 from fault_runs s where s.pid = %(pid)s and s.kind = 'exec_start'
                               and s.task_id = e.task_id and s.attempt = e.attempt)) as claim,
-    exists (select 1 from fault_runs s where s.pid = p.pid and s.kind = 'exec_start'
-              and not exists (select 1 from fault_runs x where x.pid = p.pid and x.kind = 'exec_end'
+    exists (select 1 from fault_runs s where s.pid = %(pid)s and s.kind = 'exec_start'
+              and not exists (select 1 from fault_runs x where x.pid = %(pid)s and x.kind = 'exec_end'
                               and x.task_id = s.task_id and x.attempt = s.attempt)) as execution,
     exists (select 1 from fault_runs x join anchor.tasks t on t.id = x.task_id
-            where x.pid = p.pid and x.kind = 'exec_end'
+            where x.pid = %(pid)s and x.kind = 'exec_end'
               and (exists (select 1 from anchor.task_events e where e.task_id = x.task_id and e.attempt = x.attempt
-                               and e.kind = 'rescued' and e.worker_id = 'fault-' || p.pid)
-                   or (t.state = 'succeeded' and t.attempts = x.attempt and t.finished_at > to_timestamp(p.at))))
-        as completion,
-    exists (select 1 from fault_runs h where h.pid = p.pid and h.kind = 'hook_start'
-              and not exists (select 1 from hook_log l where l.task_id = h.task_id and l.pid = p.pid)) as hook
-from unnest(%s::int[], %s::float8[]) as p (pid, at)
+                               and e.kind = 'rescued' and e.worker_id = %(worker_id)s)
+                   or (t.id = any(%(held)s) and t.state = 'succeeded' and t.attempts = x.attempt))) as completion,
+    exists (select 1 from fault_runs h where h.pid = %(pid)s and h.kind = 'hook_start'
+              and not exists (select 1 from hook_log l where l.task_id = h.task_id and l.pid = %(pid)s)) as hook
 """
 # For one kill: when each task the dead worker held ran elsewhere (its next execution or hook began in
-# another process) or became final; null while neither happened.
+# another process) or became final (a statement in flight at the kill may commit a completion dated a few
+# ms before it: the kill's moment then); null while neither happened.
 _KILL_RECOVERY = """
 with held as (
     select e.task_id from anchor.task_events e where e.kind = 'rescued' and e.worker_id = %(worker_id)s
@@ -59,7 +58,8 @@ with held as (
 select h.task_id, extract(epoch from least(
     (select min(r.at) from fault_runs r where r.task_id = h.task_id and r.kind in ('exec_start', 'hook_start')
         and r.pid <> %(pid)s and r.at > to_timestamp(%(at)s)),
-    (select t.finished_at from anchor.tasks t where t.id = h.task_id and t.finished_at > to_timestamp(%(at)s))
+    (select greatest(t.finished_at, to_timestamp(%(at)s)) from anchor.tasks t
+        where t.id = h.task_id and t.finished_at is not null)
 ))::float8 as back
 from held h
 """
@@ -128,16 +128,17 @@ def analyse(dsn: str, log: FaultLog, ids: dict[str, list[int]], unacknowledged: 
         unexplained = [e for e in not_by_kill if e["explained_by"] == "unexplained"]
         if unexplained:
             problems.append(f"{len(unexplained)} duplicate executions no death explains: {unexplained[:10]}")
-        landed = {r["pid"]: r for r in conn.execute(
-            _LANDED, ([k["pid"] for k in log.kills], [k["at"] for k in log.kills]))}
         kill_recovery: list[float] = []
         kills_holding_nothing = 0
         unrecovered = []
         for kill in log.kills:
-            rows = conn.execute(_KILL_RECOVERY, {"worker_id": f"fault-{kill['pid']}", "held": kill["held"],
-                                                 "pid": kill["pid"], "at": kill["at"]}).fetchall()
+            arguments = {"worker_id": f"fault-{kill['pid']}", "held": kill["held"], "pid": kill["pid"],
+                         "at": kill["at"]}
+            rows = conn.execute(_KILL_RECOVERY, arguments).fetchall()
+            traces = conn.execute(_LANDED, arguments).fetchone()
+            assert traces is not None
             kill["tasks"] = len(rows)
-            kill["interrupted"] = [phase for phase in VICTIM_PICKERS if landed[kill["pid"]][phase]]
+            kill["interrupted"] = [phase for phase in VICTIM_PICKERS if traces[phase]]
             if not rows:
                 kills_holding_nothing += 1
             elif any(r["back"] is None for r in rows):
@@ -195,7 +196,8 @@ def analyse(dsn: str, log: FaultLog, ids: dict[str, list[int]], unacknowledged: 
         "injection_cycle_s": {"kill": percentiles([k["cycle_s"] for k in log.kills]),
                               "restart": percentiles([r["cycle_s"] for r in log.restarts])},
         "restart_log": log.restarts,
-        "kill_log": [{k: v for k, v in kill.items() if k != "held"} for kill in log.kills],
+        "kill_log": log.kills,
+        "cut_log": log.cuts,
         "problems": problems,
     }
 

@@ -32,6 +32,9 @@ test: $(STAMP) check ## lint, type-check, then the test suite against a real Pos
 test-faults: $(STAMP) ## the long fault-injection and soak tests
 	$(BIN)/pytest -m slow
 
+campaign: $(STAMP) ## fault campaign (KILLS=1000 RESTARTS=20 MINUTES=40): kills, restarts, cuts; report + figures
+	$(BIN)/python -m tests.faults.campaign --kills $(or $(KILLS),1000) --restarts $(or $(RESTARTS),20) --minutes $(or $(MINUTES),40)
+
 check: lint typecheck ## lint and type-check only
 
 lint: $(STAMP) ## ruff, sqlfluff and the import rules (layers, no cycles: [tool.importlinter] in pyproject.toml)

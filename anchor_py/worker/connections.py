@@ -53,6 +53,11 @@ class ClaimPool:
         )
         await self._pool.open()
 
+    @property
+    def is_open(self) -> bool:
+        """Between open() and close(): what may use connection()."""
+        return self._pool is not None
+
     async def close(self) -> None:
         """Close our own pool (a user's pool stays open: it is theirs)."""
         pool, self._pool = self._pool, None

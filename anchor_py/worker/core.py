@@ -179,8 +179,9 @@ class Worker:
         try:
             while not runner.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                if (self._running and not self._inflight.jobs and not self._completions.held
-                        and await self._nothing_due()):
+                # running is set before start-up opens the pool: ask the database only once it is open
+                if (self._running and self._pool.is_open and not self._inflight.jobs
+                        and not self._completions.held and await self._nothing_due()):
                     break
         finally:
             await self.stop()

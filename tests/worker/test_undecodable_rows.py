@@ -1,6 +1,7 @@
 """A claimed row the worker cannot read (params Python's json refuses) fails that task for good with the
-reason, and the worker goes on; timestamps Python cannot hold never reach it (the claim clamps them). The rows are written as the superuser, past
-whatever bounds enqueue sets, because old rows or a direct write can still hold such values."""
+reason, and the worker goes on; timestamps Python cannot hold never reach it (the claim clamps them).
+The rows are written as the superuser, past whatever bounds enqueue sets, because old rows or a direct
+write can still hold such values."""
 
 from __future__ import annotations
 

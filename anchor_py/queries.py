@@ -101,6 +101,7 @@ SELECT anchor.heartbeat_v2(
 DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s::text)"
 
 # A batch of work sized to free capacity: execute and hook rows, then a wake row (earliest future run_at).
+# Each claimed row carries its fence token: COMPLETE, FAIL, HAND_BACK, FINISH_FAILURE and FAIL_HOOK take it back.
 CLAIM = """
 SELECT
     kind,
@@ -115,8 +116,9 @@ SELECT
     deadline,
     scheduled_at,
     run_at,
+    fence,
     now() AS db_now
-FROM anchor.claim(
+FROM anchor.claim_v2(
     worker_id => %(worker_id)s::text,
     max_tasks => %(max_tasks)s::int,
     task_names => %(task_names)s::text[],
@@ -131,15 +133,15 @@ COMPLETE = """
 SELECT
     id,
     outcome
-FROM anchor.complete(
-    ids => %(ids)s::bigint[], attempts => %(attempts)s::int[], worker_id => %(worker_id)s::text
+FROM anchor.complete_v2(
+    ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
 )
 """
 
 FAIL = """
-SELECT anchor.fail(
+SELECT anchor.fail_v2(
     id => %(id)s::bigint,
-    attempt => %(attempt)s::int,
+    fence => %(fence)s::bigint,
     worker_id => %(worker_id)s::text,
     error_message => %(error_message)s::text,
     error_type => %(error_type)s::text,
@@ -152,15 +154,15 @@ SELECT anchor.fail(
 
 # Run inside the hook's transaction: failing -> failed, committed together with the hook's writes.
 FINISH_FAILURE = """
-SELECT anchor.finish_failure(
-    id => %(id)s::bigint, hook_attempt => %(hook_attempt)s::int, worker_id => %(worker_id)s::text
+SELECT anchor.finish_failure_v2(
+    id => %(id)s::bigint, fence => %(fence)s::bigint, worker_id => %(worker_id)s::text
 )
 """
 
 FAIL_HOOK = """
-SELECT anchor.fail_hook(
+SELECT anchor.fail_hook_v2(
     id => %(id)s::bigint,
-    hook_attempt => %(hook_attempt)s::int,
+    fence => %(fence)s::bigint,
     worker_id => %(worker_id)s::text,
     error_message => %(error_message)s::text,
     error_type => %(error_type)s::text,
@@ -173,8 +175,8 @@ HAND_BACK = """
 SELECT
     id,
     outcome
-FROM anchor.hand_back(
-    ids => %(ids)s::bigint[], attempts => %(attempts)s::int[], worker_id => %(worker_id)s::text
+FROM anchor.hand_back_v2(
+    ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
 )
 """
 

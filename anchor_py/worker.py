@@ -154,6 +154,7 @@ class _Job:
     deadline: datetime | None
     scheduled_at: datetime | None
     hook_attempt: int | None = None
+    fence: int = 0
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
     # set while user code runs: what may interrupt it and why it was interrupted
@@ -529,7 +530,7 @@ class Worker:
         jobs = self._jobs
         handlers = self._handlers
         for kind, task_id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, \
-                scheduled_at, run_at, db_now in rows:
+                scheduled_at, run_at, fence, db_now in rows:
             if kind == "wake":
                 if run_at is not None:
                     # the database clock decides when work is due: wait for its distance, not our clock
@@ -547,6 +548,7 @@ class Worker:
                 deadline=deadline,
                 scheduled_at=scheduled_at,
                 hook_attempt=hook_attempt,
+                fence=fence,
             )
             jobs[task_id] = job
             runner = self._execute(job) if kind == "execute" else self._run_hook(job)
@@ -697,7 +699,7 @@ class Worker:
                 "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,
                 time.monotonic() - job.started, extra=self._log_fields(job, "succeeded"),
             )
-        self._completions.append((job.id, job.attempt))
+        self._completions.append((job.id, job.fence))
         if self.metrics is not None:
             self._succeeded[job.id] = (job.handler.spec.name, time.monotonic() - job.started)
         self._completions_ready.set()
@@ -714,7 +716,7 @@ class Worker:
     ) -> None:
         arguments = {
             "id": job.id,
-            "attempt": job.attempt,
+            "fence": job.fence,
             "worker_id": self.worker_id,
             "fatal": fatal,
             "record_event": record_event,
@@ -852,14 +854,14 @@ class Worker:
 
     async def _finish_failure(self, conn: psycopg.AsyncConnection[Any], job: _Job) -> str:
         row = await _fetch_one(
-            conn, queries.FINISH_FAILURE, {"id": job.id, "hook_attempt": job.hook_attempt, "worker_id": self.worker_id}
+            conn, queries.FINISH_FAILURE, {"id": job.id, "fence": job.fence, "worker_id": self.worker_id}
         )
         return str(row[0]) if row else "stale"
 
     async def _fail_hook(self, job: _Job, details: dict[str, Any], max_hook_attempts: int | None = None) -> str:
         arguments = {
             "id": job.id,
-            "hook_attempt": job.hook_attempt,
+            "fence": job.fence,
             "worker_id": self.worker_id,
             "max_hook_attempts": max_hook_attempts or self.config.hook_attempts,
             **details,
@@ -982,7 +984,7 @@ class Worker:
     def _complete_arguments(self, batch: list[tuple[int, int]]) -> dict[str, Any]:
         return {
             "ids": [task_id for task_id, _ in batch],
-            "attempts": [attempt for _, attempt in batch],
+            "fences": [fence for _, fence in batch],
             "worker_id": self.worker_id,
         }
 
@@ -1124,7 +1126,7 @@ class Worker:
 
     async def _hand_back(self, jobs: list[_Job]) -> None:
         assert self._pool is not None
-        arguments = {"ids": [job.id for job in jobs], "attempts": [job.attempt for job in jobs],
+        arguments = {"ids": [job.id for job in jobs], "fences": [job.fence for job in jobs],
                      "worker_id": self.worker_id}
         async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(queries.HAND_BACK, arguments)
@@ -1208,7 +1210,7 @@ def _sync_hook_transaction(
         state.backend_pid = conn.info.backend_pid
         with conn.cursor(row_factory=tuple_row) as cursor:
             row = cursor.execute(
-                queries.FINISH_FAILURE, {"id": job.id, "hook_attempt": job.hook_attempt, "worker_id": worker_id}
+                queries.FINISH_FAILURE, {"id": job.id, "fence": job.fence, "worker_id": worker_id}
             ).fetchone()
         if not row or row[0] != "failed":
             conn.rollback()

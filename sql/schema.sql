@@ -121,6 +121,7 @@ create table anchor.tasks (
     last_error text,
     created_at timestamp with time zone not null,
     finished_at timestamp with time zone,
+    fence bigint not null default 0,
     trace_context jsonb,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
@@ -172,9 +173,10 @@ declare
 begin
     execute 'revoke all on all functions in schema anchor from public';
     for v_function in
-        select p.oid::regprocedure as signature, r.role_name
+        select distinct p.oid::regprocedure as signature, r.role_name
         from pg_catalog.pg_proc as p
-        inner join anchor.function_roles as r on p.proname = r.function_name
+        inner join anchor.function_roles as r
+            on p.proname = r.function_name or p.proname ~ ('^' || r.function_name || '_v[0-9]+$')
         where p.pronamespace = 'anchor'::regnamespace
     loop
         -- every object the functions use is schema-qualified; pg_temp last so it can never shadow them
@@ -194,6 +196,33 @@ begin
         execute 'grant execute on all functions in schema anchor to anchor_admin';
     end if;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.at_least_unless_admin(p_value interval, p_floor interval)
+ RETURNS interval
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case when anchor.caller_is_admin() then p_value else greatest(p_value, p_floor) end
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.caller_is_admin()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select coalesce((
+        select r.rolsuper
+            or pg_catalog.pg_has_role(r.oid, n.nspowner, 'member')
+            or coalesce(pg_catalog.pg_has_role(r.oid, a.oid, 'member'), false)
+        from pg_catalog.pg_roles as r
+        cross join pg_catalog.pg_namespace as n
+        left join pg_catalog.pg_roles as a on a.rolname = 'anchor_admin'
+        where n.nspname = 'anchor'
+            and r.rolname = case pg_catalog.current_setting('role')
+                when 'none' then session_user else pg_catalog.current_setting('role')
+            end
+    ), false)
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.cancel(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
@@ -236,14 +265,25 @@ begin
     v_problem := case
         when p_run_at is not null and p_delay is not null then 'give run_at or delay, not both'
         when p_delay < interval '0' then format('delay must not be negative, got %s', p_delay)
+        when p_delay > anchor.longest_duration() then format('delay must be at most 100000 hours, got %s', p_delay)
         when p_unique_tag = '' then 'unique_tag must not be empty'
+        when octet_length(p_unique_tag) > 1024
+            then format('unique_tag %L... of %s bytes is over the limit of 1024 bytes', left(p_unique_tag, 40), octet_length(p_unique_tag))
         when cardinality(p_retry_intervals) = 0 then 'retry_intervals must not be empty'
+        when array_ndims(p_retry_intervals) > 1 then format('retry_intervals must be a flat list, got %s', p_retry_intervals)
+        when cardinality(p_retry_intervals) > 1000
+            then format('retry_intervals must have at most 1000 entries, got %s', cardinality(p_retry_intervals))
         when exists (select 1 from unnest(p_retry_intervals) as i where i is null or i <= interval '0')
             then format('retry_intervals must all be above zero, got %s', p_retry_intervals)
+        when exists (select 1 from unnest(p_retry_intervals) as i where i > anchor.longest_duration())
+            then format('retry_intervals must all be at most 100000 hours, got %s', p_retry_intervals)
         when p_max_attempts is not null and p_max_attempts <> -1 and p_max_attempts < 1
             then format('max_attempts must be -1 (unlimited) or at least 1, got %s', p_max_attempts)
         when p_timeout <= interval '0' then format('timeout must be above zero, got %s', p_timeout)
+        when p_timeout > anchor.longest_duration() then format('timeout must be at most 100000 hours, got %s', p_timeout)
         when btrim(p_queue) = '' then 'queue must not be empty'
+        when octet_length(p_queue) > 255
+            then format('queue %L... of %s bytes is over the limit of 255 bytes', left(p_queue, 40), octet_length(p_queue))
     end;
     if v_problem is not null then
         raise exception using errcode = 'AT003', message = format('task %s: %s', p_task, v_problem);
@@ -263,15 +303,44 @@ begin
         raise exception using errcode = 'AT002',
             message = format('task %s: params must be a JSON object, got %s', p_def.name, coalesce(jsonb_typeof(p_params), 'null'));
     end if;
-    v_problem := coalesce(anchor.params_size_problem(p_params), anchor.params_violation(p_def.params_schema, p_params));
+    v_problem := coalesce(
+        anchor.params_size_problem(p_params),
+        anchor.params_shape_problem(p_params),
+        anchor.params_violation(p_def.params_schema, p_params)
+    );
     if v_problem is not null then
         raise exception using errcode = 'AT002', message = format('task %s: params %s', p_def.name, v_problem);
     end if;
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.check_times(p_task text, p_run_at timestamp with time zone, p_scheduled_at timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+declare
+    v_problem text := coalesce(anchor.time_problem('run_at', p_run_at), anchor.time_problem('scheduled_at', p_scheduled_at));
+begin
+    if v_problem is not null then
+        raise exception using errcode = 'AT003', message = format('task %s: %s', p_task, v_problem);
+    end if;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.claim(worker_id text, max_tasks integer, task_names text[] DEFAULT NULL::text[], queues text[] DEFAULT NULL::text[], hook_timeout interval DEFAULT '00:01:00'::interval, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(kind text, id bigint, name text, params jsonb, attempt integer, hook_attempt integer, max_attempts integer, queue text, priority integer, timeout interval, deadline timestamp with time zone, scheduled_at timestamp with time zone, run_at timestamp with time zone)
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select c.kind, c.id, c.name, c.params, c.attempt, c.hook_attempt, c.max_attempts, c.queue, c.priority, c.timeout,
+        c.deadline, c.scheduled_at, c.run_at
+    from anchor.claim_v2(worker_id, max_tasks, task_names, queues, hook_timeout, max_hook_attempts, p_now) as c
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.claim_v2(worker_id text, max_tasks integer, task_names text[] DEFAULT NULL::text[], queues text[] DEFAULT NULL::text[], hook_timeout interval DEFAULT '00:01:00'::interval, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(kind text, id bigint, name text, params jsonb, attempt integer, hook_attempt integer, max_attempts integer, queue text, priority integer, timeout interval, deadline timestamp with time zone, scheduled_at timestamp with time zone, run_at timestamp with time zone, fence bigint)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET plan_cache_mode TO 'force_generic_plan'
@@ -280,19 +349,23 @@ CREATE OR REPLACE FUNCTION anchor.claim(worker_id text, max_tasks integer, task_
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
-    v_queues text[] := coalesce(claim.queues, array(
+    v_now timestamptz := anchor.clock(claim_v2.p_now);
+    v_queues text[] := coalesce(claim_v2.queues, array(
         select distinct d.queue from anchor.task_definitions d
-        where d.active and (claim.task_names is null or d.name = any(claim.task_names))
+        where d.active and (claim_v2.task_names is null or d.name = any(claim_v2.task_names))
     ));
     v_claimed integer := 0;
     v_ids bigint[];
 begin
-    if coalesce(btrim(claim.worker_id), '') = '' then
+    if coalesce(btrim(claim_v2.worker_id), '') = '' then
         raise exception using errcode = 'AT003', message = 'claim: worker_id must not be empty';
     end if;
-    if claim.max_tasks is null or claim.max_tasks < 1 then
-        raise exception using errcode = 'AT003', message = format('claim: max_tasks must be at least 1, got %s', claim.max_tasks);
+    if claim_v2.max_tasks is null or claim_v2.max_tasks < 1 then
+        raise exception using errcode = 'AT003', message = format('claim: max_tasks must be at least 1, got %s', claim_v2.max_tasks);
+    end if;
+    if claim_v2.hook_timeout is null or claim_v2.hook_timeout <= interval '0' or claim_v2.hook_timeout > anchor.longest_duration() then
+        raise exception using errcode = 'AT003',
+            message = format('claim: hook_timeout must be above zero and at most 100000 hours, got %s', claim_v2.hook_timeout);
     end if;
 
     -- failing tasks are rare: one probe of the small failing index spares the hook claim most of the time
@@ -306,26 +379,29 @@ begin
                 select t.id, t.priority, t.run_at from anchor.tasks t
                 where t.state = 'failing' and t.queue = q.queue and t.run_at <= v_now
                     and t.locked_by is null  -- not leased to a worker running the hook right now
-                    and t.hook_attempts < claim.max_hook_attempts
-                    and (claim.task_names is null or t.name = any(claim.task_names))
+                    and t.hook_attempts < claim_v2.max_hook_attempts
+                    and (claim_v2.task_names is null or t.name = any(claim_v2.task_names))
                 order by t.priority, t.run_at, t.id
-                limit claim.max_tasks
+                limit claim_v2.max_tasks
                 for update skip locked
             ) as p
             order by p.priority, p.run_at, p.id
-            limit claim.max_tasks
+            limit claim_v2.max_tasks
         );
         return query
         update anchor.tasks t set
-            locked_by = claim.worker_id, locked_at = v_now, hook_attempts = t.hook_attempts + 1,
-            deadline = v_now + claim.hook_timeout
+            locked_by = claim_v2.worker_id, locked_at = v_now, hook_attempts = t.hook_attempts + 1,
+            deadline = v_now + claim_v2.hook_timeout, fence = t.fence + 1
         where t.id = any(v_ids)
         returning 'hook'::text, t.id, t.name, t.params, t.attempts, t.hook_attempts, t.max_attempts,
-            t.queue, t.priority, t.timeout, t.deadline, t.scheduled_at, t.run_at;
+            t.queue, t.priority, least(t.timeout, anchor.longest_duration()), t.deadline,
+            -- clamped: a time written before the bounds may be one Python cannot decode
+            case when t.scheduled_at between v_now - interval '100 years' and v_now + interval '100 years' then t.scheduled_at end,
+            greatest(t.run_at, v_now - interval '100 years'), t.fence;
         v_claimed := cardinality(v_ids);
     end if;
 
-    if v_claimed < claim.max_tasks then
+    if v_claimed < claim_v2.max_tasks then
         -- A task rescued from a dead worker may be what killed it. It runs as the only such task of its
         -- worker, so a second crash points at it alone and max_rescues never fails innocent bystanders.
         v_ids := '{}';
@@ -334,14 +410,14 @@ begin
             select 1 from anchor.tasks t where t.state = 'pending' and t.rescues > 0 and t.run_at <= v_now
         ) and not exists (
             select 1 from anchor.tasks t
-            where t.locked_by = claim.worker_id and t.state = 'running' and t.rescues > 0
+            where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
         ) then
             v_ids := array(
                 select p.id from unnest(v_queues) as q (queue)
                 cross join lateral (
                     select t.id, t.priority, t.run_at from anchor.tasks t
                     where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
-                        and (claim.task_names is null or t.name = any(claim.task_names))
+                        and (claim_v2.task_names is null or t.name = any(claim_v2.task_names))
                     order by t.priority, t.run_at, t.id
                     limit 1
                     for update skip locked
@@ -355,41 +431,62 @@ begin
             cross join lateral (
                 select t.id, t.priority, t.run_at from anchor.tasks t
                 where t.state = 'pending' and t.rescues = 0 and t.queue = q.queue and t.run_at <= v_now
-                    and (claim.task_names is null or t.name = any(claim.task_names))
+                    and (claim_v2.task_names is null or t.name = any(claim_v2.task_names))
                 order by t.priority, t.run_at, t.id
-                limit claim.max_tasks - v_claimed - cardinality(v_ids)
+                limit claim_v2.max_tasks - v_claimed - cardinality(v_ids)
                 for update skip locked
             ) as p
             order by p.priority, p.run_at, p.id
-            limit claim.max_tasks - v_claimed - cardinality(v_ids)
+            limit claim_v2.max_tasks - v_claimed - cardinality(v_ids)
         );
         return query
         update anchor.tasks t set
-            state = 'running', attempts = t.attempts + 1, locked_by = claim.worker_id, locked_at = v_now,
-            deadline = v_now + t.timeout
+            state = 'running', attempts = t.attempts + 1, locked_by = claim_v2.worker_id, locked_at = v_now,
+            -- least(): a timeout written before the bounds must not push the deadline out of range
+            deadline = v_now + least(t.timeout, anchor.longest_duration()), fence = t.fence + 1
         where t.id = any(v_ids)
         returning 'execute'::text, t.id, t.name, t.params, t.attempts, null::integer, t.max_attempts,
-            t.queue, t.priority, t.timeout, t.deadline, t.scheduled_at, t.run_at;
+            t.queue, t.priority, least(t.timeout, anchor.longest_duration()), t.deadline,
+            case when t.scheduled_at between v_now - interval '100 years' and v_now + interval '100 years' then t.scheduled_at end,
+            greatest(t.run_at, v_now - interval '100 years'), t.fence;
         v_claimed := v_claimed + cardinality(v_ids);
     end if;
 
-    if v_claimed < claim.max_tasks then
+    if v_claimed < claim_v2.max_tasks then
         return query
         select 'wake'::text, null::bigint, null::text, null::jsonb, null::integer, null::integer, null::integer,
-            null::text, null::integer, null::interval, null::timestamptz, null::timestamptz, min(n.run_at)
+            null::text, null::integer, null::interval, null::timestamptz, null::timestamptz,
+            -- at most 100 years ahead: a run_at written before the bounds may be 'infinity'
+            least(min(n.run_at), v_now + interval '100 years'), null::bigint
         from unnest(v_queues) as q (queue)
         cross join lateral (
             (select t.run_at from anchor.tasks t
                 where t.state = 'pending' and t.queue = q.queue and t.run_at > v_now
-                    and (claim.task_names is null or t.name = any(claim.task_names))
+                    and (claim_v2.task_names is null or t.name = any(claim_v2.task_names))
                 order by t.run_at limit 1)
             union all
             (select t.run_at from anchor.tasks t
                 where t.state = 'failing' and t.queue = q.queue and t.run_at > v_now and t.locked_by is null
-                    and (claim.task_names is null or t.name = any(claim.task_names))
+                    and (claim_v2.task_names is null or t.name = any(claim_v2.task_names))
                 order by t.run_at limit 1)
         ) as n;
     end if;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.clock(p_now timestamp with time zone)
+ RETURNS timestamp with time zone
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+begin
+    if p_now is null or not anchor.caller_is_admin() then
+        return now();
+    end if;
+    if p_now not between now() - interval '100 years' and now() + interval '100 years' then
+        raise exception using errcode = 'AT003', message = format('p_now %s is not within 100 years of now', p_now);
+    end if;
+    return p_now;
 end;
 $function$;
 
@@ -397,8 +494,6 @@ CREATE OR REPLACE FUNCTION anchor.complete(ids bigint[], attempts integer[], wor
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
- SET plan_cache_mode TO 'force_generic_plan'
- SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
@@ -408,17 +503,51 @@ begin
             message = format('complete: %s ids but %s attempts', cardinality(complete.ids), cardinality(complete.attempts));
     end if;
     return query
+    select r.id, r.outcome from anchor.complete_v2(
+        complete.ids,
+        array(
+            select anchor.fence_of(c.id, 'running', c.attempt, complete.worker_id)
+            from unnest(complete.ids, complete.attempts) with ordinality as c (id, attempt, ord)
+            order by c.ord
+        ),
+        complete.worker_id,
+        complete.p_now
+    ) as r;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.complete_v2(ids bigint[], fences bigint[], worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(id bigint, outcome text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET plan_cache_mode TO 'force_generic_plan'
+ SET jit TO 'off'
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(complete_v2.p_now);
+begin
+    if cardinality(complete_v2.ids) is distinct from cardinality(complete_v2.fences) then
+        raise exception using errcode = 'AT003',
+            message = format('complete: %s ids but %s fences', cardinality(complete_v2.ids), cardinality(complete_v2.fences));
+    end if;
+    return query
     with done as (
-        update anchor.tasks t set state = 'succeeded', finished_at = coalesce(p_now, now()), deadline = null
-        from unnest(complete.ids, complete.attempts) as c (id, attempt)
+        update anchor.tasks t set state = 'succeeded', finished_at = v_now, deadline = null
+        from unnest(complete_v2.ids, complete_v2.fences) as c (id, fence)
         -- id = any(ids) drives the update from the primary key, whatever the statistics say
-        where t.id = any(complete.ids) and t.id = c.id and t.state = 'running' and t.attempts = c.attempt
-            and t.locked_by = complete.worker_id
+        where t.id = any(complete_v2.ids) and t.id = c.id and t.state = 'running' and t.fence = c.fence
+            and t.locked_by = complete_v2.worker_id
         returning t.id
     )
-    select c.id, case when d.id is null then 'stale' else 'succeeded' end
-    from unnest(complete.ids) as c (id)
-    left join done as d on d.id = c.id;
+    select c.id, case when d.id is not null and c.first then 'succeeded' else 'stale' end
+    from (
+        select u.id, u.ord, row_number() over (partition by u.id order by u.ord) = 1 as first
+        from unnest(complete_v2.ids) with ordinality as u (id, ord)
+    ) as c
+    left join done as d on d.id = c.id
+    order by c.ord;
 end;
 $function$;
 
@@ -473,7 +602,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_fail(name text, error_message text, p_now
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(p_now);
     v_schedule anchor.cron_schedules := anchor.lock_cron_schedule(cron_fail.name);
 begin
     update anchor.cron_schedules s set
@@ -495,7 +624,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_fire(name text, expected_next_fire_at tim
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(p_now);
     v_schedule anchor.cron_schedules := anchor.lock_cron_schedule(cron_fire.name);
     v_blocker bigint;
     v_fire record;
@@ -509,6 +638,10 @@ begin
     if cron_fire.next_fire_at is null then
         raise exception using errcode = 'AT003',
             message = format('cron_fire %s: next_fire_at must not be null', cron_fire.name);
+    end if;
+    if anchor.time_problem('next_fire_at', cron_fire.next_fire_at) is not null then
+        raise exception using errcode = 'AT003',
+            message = format('cron_fire %s: %s', cron_fire.name, anchor.time_problem('next_fire_at', cron_fire.next_fire_at));
     end if;
     if jsonb_typeof(cron_fire.fire_params) is distinct from 'array'
         or jsonb_array_length(cron_fire.fire_params) <> coalesce(cardinality(cron_fire.fire_times), 0) then
@@ -613,7 +746,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone 
  STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-    select min(coalesce(s.next_fire_at, coalesce(p_now, now()))), coalesce(p_now, now())
+    select min(coalesce(s.next_fire_at, anchor.clock(p_now))), anchor.clock(p_now)
     from anchor.cron_schedules s
     where not s.paused
 $function$;
@@ -666,7 +799,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_take_due(max_schedules integer DEFAULT 10
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(p_now);
 begin
     if cron_take_due.max_schedules is null or cron_take_due.max_schedules < 1 then
         raise exception using errcode = 'AT003',
@@ -681,6 +814,21 @@ begin
     limit cron_take_due.max_schedules
     for update of s skip locked;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.definition_bounds_problem(p_def jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select case
+        when octet_length(p_def ->> 'name') > 255
+            then format('name: %s... of %s bytes is over the limit of 255 bytes', left(p_def ->> 'name', 40), octet_length(p_def ->> 'name'))
+        when octet_length(p_def ->> 'queue') > 255
+            then format('queue: %s... of %s bytes is over the limit of 255 bytes', left(p_def ->> 'queue', 40), octet_length(p_def ->> 'queue'))
+        when jsonb_path_exists(p_def -> 'parameters', 'strict $.**{65}')
+            then 'parameters: nested deeper than 64 levels'
+    end
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.definition_of(p_name text)
@@ -770,9 +918,16 @@ CREATE OR REPLACE FUNCTION anchor.deregister_worker(worker_id text, p_now timest
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(deregister_worker.p_now);
 begin
+    if not anchor.caller_is_admin() and exists (
+        select 1 from anchor.tasks t where t.locked_by = deregister_worker.worker_id and t.state = 'running'
+    ) then
+        return;
+    end if;
     update anchor.tasks t set
-        locked_by = null, deadline = null, hook_attempts = t.hook_attempts - 1, run_at = coalesce(p_now, now())
+        locked_by = null, deadline = null, hook_attempts = t.hook_attempts - 1, run_at = v_now
     where t.locked_by = deregister_worker.worker_id and t.state = 'failing';
     delete from anchor.workers w where w.worker_id = deregister_worker.worker_id;
 end;
@@ -786,20 +941,22 @@ CREATE OR REPLACE FUNCTION anchor.enqueue(name text, params jsonb DEFAULT '{}'::
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(enqueue.p_now);
     v_def anchor.task_definitions := anchor.definition_of(enqueue.name);
     v_id bigint;
+    v_holder text;
 begin
     perform anchor.check_params(v_def, enqueue.params);
     -- most calls override nothing: skip the checks then
     if num_nonnulls(
         enqueue.run_at, enqueue.delay, enqueue.unique_tag, enqueue.retry_intervals, enqueue.max_attempts,
-        enqueue.timeout, enqueue.queue
+        enqueue.timeout, enqueue.queue, enqueue.scheduled_at
     ) > 0 then
         perform anchor.check_overrides(
             enqueue.name, enqueue.run_at, enqueue.delay, enqueue.unique_tag, enqueue.retry_intervals,
             enqueue.max_attempts, enqueue.timeout, enqueue.queue
         );
+        perform anchor.check_times(enqueue.name, enqueue.run_at, enqueue.scheduled_at);
     end if;
     -- a few rounds at most: each round either inserts, finds the live holder of the tag, or sees the
     -- holder finish in between; a holder invisible to the caller's snapshot would loop forever
@@ -826,8 +983,13 @@ begin
         if v_id is not null then
             return v_id;
         end if;
-        select t.id into v_id from anchor.tasks t
+        select t.id, t.name into v_id, v_holder from anchor.tasks t
         where t.unique_tag = enqueue.unique_tag and t.state in ('pending', 'running', 'failing');
+        if v_holder is distinct from enqueue.name and v_id is not null then
+            raise exception using errcode = 'AT006',
+                message = format('task %s: unique tag %L is held by a live task of another name, %L', enqueue.name, enqueue.unique_tag, v_holder),
+                hint = 'Unique tags are shared by all task names; prefix the tag with the task name to keep them apart.';
+        end if;
         if v_id is not null then
             return v_id;
         end if;
@@ -846,8 +1008,9 @@ CREATE OR REPLACE FUNCTION anchor.enqueue_many(name text, params jsonb, run_at t
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(enqueue_many.p_now);
     v_def anchor.task_definitions := anchor.definition_of(enqueue_many.name);
+    v_max_bytes bigint := (select s.value::bigint from anchor.settings s where s.name = 'max_enqueue_many_bytes');
     v_element record;
     v_problem text;
     v_ids bigint[];
@@ -856,6 +1019,12 @@ begin
         raise exception using errcode = 'AT002',
             message = format('task %s: enqueue_many takes params as a JSON array of objects, got %s',
                 enqueue_many.name, coalesce(jsonb_typeof(enqueue_many.params), 'null'));
+    end if;
+    if pg_column_size(enqueue_many.params) > v_max_bytes then
+        raise exception using errcode = 'AT002',
+            message = format('task %s: enqueue_many params of %s bytes are over the limit of %s bytes for one call (anchor.settings max_enqueue_many_bytes)',
+                enqueue_many.name, pg_column_size(enqueue_many.params), v_max_bytes),
+            hint = 'Split the batch into several calls.';
     end if;
     if enqueue_many.unique_tags is not null and cardinality(enqueue_many.unique_tags) <> jsonb_array_length(enqueue_many.params) then
         raise exception using errcode = 'AT003',
@@ -868,6 +1037,7 @@ begin
             then format('$: expected an object, got %s', jsonb_typeof(v_element.value))
             else coalesce(
                 anchor.params_size_problem(v_element.value),
+                anchor.params_shape_problem(v_element.value),
                 anchor.params_violation(v_def.params_schema, v_element.value)
             ) end;
         if v_problem is not null then
@@ -878,6 +1048,7 @@ begin
         enqueue_many.name, enqueue_many.run_at, enqueue_many.delay, null, enqueue_many.retry_intervals,
         enqueue_many.max_attempts, enqueue_many.timeout, enqueue_many.queue
     );
+    perform anchor.check_times(enqueue_many.name, enqueue_many.run_at, null);
 
     if enqueue_many.unique_tags is not null then
         select array_agg(anchor.enqueue(
@@ -934,25 +1105,86 @@ $function$;
 
 CREATE OR REPLACE FUNCTION anchor.fail(id bigint, attempt integer, worker_id text, error_message text DEFAULT NULL::text, error_type text DEFAULT NULL::text, error_traceback text DEFAULT NULL::text, fatal boolean DEFAULT false, record_event boolean DEFAULT true, hook_timeout interval DEFAULT '00:01:00'::interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select anchor.fail_v2(
+        id, anchor.fence_of(id, 'running', attempt, worker_id), worker_id, error_message, error_type, error_traceback,
+        fatal, record_event, hook_timeout, p_now
+    )
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.fail_hook(id bigint, hook_attempt integer, worker_id text, error_message text DEFAULT NULL::text, error_type text DEFAULT NULL::text, error_traceback text DEFAULT NULL::text, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select anchor.fail_hook_v2(
+        id, anchor.fence_of(id, 'failing', hook_attempt, worker_id), worker_id, error_message, error_type,
+        error_traceback, max_hook_attempts, p_now
+    )
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.fail_hook_v2(id bigint, fence bigint, worker_id text, error_message text DEFAULT NULL::text, error_type text DEFAULT NULL::text, error_traceback text DEFAULT NULL::text, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(fail_hook_v2.p_now);
+    v_outcome text;
+    v_hook_attempt integer;
+begin
+    update anchor.tasks t set
+        state = case when t.hook_attempts >= fail_hook_v2.max_hook_attempts then 'hook_failed' else 'failing' end,
+        run_at = v_now + anchor.retry_interval(t.retry_intervals, t.hook_attempts),
+        locked_by = null,
+        deadline = null,
+        last_error = fail_hook_v2.error_message,
+        finished_at = case when t.hook_attempts >= fail_hook_v2.max_hook_attempts then v_now end
+    where t.id = fail_hook_v2.id and t.state = 'failing' and t.fence = fail_hook_v2.fence
+        and t.locked_by = fail_hook_v2.worker_id
+    returning case t.state when 'hook_failed' then 'hook_failed' else 'retry' end, t.hook_attempts
+    into v_outcome, v_hook_attempt;
+    if v_outcome is null then
+        return 'stale';
+    end if;
+    insert into anchor.task_events (task_id, at, kind, attempt, worker_id, error_type, message, traceback, details)
+    values (fail_hook_v2.id, v_now, 'hook_error', v_hook_attempt, fail_hook_v2.worker_id, fail_hook_v2.error_type,
+        fail_hook_v2.error_message, fail_hook_v2.error_traceback, jsonb_build_object('outcome', v_outcome));
+    return v_outcome;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.fail_v2(id bigint, fence bigint, worker_id text, error_message text DEFAULT NULL::text, error_type text DEFAULT NULL::text, error_traceback text DEFAULT NULL::text, fatal boolean DEFAULT false, record_event boolean DEFAULT true, hook_timeout interval DEFAULT '00:01:00'::interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(fail_v2.p_now);
     v_task anchor.tasks;
     v_outcome text;
 begin
-    select * into v_task from anchor.tasks t where t.id = fail.id for update;
-    if not found or v_task.state <> 'running' or v_task.attempts <> fail.attempt
-        or v_task.locked_by is distinct from fail.worker_id then
+    if fail_v2.hook_timeout is null or fail_v2.hook_timeout <= interval '0' or fail_v2.hook_timeout > anchor.longest_duration() then
+        raise exception using errcode = 'AT003',
+            message = format('fail: task %s: hook_timeout must be above zero and at most 100000 hours, got %s', fail_v2.id, fail_v2.hook_timeout);
+    end if;
+    select * into v_task from anchor.tasks t where t.id = fail_v2.id for update;
+    if not found or v_task.state <> 'running' or v_task.fence is distinct from fail_v2.fence
+        or v_task.locked_by is distinct from fail_v2.worker_id then
         return 'stale';
     end if;
 
     v_outcome := case
         when v_task.cancel_requested then 'cancelled'
-        when fail.fatal or (v_task.max_attempts <> -1 and v_task.attempts >= v_task.max_attempts) then
+        when fail_v2.fatal or (v_task.max_attempts <> -1 and v_task.attempts >= v_task.max_attempts) then
             case when anchor.has_failure_hook(v_task.name) then 'failing' else 'failed' end
         else 'retry'
     end;
@@ -965,75 +1197,65 @@ begin
         -- a failing task keeps its lock: the hook is leased to this worker, which runs it right away
         locked_by = case when v_outcome = 'failing' then t.locked_by end,
         hook_attempts = t.hook_attempts + (v_outcome = 'failing')::integer,
-        deadline = case when v_outcome = 'failing' then v_now + fail.hook_timeout end,
-        last_error = case when fail.record_event then fail.error_message else t.last_error end,
+        deadline = case when v_outcome = 'failing' then v_now + fail_v2.hook_timeout end,
+        last_error = case when fail_v2.record_event then fail_v2.error_message else t.last_error end,
         finished_at = case when v_outcome in ('failed', 'cancelled') then v_now end
-    where t.id = fail.id;
+    where t.id = fail_v2.id;
 
-    if fail.record_event or v_outcome <> 'retry' then
+    if fail_v2.record_event or v_outcome <> 'retry' then
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id, error_type, message, traceback, details)
         values (
-            fail.id, v_now, case when fail.record_event then 'error' else v_outcome end, fail.attempt, fail.worker_id,
-            fail.error_type, fail.error_message, fail.error_traceback,
-            jsonb_build_object('outcome', v_outcome, 'fatal', fail.fatal)
+            fail_v2.id, v_now, case when fail_v2.record_event then 'error' else v_outcome end, v_task.attempts, fail_v2.worker_id,
+            fail_v2.error_type, fail_v2.error_message, fail_v2.error_traceback,
+            jsonb_build_object('outcome', v_outcome, 'fatal', fail_v2.fatal)
         );
     end if;
     return v_outcome;
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.fail_hook(id bigint, hook_attempt integer, worker_id text, error_message text DEFAULT NULL::text, error_type text DEFAULT NULL::text, error_traceback text DEFAULT NULL::text, max_hook_attempts integer DEFAULT 5, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS text
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
+CREATE OR REPLACE FUNCTION anchor.fence_of(p_id bigint, p_state text, p_attempt integer, p_worker_id text)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
 AS $function$
-#variable_conflict use_column
-declare
-    v_now timestamptz := coalesce(p_now, now());
-    v_outcome text;
-begin
-    update anchor.tasks t set
-        state = case when t.hook_attempts >= fail_hook.max_hook_attempts then 'hook_failed' else 'failing' end,
-        run_at = v_now + greatest(anchor.retry_interval(t.retry_intervals, t.hook_attempts), interval '1 second'),
-        locked_by = null,
-        deadline = null,
-        last_error = fail_hook.error_message,
-        finished_at = case when t.hook_attempts >= fail_hook.max_hook_attempts then v_now end
-    where t.id = fail_hook.id and t.state = 'failing' and t.hook_attempts = fail_hook.hook_attempt
-        and t.locked_by = fail_hook.worker_id
-    returning case t.state when 'hook_failed' then 'hook_failed' else 'retry' end into v_outcome;
-    if v_outcome is null then
-        return 'stale';
-    end if;
-    insert into anchor.task_events (task_id, at, kind, attempt, worker_id, error_type, message, traceback, details)
-    values (fail_hook.id, v_now, 'hook_error', fail_hook.hook_attempt, fail_hook.worker_id, fail_hook.error_type,
-        fail_hook.error_message, fail_hook.error_traceback, jsonb_build_object('outcome', v_outcome));
-    return v_outcome;
-end;
+    select coalesce((
+        select t.fence from anchor.tasks t
+        where t.id = p_id and t.state = p_state and t.locked_by = p_worker_id
+            and case p_state when 'failing' then t.hook_attempts else t.attempts end = p_attempt
+    ), -1)
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.finish_failure(id bigint, hook_attempt integer, worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select anchor.finish_failure_v2(id, anchor.fence_of(id, 'failing', hook_attempt, worker_id), worker_id, p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.finish_failure_v2(id bigint, fence bigint, worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
-    v_found boolean;
+    v_now timestamptz := anchor.clock(finish_failure_v2.p_now);
+    v_hook_attempt integer;
 begin
-    update anchor.tasks t set state = 'failed', finished_at = v_now, deadline = null
-    where t.id = finish_failure.id and t.state = 'failing' and t.hook_attempts = finish_failure.hook_attempt
-        and t.locked_by = finish_failure.worker_id;
-    v_found := found;
-    if not v_found then
+    update anchor.tasks t set state = 'failed', finished_at = v_now, deadline = null, locked_by = null
+    where t.id = finish_failure_v2.id and t.state = 'failing' and t.fence = finish_failure_v2.fence
+        and t.locked_by = finish_failure_v2.worker_id
+    returning t.hook_attempts into v_hook_attempt;
+    if v_hook_attempt is null then
         return 'stale';
     end if;
     insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-    values (finish_failure.id, v_now, 'failed', finish_failure.hook_attempt, finish_failure.worker_id,
-        jsonb_build_object('hook_attempt', finish_failure.hook_attempt));
+    values (finish_failure_v2.id, v_now, 'failed', v_hook_attempt, finish_failure_v2.worker_id,
+        jsonb_build_object('hook_attempt', v_hook_attempt));
     return 'failed';
 end;
 $function$;
@@ -1045,29 +1267,63 @@ CREATE OR REPLACE FUNCTION anchor.hand_back(ids bigint[], attempts integer[], wo
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
-declare
-    v_now timestamptz := coalesce(p_now, now());
 begin
     if cardinality(hand_back.ids) is distinct from cardinality(hand_back.attempts) then
         raise exception using errcode = 'AT003',
             message = format('hand_back: %s ids but %s attempts', cardinality(hand_back.ids), cardinality(hand_back.attempts));
     end if;
     return query
+    select r.id, r.outcome from anchor.hand_back_v2(
+        hand_back.ids,
+        array(
+            select anchor.fence_of(c.id, 'running', c.attempt, hand_back.worker_id)
+            from unnest(hand_back.ids, hand_back.attempts) with ordinality as c (id, attempt, ord)
+            order by c.ord
+        ),
+        hand_back.worker_id,
+        hand_back.p_now
+    ) as r;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.hand_back_v2(ids bigint[], fences bigint[], worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(id bigint, outcome text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(hand_back_v2.p_now);
+begin
+    if cardinality(hand_back_v2.ids) is distinct from cardinality(hand_back_v2.fences) then
+        raise exception using errcode = 'AT003',
+            message = format('hand_back: %s ids but %s fences', cardinality(hand_back_v2.ids), cardinality(hand_back_v2.fences));
+    end if;
+    return query
     with returned as (
         update anchor.tasks t set
-            state = 'pending', attempts = t.attempts - 1, run_at = v_now, locked_by = null, deadline = null
-        from unnest(hand_back.ids, hand_back.attempts) as c (id, attempt)
-        where t.id = any(hand_back.ids) and t.id = c.id and t.state = 'running' and t.attempts = c.attempt
-            and t.locked_by = hand_back.worker_id
-            and not t.cancel_requested
-        returning t.id
+            state = case when t.cancel_requested then 'cancelled' else 'pending' end,
+            attempts = t.attempts - (not t.cancel_requested)::integer,
+            run_at = v_now, locked_by = null, deadline = null,
+            finished_at = case when t.cancel_requested then v_now end
+        from unnest(hand_back_v2.ids, hand_back_v2.fences) as c (id, fence)
+        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.state = 'running' and t.fence = c.fence
+            and t.locked_by = hand_back_v2.worker_id
+        returning t.id, t.state, t.attempts
     ), recorded as (
-        insert into anchor.task_events (task_id, at, kind, worker_id)
-        select r.id, v_now, 'handed_back', hand_back.worker_id from returned as r
+        insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
+        select r.id, v_now, case r.state when 'cancelled' then 'cancelled' else 'handed_back' end,
+            case r.state when 'cancelled' then r.attempts end, hand_back_v2.worker_id
+        from returned as r
     )
-    select c.id, case when r.id is null then 'stale' else 'pending' end
-    from unnest(hand_back.ids) as c (id)
-    left join returned as r on r.id = c.id;
+    select c.id, case when c.first then coalesce(r.state, 'stale') else 'stale' end
+    from (
+        select u.id, u.ord, row_number() over (partition by u.id order by u.ord) = 1 as first
+        from unnest(hand_back_v2.ids) with ordinality as u (id, ord)
+    ) as c
+    left join returned as r on r.id = c.id
+    order by c.ord;
 end;
 $function$;
 
@@ -1087,7 +1343,11 @@ CREATE OR REPLACE FUNCTION anchor.heartbeat_v2(worker_id text, held_ids bigint[]
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(heartbeat_v2.p_now);
+    v_release_after interval := anchor.at_least_unless_admin(
+        heartbeat_v2.release_after, anchor.interval_setting('worker_min_heartbeat_timeout')
+    );
+    v_problem text;
 begin
     if coalesce(btrim(heartbeat_v2.worker_id), '') = '' then
         raise exception using errcode = 'AT003', message = 'heartbeat_v2: worker_id must not be empty';
@@ -1095,6 +1355,17 @@ begin
     if heartbeat_v2.held_ids is null then
         raise exception using errcode = 'AT003',
             message = format('heartbeat_v2: held_ids must be an array (empty when worker %s holds nothing)', heartbeat_v2.worker_id);
+    end if;
+    v_problem := case
+        when octet_length(heartbeat_v2.worker_id) > 255
+            then format('worker_id of %s bytes is over the limit of 255 bytes', octet_length(heartbeat_v2.worker_id))
+        when pg_column_size(heartbeat_v2.info) > 65536
+            then format('info of %s bytes is over the limit of 65536 bytes', pg_column_size(heartbeat_v2.info))
+        else 'info ' || anchor.params_shape_problem(heartbeat_v2.info)
+    end;
+    if v_problem is not null then
+        raise exception using errcode = 'AT003',
+            message = format('heartbeat_v2: worker %s: %s', left(heartbeat_v2.worker_id, 40), v_problem);
     end if;
     insert into anchor.workers as w (worker_id, info, started_at, last_heartbeat)
     values (heartbeat_v2.worker_id, heartbeat_v2.info, v_now, v_now)
@@ -1118,7 +1389,7 @@ begin
             and t.state in ('running', 'failing')
             and t.id <> all(heartbeat_v2.held_ids)
             -- a claim younger than this may still be on its way to the worker
-            and t.locked_at < v_now - heartbeat_v2.release_after
+            and t.locked_at < v_now - v_release_after
         returning t.id, t.state
     )
     insert into anchor.task_events (task_id, at, kind, worker_id, details)
@@ -1133,6 +1404,14 @@ begin
         order by t.id
     );
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.interval_setting(p_name text)
+ RETURNS interval
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select s.value::interval from anchor.settings as s where s.name = p_name
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.is_iso_date(p_text text)
@@ -1189,12 +1468,23 @@ AS $function$
 declare
     v_task anchor.tasks;
 begin
+    if p_id is null then
+        raise exception using errcode = 'AT003', message = 'task id must not be null';
+    end if;
     select * into v_task from anchor.tasks t where t.id = p_id for update;
     if not found then
         raise exception using errcode = 'AT004', message = format('task %s does not exist', p_id);
     end if;
     return v_task;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.longest_duration()
+ RETURNS interval
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select interval '100000 hours'
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.notify_cron_change()
@@ -1232,6 +1522,26 @@ begin
     ) as d;
     return null;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.params_shape_problem(p_params jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select case
+        when jsonb_path_exists(p_params, 'strict $.**{101}') then '$: nested deeper than 100 levels'
+        else (
+            select format(
+                '$: number %s (%s digits) is out of range: a JSON number must fit a double (at most 1.7976931348623157e308 in magnitude)',
+                left(n.value::text, 20) || case when length(n.value::text) > 20 then '...' else '' end, length(n.value::text)
+            )
+            from jsonb_path_query_first(
+                p_params, 'strict $.** ? (@.type() == "number" && @.abs() > 1.7976931348623157e308)'
+            ) as n (value)
+            where n.value is not null
+        )
+    end
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.params_size_problem(p_params jsonb)
@@ -1399,7 +1709,9 @@ CREATE OR REPLACE FUNCTION anchor.prune(succeeded_after interval DEFAULT '7 days
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(prune.p_now);
+    v_succeeded_after interval := anchor.at_least_unless_admin(prune.succeeded_after, anchor.interval_setting('worker_min_retention'));
+    v_failed_after interval := anchor.at_least_unless_admin(prune.failed_after, anchor.interval_setting('worker_min_retention'));
     v_deleted bigint;
 begin
     if prune.succeeded_after is null or prune.succeeded_after < interval '0'
@@ -1416,12 +1728,12 @@ begin
     with doomed as (
         select d.id from (
             (select t.id, t.finished_at from anchor.tasks t
-                where t.state = 'succeeded' and t.finished_at < v_now - prune.succeeded_after
+                where t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after
                 order by t.finished_at
                 limit prune.batch_size)
             union all
             (select t.id, t.finished_at from anchor.tasks t
-                where t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - prune.failed_after
+                where t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after
                 order by t.finished_at
                 limit prune.batch_size)
         ) as d
@@ -1432,8 +1744,8 @@ begin
         select t.id from anchor.tasks t
         where t.id in (select doomed.id from doomed)
             and (
-                (t.state = 'succeeded' and t.finished_at < v_now - prune.succeeded_after)
-                or (t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - prune.failed_after)
+                (t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after)
+                or (t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after)
             )
         for update skip locked
     )
@@ -1452,7 +1764,7 @@ CREATE OR REPLACE FUNCTION anchor.register_tasks(definitions jsonb, version bigi
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(register_tasks.p_now);
     v_registry anchor.task_registry;
     v_def record;
     v_where text;
@@ -1462,6 +1774,11 @@ begin
     if jsonb_typeof(register_tasks.definitions) is distinct from 'array' then
         raise exception using errcode = 'AT003', message = 'register_tasks: definitions must be a JSON array of task definitions';
     end if;
+    if register_tasks.version is null or register_tasks.version not between 0 and 999999999999 then
+        raise exception using errcode = 'AT003',
+            message = format('register_tasks: version %s must be a whole number from 0 to 999999999999', coalesce(register_tasks.version::text, 'null')),
+            hint = 'A counter, a date like 20261202 or a Unix time all fit.';
+    end if;
 
     for v_def in select e.value as d, e.ord - 1 as index
         from jsonb_array_elements(register_tasks.definitions) with ordinality as e (value, ord) loop
@@ -1470,10 +1787,10 @@ begin
             or btrim(v_def.d ->> 'name') = '' then
             raise exception using errcode = 'AT003', message = format('register_tasks: %s must be an object with a non-empty "name"', v_where);
         end if;
-        v_problem := anchor.definition_problem(v_def.d);
+        v_problem := coalesce(anchor.definition_bounds_problem(v_def.d), anchor.definition_problem(v_def.d));
         if v_problem is not null then
             raise exception using errcode = 'AT003',
-                message = format('register_tasks: %s (%s).%s', v_where, v_def.d ->> 'name', v_problem);
+                message = format('register_tasks: %s (%s).%s', v_where, left(v_def.d ->> 'name', 255), v_problem);
         end if;
     end loop;
 
@@ -1546,10 +1863,15 @@ CREATE OR REPLACE FUNCTION anchor.rescue(heartbeat_timeout interval DEFAULT '00:
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(rescue.p_now);
+    v_timeout interval := anchor.at_least_unless_admin(
+        rescue.heartbeat_timeout, anchor.interval_setting('worker_min_heartbeat_timeout')
+    );
+    v_grace interval := anchor.at_least_unless_admin(rescue.deadline_grace, interval '0');
     v_task anchor.tasks;
     v_reason text;
     v_outcome text;
+    v_error text;
 begin
     if not pg_try_advisory_xact_lock(hashtext('anchor.rescue')) then
         return;
@@ -1558,39 +1880,50 @@ begin
     for v_task in
         select * from anchor.tasks t
         where t.state in ('running', 'failing') and t.locked_by is not null
-            and (not anchor.worker_alive(t.locked_by, rescue.heartbeat_timeout, v_now)
-                or t.deadline + rescue.deadline_grace < v_now)
+            and (not anchor.worker_alive(t.locked_by, v_timeout, v_now)
+                or t.deadline + v_grace < v_now)
         order by t.id
         for update skip locked
     loop
-        v_reason := case when anchor.worker_alive(v_task.locked_by, rescue.heartbeat_timeout, v_now)
+        v_reason := case when anchor.worker_alive(v_task.locked_by, v_timeout, v_now)
             then 'deadline passed' else 'worker stopped heartbeating' end;
-        if v_task.state = 'running' then
-            v_outcome := case
-                when v_task.cancel_requested then 'cancelled'
-                when v_task.rescues + 1 >= rescue.max_rescues
-                    or (v_task.max_attempts <> -1 and v_task.attempts >= v_task.max_attempts) then
-                    case when anchor.has_failure_hook(v_task.name) then 'failing' else 'failed' end
-                else 'pending'
-            end;
+        begin
+            if v_task.state = 'running' then
+                v_outcome := case
+                    when v_task.cancel_requested then 'cancelled'
+                    when v_task.rescues + 1 >= rescue.max_rescues
+                        or (v_task.max_attempts <> -1 and v_task.attempts >= v_task.max_attempts) then
+                        case when anchor.has_failure_hook(v_task.name) then 'failing' else 'failed' end
+                    else 'pending'
+                end;
+                update anchor.tasks t set
+                    state = v_outcome,
+                    rescues = t.rescues + 1,
+                    run_at = case v_outcome
+                        when 'pending' then v_now + anchor.retry_interval(t.retry_intervals, t.attempts)
+                        else v_now end,
+                    locked_by = null,
+                    deadline = null,
+                    last_error = format('rescued: %s (worker %s)', v_reason, v_task.locked_by),
+                    finished_at = case when v_outcome in ('failed', 'cancelled') then v_now end
+                where t.id = v_task.id;
+            else
+                v_outcome := case when v_task.hook_attempts >= rescue.max_hook_attempts then 'hook_failed' else 'failing' end;
+                update anchor.tasks t set
+                    state = v_outcome, locked_by = null, deadline = null, run_at = v_now,
+                    finished_at = case when v_outcome = 'hook_failed' then v_now end
+                where t.id = v_task.id;
+            end if;
+        exception when others then
+            -- this row alone: its changes are rolled back to the block's start, the others go on
+            get stacked diagnostics v_error = message_text;
+            v_outcome := 'failed';
+            v_reason := format('%s; rescue could not recover the task: %s', v_reason, v_error);
             update anchor.tasks t set
-                state = v_outcome,
-                rescues = t.rescues + 1,
-                run_at = case v_outcome
-                    when 'pending' then v_now + anchor.retry_interval(t.retry_intervals, t.attempts)
-                    else v_now end,
-                locked_by = null,
-                deadline = null,
-                last_error = format('rescued: %s (worker %s)', v_reason, v_task.locked_by),
-                finished_at = case when v_outcome in ('failed', 'cancelled') then v_now end
+                state = 'failed', rescues = t.rescues + 1, locked_by = null, deadline = null, finished_at = v_now,
+                last_error = format('rescued: %s (worker %s)', v_reason, v_task.locked_by)
             where t.id = v_task.id;
-        else
-            v_outcome := case when v_task.hook_attempts >= rescue.max_hook_attempts then 'hook_failed' else 'failing' end;
-            update anchor.tasks t set
-                state = v_outcome, locked_by = null, deadline = null, run_at = v_now,
-                finished_at = case when v_outcome = 'hook_failed' then v_now end
-            where t.id = v_task.id;
-        end if;
+        end;
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id, message, details)
         values (v_task.id, v_now, 'rescued', v_task.attempts, v_task.locked_by, v_reason,
             jsonb_build_object('from_state', v_task.state, 'outcome', v_outcome));
@@ -1609,7 +1942,7 @@ CREATE OR REPLACE FUNCTION anchor.retry_hook(id bigint, p_now timestamp with tim
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(retry_hook.p_now);
     v_task anchor.tasks := anchor.lock_task(retry_hook.id);
     v_holder bigint;
 begin
@@ -1623,9 +1956,14 @@ begin
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_hook.id, v_task.unique_tag, v_holder);
     end if;
-    update anchor.tasks t set
-        state = 'failing', hook_attempts = 0, run_at = v_now, locked_by = null, deadline = null, finished_at = null
-    where t.id = retry_hook.id;
+    begin
+        update anchor.tasks t set
+            state = 'failing', hook_attempts = 0, run_at = v_now, locked_by = null, deadline = null, finished_at = null
+        where t.id = retry_hook.id;
+    exception when unique_violation then
+        raise exception using errcode = 'AT006',
+            message = format('task %s: unique tag %L was just taken by another live task', retry_hook.id, v_task.unique_tag);
+    end;
     insert into anchor.task_events (task_id, at, kind) values (retry_hook.id, v_now, 'hook_retried');
     return 'failing';
 end;
@@ -1636,7 +1974,10 @@ CREATE OR REPLACE FUNCTION anchor.retry_interval(intervals interval[], retry int
  LANGUAGE sql
  IMMUTABLE
 AS $function$
-    select coalesce(intervals[least(greatest(retry, 1), cardinality(intervals))], interval '0')
+    select least(
+        greatest(coalesce(intervals[least(greatest(retry, 1), cardinality(intervals))], interval '0'), interval '1 second'),
+        anchor.longest_duration()
+    )
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.retry_now(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
@@ -1647,7 +1988,7 @@ CREATE OR REPLACE FUNCTION anchor.retry_now(id bigint, p_now timestamp with time
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
+    v_now timestamptz := anchor.clock(retry_now.p_now);
     v_task anchor.tasks := anchor.lock_task(retry_now.id);
     v_holder bigint;
 begin
@@ -1665,10 +2006,16 @@ begin
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_now.id, v_task.unique_tag, v_holder);
     end if;
-    update anchor.tasks t set
-        state = 'pending', attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
-        run_at = v_now, locked_by = null, deadline = null, finished_at = null
-    where t.id = retry_now.id;
+    begin
+        update anchor.tasks t set
+            state = 'pending', attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
+            run_at = v_now, locked_by = null, deadline = null, finished_at = null
+        where t.id = retry_now.id;
+    exception when unique_violation then
+        -- a task that committed after the check above holds the tag now
+        raise exception using errcode = 'AT006',
+            message = format('task %s: unique tag %L was just taken by another live task', retry_now.id, v_task.unique_tag);
+    end;
     insert into anchor.task_events (task_id, at, kind, details)
     values (retry_now.id, v_now, 'retried', jsonb_build_object('from_state', v_task.state));
     return 'pending';
@@ -1706,8 +2053,32 @@ begin
     if p_schema ? 'enum' and jsonb_typeof(p_schema -> 'enum') <> 'array' then
         return format('%s.enum: must be an array', p_path);
     end if;
-    if p_schema ? 'required' and jsonb_typeof(p_schema -> 'required') <> 'array' then
-        return format('%s.required: must be an array of property names', p_path);
+    if p_schema ? 'required' and (
+        jsonb_typeof(p_schema -> 'required') <> 'array'
+        or exists (select 1 from jsonb_array_elements(p_schema -> 'required') as r where jsonb_typeof(r) <> 'string')
+    ) then
+        return format('%s.required: %s must be an array of property names', p_path, p_schema -> 'required');
+    end if;
+    if p_schema ? 'additionalProperties' and jsonb_typeof(p_schema -> 'additionalProperties') <> 'boolean' then
+        return format('%s.additionalProperties: %s must be true or false', p_path, p_schema -> 'additionalProperties');
+    end if;
+    if p_schema ? 'description' and jsonb_typeof(p_schema -> 'description') <> 'string' then
+        return format('%s.description: %s must be a string', p_path, p_schema -> 'description');
+    end if;
+    -- each CASE tests the JSON type before casting, so a malformed value cannot raise here either
+    select k into v_key from unnest(array['minLength', 'maxLength']) as k
+    where p_schema ? k and case when jsonb_typeof(p_schema -> k) <> 'number' then true
+        else (p_schema ->> k)::numeric not between 0 and 2147483647 or scale((p_schema ->> k)::numeric) > 0 end
+    limit 1;
+    if v_key is not null then
+        return format('%s.%s: %s must be a whole number from 0 to 2147483647', p_path, v_key, p_schema -> v_key);
+    end if;
+    select k into v_key from unnest(array['minimum', 'maximum']) as k
+    where p_schema ? k and case when jsonb_typeof(p_schema -> k) <> 'number' then true
+        else abs((p_schema ->> k)::numeric) > 1.7976931348623157e308 end
+    limit 1;
+    if v_key is not null then
+        return format('%s.%s: %s must be a number a double can hold', p_path, v_key, p_schema -> v_key);
     end if;
     if p_schema ? 'properties' then
         if jsonb_typeof(p_schema -> 'properties') <> 'object' then
@@ -1777,6 +2148,15 @@ begin
     is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
     return null;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.time_problem(p_label text, p_value timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case when not p_value between now() - interval '100 years' and now() + interval '100 years'
+        then format('%s %s is not within 100 years of now', p_label, p_value) end
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.trace_contexts(task_ids bigint[])
@@ -1868,13 +2248,21 @@ AS $function$
 $function$;
 
 grant execute on function anchor.apply_privileges() to anchor_admin;
+grant execute on function anchor.at_least_unless_admin(interval,interval) to anchor_admin;
+grant execute on function anchor.caller_is_admin() to anchor_admin;
 grant execute on function anchor.cancel(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.check_overrides(text,timestamp with time zone,interval,text,interval[],integer,interval,text) to anchor_admin;
 grant execute on function anchor.check_params(anchor.task_definitions,jsonb) to anchor_admin;
+grant execute on function anchor.check_times(text,timestamp with time zone,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.claim(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.claim(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.claim_v2(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.claim_v2(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.clock(timestamp with time zone) to anchor_admin;
 grant execute on function anchor.complete(bigint[],integer[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.complete(bigint[],integer[],text,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_definition_problem(jsonb) to anchor_admin;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_worker;
@@ -1888,6 +2276,7 @@ grant execute on function anchor.cron_pause(text,timestamp with time zone) to an
 grant execute on function anchor.cron_resume(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.definition_bounds_problem(jsonb) to anchor_admin;
 grant execute on function anchor.definition_of(text) to anchor_admin;
 grant execute on function anchor.definition_problem(jsonb) to anchor_admin;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_admin;
@@ -1901,20 +2290,32 @@ grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean
 grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.fail_hook(bigint,integer,text,text,text,text,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.fail_hook(bigint,integer,text,text,text,text,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.fail_hook_v2(bigint,bigint,text,text,text,text,integer,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.fail_hook_v2(bigint,bigint,text,text,text,text,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.fail_v2(bigint,bigint,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.fail_v2(bigint,bigint,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.fence_of(bigint,text,integer,text) to anchor_admin;
 grant execute on function anchor.finish_failure(bigint,integer,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.finish_failure(bigint,integer,text,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.hand_back(bigint[],integer[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.hand_back(bigint[],integer[],text,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.has_failure_hook(text) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.interval_setting(text) to anchor_admin;
 grant execute on function anchor.is_iso_date(text) to anchor_admin;
 grant execute on function anchor.is_iso_datetime(text) to anchor_admin;
 grant execute on function anchor.lock_cron_schedule(text) to anchor_admin;
 grant execute on function anchor.lock_task(bigint) to anchor_admin;
+grant execute on function anchor.longest_duration() to anchor_admin;
 grant execute on function anchor.notify_cron_change() to anchor_admin;
 grant execute on function anchor.notify_due_task() to anchor_admin;
 grant execute on function anchor.notify_due_tasks() to anchor_admin;
+grant execute on function anchor.params_shape_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_size_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_violation(jsonb,jsonb,text) to anchor_admin;
 grant execute on function anchor.parse_duration(text) to anchor_admin;
@@ -1930,6 +2331,7 @@ grant execute on function anchor.retry_interval(interval[],integer) to anchor_ad
 grant execute on function anchor.retry_now(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.schema_problem(jsonb,text) to anchor_admin;
 grant execute on function anchor.sync_cron_schedule() to anchor_admin;
+grant execute on function anchor.time_problem(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_worker;
 grant execute on function anchor.trace_tasks(bigint[],jsonb) to anchor_admin;
@@ -1950,6 +2352,7 @@ grant delete, insert, select, update on table anchor.task_registry to anchor_adm
 grant delete, insert, select, update on table anchor.tasks to anchor_admin;
 grant delete, insert, select, update on table anchor.workers to anchor_admin;
 
+-- comment on table anchor.function_roles: Which role may call each API function; a row covers the function of that name and its _vN twins.
 -- rows of anchor.schema_migrations
 --   (1, 'schema')
 --   (2, 'parameter_validation')
@@ -1960,13 +2363,19 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (7, 'cron')
 --   (8, 'retention')
 --   (9, 'roles')
---   (10, 'trace_context')
+--   (10, 'hardening')
+--   (11, 'trace_context')
 -- rows of anchor.settings
+--   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
+--   ('worker_min_heartbeat_timeout', '10 seconds', 'shortest heartbeat timeout (rescue) and release delay (heartbeat_v2) a non-admin caller gets')
+--   ('worker_min_retention', '1 day', 'shortest retention period prune applies for a non-admin caller')
 -- rows of anchor.function_roles
 --   ('cancel', 'anchor_admin')
 --   ('claim', 'anchor_worker')
+--   ('claim_v2', 'anchor_worker')
 --   ('complete', 'anchor_worker')
+--   ('complete_v2', 'anchor_worker')
 --   ('cron_fail', 'anchor_worker')
 --   ('cron_fire', 'anchor_worker')
 --   ('cron_list', 'anchor_worker')
@@ -1979,8 +2388,12 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('enqueue_many', 'anchor_enqueuer')
 --   ('fail', 'anchor_worker')
 --   ('fail_hook', 'anchor_worker')
+--   ('fail_hook_v2', 'anchor_worker')
+--   ('fail_v2', 'anchor_worker')
 --   ('finish_failure', 'anchor_worker')
+--   ('finish_failure_v2', 'anchor_worker')
 --   ('hand_back', 'anchor_worker')
+--   ('hand_back_v2', 'anchor_worker')
 --   ('heartbeat_v2', 'anchor_worker')
 --   ('prune', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')

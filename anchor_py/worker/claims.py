@@ -129,13 +129,13 @@ class ClaimLoop:
                 if batch:
                     async with conn.pipeline():
                         done = conn.cursor(row_factory=tuple_row)
-                        await done.execute(queries.COMPLETE, completions.arguments(batch), prepare=True)
+                        await done.execute(queries.COMPLETE, completions.arguments(batch), prepare=self._pool.prepare)
                         cursor = conn.cursor(row_factory=tuple_row)
-                        await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                        await cursor.execute(queries.CLAIM, arguments, prepare=self._pool.prepare)
                     outcomes = await done.fetchall()
                 else:
                     cursor = conn.cursor(row_factory=tuple_row)
-                    await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                    await cursor.execute(queries.CLAIM, arguments, prepare=self._pool.prepare)
                 undecodable: Sequence[Undecodable] = ()
                 try:
                     rows = await cursor.fetchall()

@@ -79,8 +79,10 @@ class Worker:
         self.metrics = metrics
         self.tasks = tasks
         self.executor = executor
-        self._pool = ClaimPool(dsn_or_pool, config.concurrency)
+        self._pool = ClaimPool(dsn_or_pool, config.concurrency, pooled=config.direct_dsn is not None)
         self._conninfo = self._pool.conninfo
+        # what needs a session of its own (LISTEN, hook transactions, the services' locks); see WorkerConfig
+        self._direct_conninfo = config.direct_dsn or self._conninfo
         self.worker_id = worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         handlers = handlers_for(executor, tasks)
         self._task_names = sorted(handlers)
@@ -109,7 +111,7 @@ class Worker:
             config.completion_flush_interval.total_seconds(), metrics,
         )
         self._hooks = HookRunner(
-            self._conninfo, worker_id, concurrency=config.concurrency,
+            self._direct_conninfo, worker_id, concurrency=config.concurrency,
             hook_timeout=config.hook_timeout.total_seconds(), hook_attempts=config.hook_attempts, pool=self._pool,
             usercode=self._usercode, inflight=inflight, metrics=metrics,
         )
@@ -118,7 +120,8 @@ class Worker:
             completions=self._completions, hooks=self._hooks, inflight=inflight, metrics=metrics,
         )
         self._liveness = Liveness(
-            self._conninfo, worker_id, interval=config.heartbeat_interval, timeout=config.heartbeat_timeout,
+            self._conninfo, self._direct_conninfo, worker_id, pooled=self._pool.pooled,
+            interval=config.heartbeat_interval, timeout=config.heartbeat_timeout,
             info=describe(config.concurrency, self._task_names, self._served_queues), queues=self._served_queues,
             held_ids=self._held_ids, wake=inflight.wake_event, cancel=self._executions.cancel_requested,
         )
@@ -241,7 +244,7 @@ class Worker:
             return []
         # their own connections: a long maintenance round must not hold up claims
         self._service_pool = AsyncConnectionPool(
-            self._conninfo, min_size=1, max_size=max(2, len(self._service_factories)),
+            self._direct_conninfo, min_size=1, max_size=max(2, len(self._service_factories)),
             kwargs=autocommit_settings("anchor-worker"), open=False, timeout=10, name="anchor-services",
         )
         await self._service_pool.open()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,10 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {workdir}/userlist.txt
 pool_mode = transaction
+# round robin over the server connections (not LIFO): state left on one is soon missed on the next
+server_round_robin = 1
 default_pool_size = {pool_size}
+min_pool_size = {min(pool_size, 4)}
 max_client_conn = 500
 ignore_startup_parameters = extra_float_digits
 logfile = {workdir}/pgbouncer.log
@@ -58,6 +62,7 @@ logfile = {workdir}/pgbouncer.log
     dsn = make_conninfo(server_dsn, host="127.0.0.1", port=port)
     try:
         wait_until_answers(process, lambda: _answers(dsn))
+        _wait_for_server_connections(server_dsn, min(pool_size, 4))
         yield dsn
     finally:
         process.terminate()
@@ -67,6 +72,16 @@ logfile = {workdir}/pgbouncer.log
             process.kill()
             process.communicate()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_for_server_connections(server_dsn: str, count: int, timeout: float = 5) -> None:
+    """PgBouncer opens min_pool_size server connections in the background: wait for them, so that round robin
+    spreads consecutive statements over several from the first one on."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        query = "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        while (conn.execute(query).fetchone() or (0,))[0] < count and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _answers(dsn: str) -> bool:

@@ -56,6 +56,14 @@ SELECT anchor.trace_tasks(
 )
 """
 
+# The trace contexts recorded with claimed tasks; a worker sends it only while it traces (anchor_py.tracing).
+TRACE_CONTEXTS = """
+SELECT
+    task_id,
+    trace_context
+FROM anchor.trace_contexts(task_ids => %(task_ids)s::bigint[])
+"""
+
 # --- install ---
 
 # Whether the migrations table exists yet (it is created by the first migration).

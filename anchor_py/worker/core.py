@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from anchor_py import queries
 from anchor_py.services import Service, ServiceFactory
 from anchor_py.taskspec import TaskSet
+from anchor_py.tracing import worker_spans
 from anchor_py.worker.claims import ClaimLoop
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.config import WorkerConfig, default_services
@@ -104,6 +105,8 @@ class Worker:
         self._forced = False
         self._shutdown_step: asyncio.Future[Any] | None = None
 
+        # OpenTelemetry spans, or None (not installed, or no SDK configured): decided once, here
+        spans = worker_spans()
         inflight = self._inflight = InFlight()
         self._usercode = UserCodeRunner(config.concurrency, config.max_abandoned_threads, self._on_fatal)
         self._completions = CompletionBuffer(
@@ -113,11 +116,11 @@ class Worker:
         self._hooks = HookRunner(
             self._direct_conninfo, worker_id, concurrency=config.concurrency,
             hook_timeout=config.hook_timeout.total_seconds(), hook_attempts=config.hook_attempts, pool=self._pool,
-            usercode=self._usercode, inflight=inflight, metrics=metrics,
+            usercode=self._usercode, inflight=inflight, metrics=metrics, spans=spans,
         )
         self._executions = Executions(
             worker_id, hook_timeout=config.hook_timeout, pool=self._pool, usercode=self._usercode,
-            completions=self._completions, hooks=self._hooks, inflight=inflight, metrics=metrics,
+            completions=self._completions, hooks=self._hooks, inflight=inflight, metrics=metrics, spans=spans,
         )
         self._liveness = Liveness(
             self._conninfo, self._direct_conninfo, worker_id, pooled=self._pool.pooled,
@@ -129,7 +132,7 @@ class Worker:
             worker_id, concurrency=config.concurrency, poll_interval=config.poll_interval, handlers=handlers,
             queues=config.queues, hook_timeout=config.hook_timeout, hook_attempts=config.hook_attempts,
             pool=self._pool, inflight=inflight, completions=self._completions, executions=self._executions,
-            hooks=self._hooks, liveness=self._liveness, stopping=self._stopping, metrics=metrics,
+            hooks=self._hooks, liveness=self._liveness, stopping=self._stopping, metrics=metrics, spans=spans,
         )
 
     # --- public API ------------------------------------------------------------------

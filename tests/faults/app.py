@@ -258,6 +258,7 @@ def main() -> None:
     parser.add_argument("dsn")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-rescues", type=int, default=5)
+    parser.add_argument("--direct-dsn", help="when dsn goes through PgBouncer: WorkerConfig.direct_dsn")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -267,8 +268,10 @@ def main() -> None:
     rescuer = RescuerConfig(interval=base.rescue_interval, heartbeat_timeout=base.heartbeat_timeout,
                             deadline_grace=base.deadline_grace, max_rescues=base.max_rescues,
                             max_hook_attempts=base.hook_attempts)
-    config = WorkerConfig(**{**base.__dict__, "services": [lambda pool: Rescuer(pool, rescuer)]})
-    worker = Worker(args.dsn, FaultExecutor(args.dsn), TASKS, config)
+    config = WorkerConfig(**{**base.__dict__, "services": [lambda pool: Rescuer(pool, rescuer)],
+                             "direct_dsn": args.direct_dsn})
+    # the executor's own records go to the database directly: they are the test's probe, not the worker's path
+    worker = Worker(args.dsn, FaultExecutor(args.direct_dsn or args.dsn), TASKS, config)
     worker.run_sync()
 
 

@@ -61,6 +61,7 @@ class Fleet:
     log_dir: Path
     concurrency: int = 8
     max_rescues: int = 5
+    direct_dsn: str | None = None  # with dsn through PgBouncer: the workers' direct connection
     workers: list[Worker] = field(default_factory=list)
     killed: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # died by themselves (a crashing task, too many threads)
@@ -73,7 +74,8 @@ class Fleet:
             with open(log, "wb") as out:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
-                     "--max-rescues", str(self.max_rescues)],
+                     "--max-rescues", str(self.max_rescues),
+                     *(["--direct-dsn", self.direct_dsn] if self.direct_dsn else [])],
                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             worker = Worker(process, log)

@@ -16,6 +16,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", help="the DATABASES alias (default: settings.ANCHOR['DATABASE'])")
+        parser.add_argument("--direct-database", metavar="ALIAS",
+                            help="when the database goes through PgBouncer in transaction mode: a DATABASES alias "
+                            "connecting directly, for LISTEN, hooks and maintenance (WorkerConfig.direct_dsn)")
         parser.add_argument("--concurrency", type=int, default=WorkerConfig.concurrency)
         parser.add_argument("--queues", help="comma-separated queues to serve (default: those of its tasks)")
         parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -24,7 +27,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         configure_logging(options["log_level"], options["log_format"])
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()] if options["queues"] else None
-        config = WorkerConfig(concurrency=options["concurrency"], queues=queues)
+        direct = dsn(options["direct_database"]) if options["direct_database"] else None
+        config = WorkerConfig(concurrency=options["concurrency"], queues=queues, direct_dsn=direct)
         worker = Worker(dsn(database_alias(options["database"])), load_executor(), task_set(), config)
         # graceful on SIGTERM: stops claiming, lets running tasks finish within the grace, hands back the rest
         worker.run_sync()

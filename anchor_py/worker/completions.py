@@ -122,7 +122,7 @@ class CompletionBuffer:
                 batch = self.take()
                 try:
                     async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-                        await cursor.execute(queries.COMPLETE, self.arguments(batch), prepare=True)
+                        await cursor.execute(queries.COMPLETE, self.arguments(batch), prepare=self._pool.prepare)
                         outcomes = await cursor.fetchall()
                 except BaseException:
                     self.failed(batch)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -281,11 +282,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-rescues", type=int, default=5)
     parser.add_argument("--cron", action="store_true", help="run the cron scheduler too (fires CronTick)")
+    parser.add_argument("--direct-dsn", help="when dsn goes through PgBouncer: WorkerConfig.direct_dsn")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    config = worker_config(args.concurrency, args.max_rescues, args.cron)
-    worker = Worker(args.dsn, FaultExecutor(args.dsn), TASKS, config)
+    config = dataclasses.replace(worker_config(args.concurrency, args.max_rescues, args.cron),
+                                 direct_dsn=args.direct_dsn)
+    # the executor's own records go to the database directly: they are the test's probe, not the worker's path
+    worker = Worker(args.dsn, FaultExecutor(args.direct_dsn or args.dsn), TASKS, config)
     worker.run_sync()
 
 

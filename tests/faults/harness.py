@@ -71,6 +71,7 @@ class Fleet:
     concurrency: int = 8
     max_rescues: int = 5
     cron: bool = False  # the workers run the cron scheduler (CronTick fires every second)
+    direct_dsn: str | None = None  # with dsn through PgBouncer: the workers' direct connection
     workers: list[Worker] = field(default_factory=list)
     killed: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # died by themselves (a crashing task, too many threads)
@@ -96,7 +97,8 @@ class Fleet:
         with open(log, "wb") as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
-                 "--max-rescues", str(self.max_rescues), *(["--cron"] if self.cron else [])],
+                 "--max-rescues", str(self.max_rescues), *(["--cron"] if self.cron else []),
+                 *(["--direct-dsn", self.direct_dsn] if self.direct_dsn else [])],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

@@ -1,4 +1,4 @@
--- 0099_trace_context: the trace context of the span that enqueued a task, so the worker's spans join its trace.
+-- 0011_trace_context: the trace context of the span that enqueued a task, so the worker's spans join its trace.
 --
 -- Why: with OpenTelemetry, one trace should run from a web request through the enqueue to every attempt and the
 -- onFailed hook, in another process and later. The context is a propagator's carrier (W3C: {"traceparent": ...,

@@ -468,3 +468,26 @@ SELECT anchor.prune(
     p_now => %(now)s::timestamptz
 ) AS deleted
 """
+
+# --- waiting for outcomes ---
+
+# Flags the task as waited on (its final transition then notifies anchor_outcome) and reads its outcome.
+WAIT_FOR_TASK = """
+SELECT
+    state,
+    result,
+    error,
+    finished_at
+FROM anchor.wait_for_task(%(id)s::bigint)
+"""
+
+# The outcome of every task a process waits on, in one read (the listener's poll and its wake-up).
+TASK_OUTCOMES = """
+SELECT
+    id,
+    state,
+    result,
+    error,
+    finished_at
+FROM anchor.task_outcomes(%(ids)s::bigint[])
+"""

@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from anchor_py import queries
 from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
 from anchor_py.taskspec import TaskSet
+from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typed_result, wait_async, wait_sync
 
 __all__ = ["AsyncTaskRunnerBase", "AutocommitConnectionError", "OpenTransactionError", "TaskRunnerBase"]
 
@@ -213,6 +214,20 @@ class TaskRunnerBase:
             return []
         return _returned_ids(self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
 
+    def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
+        """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
+        TimeoutError when timeout (seconds or a timedelta) passes first."""
+        return wait_sync(
+            conninfo_of(self._db),
+            task_id,
+            lambda: self._fetch_committed(queries.WAIT_FOR_TASK, {"id": task_id}),
+            timeout,
+        )
+
+    def wait_result(self, task_id: int, model: type[ModelT] | None, timeout: WaitTimeout = None) -> ModelT | None:
+        """The result of task task_id as model once it has succeeded; TaskFailed, TaskCancelled or TimeoutError."""
+        return typed_result(self.wait(task_id, timeout), model)
+
     def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
         if isinstance(self._db, ConnectionPool):
             with self._db.connection() as pooled:
@@ -260,6 +275,20 @@ class AsyncTaskRunnerBase:
         if not params_list:
             return []
         return _returned_ids(await self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
+
+    async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
+        """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
+        TimeoutError when timeout (seconds or a timedelta) passes first."""
+        return await wait_async(
+            conninfo_of(self._db),
+            task_id,
+            lambda: self._fetch_committed(queries.WAIT_FOR_TASK, {"id": task_id}),
+            timeout,
+        )
+
+    async def wait_result(self, task_id: int, model: type[ModelT] | None, timeout: WaitTimeout = None) -> ModelT | None:
+        """The result of task task_id as model once it has succeeded; TaskFailed, TaskCancelled or TimeoutError."""
+        return typed_result(await self.wait(task_id, timeout), model)
 
     async def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
         if isinstance(self._db, AsyncConnectionPool):

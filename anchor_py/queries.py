@@ -321,6 +321,8 @@ SELECT
     t.last_error,
     t.created_at,
     t.finished_at,
+    t.result,
+    t.progress,
     now() AS read_at
 FROM anchor.tasks AS t
 WHERE t.id = %(id)s::bigint

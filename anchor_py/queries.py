@@ -471,6 +471,37 @@ SELECT anchor.prune(
 ) AS deleted
 """
 
+# --- results and progress (worker) ---
+
+# The results of a completion batch, sent ahead of COMPLETE in its transaction (only when some task of the
+# batch returned one); outcomes recorded, stale or too_large.
+RECORD_RESULTS = """
+SELECT
+    id,
+    outcome
+FROM anchor.record_results(
+    ids => %(ids)s::bigint[],
+    fences => %(fences)s::bigint[],
+    results => %(results)s::jsonb[],
+    worker_id => %(worker_id)s::text
+)
+"""
+
+# A running execution's progress document, fenced by its claim; false when the task has moved on.
+SET_PROGRESS = """
+SELECT anchor.set_progress(
+    id => %(id)s::bigint,
+    fence => %(fence)s::bigint,
+    worker_id => %(worker_id)s::text,
+    progress => %(progress)s::jsonb
+)
+"""
+
+# The stored size of a large result when it is over max_result_bytes, else null.
+RESULT_OVERSIZE = """
+SELECT anchor.result_oversize(%(result)s::jsonb)
+"""
+
 # --- waiting for outcomes ---
 
 # Flags the task as waited on (its final transition then notifies anchor_outcome) and reads its outcome.

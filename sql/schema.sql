@@ -1989,7 +1989,8 @@ $function$;
 CREATE OR REPLACE FUNCTION anchor.result_oversize(p_value jsonb)
  RETURNS integer
  LANGUAGE sql
- STABLE
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     select pg_column_size(p_value)
     where pg_column_size(p_value) > (select s.value::bigint from anchor.settings s where s.name = 'max_result_bytes')
@@ -2415,6 +2416,7 @@ grant execute on function anchor.register_tasks(jsonb,bigint,timestamp with time
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.result_oversize(jsonb) to anchor_admin;
+grant execute on function anchor.result_oversize(jsonb) to anchor_worker;
 grant execute on function anchor.retry_hook(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_interval(interval[],integer) to anchor_admin;
 grant execute on function anchor.retry_now(bigint,timestamp with time zone) to anchor_admin;
@@ -2493,6 +2495,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
+--   ('result_oversize', 'anchor_worker')
 --   ('retry_hook', 'anchor_admin')
 --   ('retry_now', 'anchor_admin')
 --   ('set_progress', 'anchor_worker')

@@ -1,6 +1,7 @@
 """One execution of a claimed task: parse its params, run the executor method, report the outcome.
 
-A success goes to the completion buffer (written in a batch); a failure is reported at once with
+A success goes to the completion buffer (written in a batch) with its result, checked against the task's
+result model; a result that does not fit fails the attempt for good. A failure is reported at once with
 ``anchor.fail``, and a failure that is final with an onFailed hook goes on to the hook runner.
 """
 
@@ -18,10 +19,12 @@ from psycopg.rows import tuple_row
 
 from anchor_py import queries
 from anchor_py.taskcore import is_fatal, is_retry_without_event
+from anchor_py.taskspec import TaskSpec
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.connections import ClaimPool, one_line, retrying
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, Job, error_details
+from anchor_py.worker.results import InvalidResult, ProgressWriter, oversize, result_json
 from anchor_py.worker.usercode import USER_CODE_ERRORS, Interrupted, UserCodeRunner
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ class Executions:
     def __init__(self, worker_id: str, *, hook_timeout: timedelta, pool: ClaimPool, usercode: UserCodeRunner,
                  completions: CompletionBuffer, hooks: HookRunner, inflight: InFlight,
                  metrics: WorkerMetrics | None) -> None:
+        self._progress = ProgressWriter(pool, worker_id)
         self._worker_id = worker_id
         self._hook_timeout = hook_timeout
         self._pool = pool
@@ -58,9 +62,10 @@ class Executions:
                 "error_traceback": None,
             })
             return
+        ctx = job.context(progress_sink=self._progress.sink_for(job))
         try:
-            await self._usercode.call(job, job.timeout, handler.execute, handler.execute_is_async, job.context(),
-                                      params)
+            returned = await self._usercode.call(job, job.timeout, handler.execute, handler.execute_is_async, ctx,
+                                                 params)
         except Interrupted:
             reason = job.interrupt_reason
             if reason == "shutdown":
@@ -74,21 +79,42 @@ class Executions:
             else:
                 details = {"error_type": "anchor.TaskCancelled", "error_message": "cancelled on request",
                            "error_traceback": None}
+            await self._progress.finish(job)
             await self._report_failure(job, details, params=params)
             return
         except USER_CODE_ERRORS as exc:
+            await self._progress.finish(job)
             await self._report_failure(
                 job, error_details(exc), fatal=is_fatal(exc), record_event=not is_retry_without_event(exc),
                 params=params,
             )
+            return
+        await self._progress.finish(job)
+        try:
+            result = await self._checked_result(handler.spec, returned)
+        except InvalidResult as exc:
+            details = {"error_type": "anchor.InvalidResult", "error_message": str(exc), "error_traceback": None}
+            await self._report_failure(job, details, fatal=True, params=params)
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,
                 time.monotonic() - job.started, extra=job.log_fields(self._worker_id, "succeeded"),
             )
-        self._completions.add(job)
+        self._completions.add(job, result)
         self._inflight.release(job)
+
+    async def _checked_result(self, spec: TaskSpec, returned: Any) -> dict[str, Any] | None:
+        """The result to store; InvalidResult when it does not fit the model or is over max_result_bytes."""
+        result = result_json(spec, returned)
+        if result is None:
+            return None
+        size = await retrying("check a result's size", oversize, self._pool, result)
+        if size is not None:
+            raise InvalidResult(
+                f"task {spec.name} returned a result of {size} bytes, over max_result_bytes (anchor.settings)"
+            )
+        return result
 
     async def fail_for_good(self, job: Job, details: dict[str, Any]) -> None:
         """The task can never run (its params or row cannot be read): fail it without retrying; its hook

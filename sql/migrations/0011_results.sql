@@ -157,6 +157,7 @@ insert into anchor.function_roles (function_name, role_name) values
 ('task_outcomes', 'anchor_enqueuer'),
 ('wait_for_task', 'anchor_enqueuer'),
 ('record_results', 'anchor_worker'),
+('result_oversize', 'anchor_worker'),
 ('set_progress', 'anchor_worker');
 
 select anchor.apply_privileges();

@@ -153,8 +153,13 @@ class ProgressWriter:
         try:
             await self._pool.fetch_value(queries.SET_PROGRESS, arguments)
         except psycopg.Error as exc:
-            log.warning("task %s %s: could not store its progress (%s)", job.id, job.name, one_line(exc),
-                        extra=job.log_fields(self._worker_id, "progress_unwritten", error=one_line(exc)))
+            log.warning(
+                "task %s %s: could not store its progress (%s)",
+                job.id,
+                job.name,
+                one_line(exc),
+                extra=job.log_fields(self._worker_id, "progress_unwritten", error=one_line(exc)),
+            )
         finally:
             state.last_write = time.monotonic()
 
@@ -170,5 +175,6 @@ class ProgressWriter:
         try:
             await asyncio.wait_for(asyncio.shield(state.writer), PROGRESS_WRITE_TIMEOUT)
         except TimeoutError:
-            log.warning("task %s %s: its last progress was not stored within %ss", job.id, job.name,
-                        PROGRESS_WRITE_TIMEOUT)
+            log.warning(
+                "task %s %s: its last progress was not stored within %ss", job.id, job.name, PROGRESS_WRITE_TIMEOUT
+            )

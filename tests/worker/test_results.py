@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from anchor_py import TaskContext, TaskFailed, queries
-from examples.zgen import taskgen
 from anchor_py.worker import Worker
+from examples.zgen import taskgen
 from tests.worker.conftest import FAST, task, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -84,9 +84,11 @@ class SyncReports:
 @in_loop
 async def test_a_typed_result_round_trips_to_the_waiter(guide_db: Conn, dsn: str) -> None:
     summary = taskgen.ProcessDailyReportsResult(report_count=5, total_bytes=123_456_789_012)
-    async with running_worker(dsn, Reports(summary)):
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            result = await taskgen.AsyncTaskRunner(conn).run_process_daily_reports_and_wait(REPORT, timeout=20)
+    async with (
+        running_worker(dsn, Reports(summary)),
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+    ):
+        result = await taskgen.AsyncTaskRunner(conn).run_process_daily_reports_and_wait(REPORT, timeout=20)
     assert result == summary
     row = guide_db.execute("select result, progress, state from anchor.tasks").fetchone()
     assert row == {

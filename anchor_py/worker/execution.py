@@ -68,6 +68,8 @@ class Executions:
                                                  params)
         except Interrupted:
             reason = job.interrupt_reason
+            if self._progress.pending:
+                await self._progress.finish(job)
             if reason == "shutdown":
                 return  # stays in flight: the shutdown hands it back
             if reason == "timeout":
@@ -79,23 +81,26 @@ class Executions:
             else:
                 details = {"error_type": "anchor.TaskCancelled", "error_message": "cancelled on request",
                            "error_traceback": None}
-            await self._progress.finish(job)
             await self._report_failure(job, details, params=params)
             return
         except USER_CODE_ERRORS as exc:
-            await self._progress.finish(job)
+            if self._progress.pending:
+                await self._progress.finish(job)
             await self._report_failure(
                 job, error_details(exc), fatal=is_fatal(exc), record_event=not is_retry_without_event(exc),
                 params=params,
             )
             return
-        await self._progress.finish(job)
-        try:
-            result = await self._checked_result(handler.spec, returned)
-        except InvalidResult as exc:
-            details = {"error_type": "anchor.InvalidResult", "error_message": str(exc), "error_traceback": None}
-            await self._report_failure(job, details, fatal=True, params=params)
-            return
+        if self._progress.pending:
+            await self._progress.finish(job)
+        result = None
+        if handler.spec.result_model is not None:  # tasks without a result skip this
+            try:
+                result = await self._checked_result(handler.spec, returned)
+            except InvalidResult as exc:
+                details = {"error_type": "anchor.InvalidResult", "error_message": str(exc), "error_traceback": None}
+                await self._report_failure(job, details, fatal=True, params=params)
+                return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,

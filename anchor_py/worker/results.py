@@ -104,6 +104,11 @@ class ProgressWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether some execution has reported progress not yet finished with (a cheap check per task)."""
+        return bool(self._by_job)
+
     def sink_for(self, job: Job) -> Callable[[dict[str, Any]], None]:
         """The ``progress_sink`` of the job's TaskContext (callable from the loop or from a task thread)."""
         if self._loop is None:

@@ -2313,10 +2313,16 @@ CREATE OR REPLACE FUNCTION anchor.wait_for_task(id bigint)
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
+declare
+    v_flagged record;
 begin
     update anchor.tasks t set waited = true
     where t.id = wait_for_task.id and not t.waited
-        and t.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled');
+        and t.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+    returning t.state, t.queue, t.run_at, t.locked_by into v_flagged;
+    if v_flagged.state in ('pending', 'failing') and v_flagged.locked_by is null and v_flagged.run_at <= now() then
+        perform pg_notify('anchor_tasks', v_flagged.queue);
+    end if;
     return query select o.state, o.result, o.error, o.finished_at from anchor.task_outcome(wait_for_task.id) as o;
 end;
 $function$;

@@ -120,15 +120,23 @@ $$;
 -- Starts waiting on a task: flags it waited (unless it is already final), so its final transition sends
 -- NOTIFY anchor_outcome, then returns its outcome as task_outcome does. Call it after LISTEN anchor_outcome:
 -- a final commit racing with the flag either waits for it (and notifies) or is seen by the outcome read.
+-- A claim that meets the row locked by the flag skips it (SKIP LOCKED), so flagging a claimable task
+-- notifies anchor_tasks again: the workers claim it as soon as this commits, not at their next poll.
 create function anchor.wait_for_task(id bigint)
 returns table (state text, result jsonb, error text, finished_at timestamptz)
 language plpgsql
 as $$
 #variable_conflict use_column
+declare
+    v_flagged record;
 begin
     update anchor.tasks t set waited = true
     where t.id = wait_for_task.id and not t.waited
-        and t.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled');
+        and t.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+    returning t.state, t.queue, t.run_at, t.locked_by into v_flagged;
+    if v_flagged.state in ('pending', 'failing') and v_flagged.locked_by is null and v_flagged.run_at <= now() then
+        perform pg_notify('anchor_tasks', v_flagged.queue);
+    end if;
     return query select o.state, o.result, o.error, o.finished_at from anchor.task_outcome(wait_for_task.id) as o;
 end;
 $$;

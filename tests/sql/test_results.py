@@ -164,3 +164,14 @@ def test_the_enqueuer_cannot_record_results_or_progress(db: Conn, app_dsn: str) 
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(statement, (task_id,))
     assert json.dumps(task(db, task_id)["progress"]) == "null"
+
+
+def test_flagging_a_claimable_task_wakes_the_workers_again(db: Conn, dsn: str) -> None:
+    # a claim running while the flag holds the row lock skips the row (SKIP LOCKED): the workers must hear of it
+    task_id = enqueue(db, "Job", queue="reports")
+    with psycopg.connect(dsn, autocommit=True) as workers:
+        workers.execute("listen anchor_tasks")
+        db.execute("select anchor.wait_for_task(%s)", (task_id,))
+        assert [n.payload for n in workers.notifies(timeout=0.5, stop_after=None)] == ["reports"]
+        db.execute("select anchor.wait_for_task(%s)", (task_id,))  # already flagged: no second wake-up
+        assert [n.payload for n in workers.notifies(timeout=0.5, stop_after=None)] == []

@@ -39,6 +39,30 @@ class DailyCleanupParameters(pydantic.BaseModel):
     )
 
 
+class GenerateReportParameters(pydantic.BaseModel):
+    """Parameters of GenerateReport: 生成报告并返回摘要（汇报进度）"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    date: JsonDate
+
+
+class GenerateReportResult(pydantic.BaseModel):
+    """What GenerateReport returns."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    report_count: int = pydantic.Field(alias="reportCount", ge=INT32_MIN, le=INT32_MAX)
+    """how many reports were generated"""
+    total_bytes: int | None = pydantic.Field(
+        default=None, alias="totalBytes", ge=INT64_MIN, le=INT64_MAX
+    )
+
+
 class LongRunningTaskParameters(pydantic.BaseModel):
     """Parameters of LongRunningTask."""
 
@@ -55,20 +79,6 @@ class ProcessDailyReportsParameters(pydantic.BaseModel):
     )
 
     date: JsonDate
-
-
-class ProcessDailyReportsResult(pydantic.BaseModel):
-    """What ProcessDailyReports returns."""
-
-    model_config = pydantic.ConfigDict(
-        strict=True, populate_by_name=True, extra="ignore"
-    )
-
-    report_count: int = pydantic.Field(alias="reportCount", ge=INT32_MIN, le=INT32_MAX)
-    """how many reports were generated"""
-    total_bytes: int | None = pydantic.Field(
-        default=None, alias="totalBytes", ge=INT64_MIN, le=INT64_MAX
-    )
 
 
 class ProcessOrderParameters(pydantic.BaseModel):
@@ -150,6 +160,11 @@ class ExecutorInterface(Protocol):
     ) -> None:
         """运行每日清理任务"""
 
+    async def execute_generate_report(
+        self, ctx: TaskContext, params: GenerateReportParameters
+    ) -> GenerateReportResult | dict[str, Any]:
+        """生成报告并返回摘要（汇报进度）"""
+
     async def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
     ) -> None:
@@ -157,7 +172,7 @@ class ExecutorInterface(Protocol):
 
     async def execute_process_daily_reports(
         self, ctx: TaskContext, params: ProcessDailyReportsParameters
-    ) -> ProcessDailyReportsResult | dict[str, Any]:
+    ) -> None:
         """生成每日报告"""
 
     async def execute_process_order(
@@ -259,6 +274,11 @@ class SyncExecutorInterface(Protocol):
     ) -> None:
         """运行每日清理任务"""
 
+    def execute_generate_report(
+        self, ctx: TaskContext, params: GenerateReportParameters
+    ) -> GenerateReportResult | dict[str, Any]:
+        """生成报告并返回摘要（汇报进度）"""
+
     def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
     ) -> None:
@@ -266,7 +286,7 @@ class SyncExecutorInterface(Protocol):
 
     def execute_process_daily_reports(
         self, ctx: TaskContext, params: ProcessDailyReportsParameters
-    ) -> ProcessDailyReportsResult | dict[str, Any]:
+    ) -> None:
         """生成每日报告"""
 
     def execute_process_order(
@@ -402,6 +422,53 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_daily_cleanup(params, *overrides)
         self.wait_daily_cleanup(task_id, timeout)
 
+    def run_generate_report(
+        self, params: GenerateReportParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue GenerateReport and commit it; returns the task id."""
+        return self.enqueue("GenerateReport", params, *overrides)
+
+    def run_generate_report_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue GenerateReport in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "GenerateReport", params, *overrides)
+
+    def run_generate_report_many(
+        self, params_list: Sequence[GenerateReportParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one GenerateReport per params in one round trip; returns their ids.
+        """
+        return self.enqueue_many("GenerateReport", params_list, *overrides)
+
+    def wait_generate_report(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> GenerateReportResult | None:
+        """
+        Wait until GenerateReport task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, GenerateReportResult, timeout)
+
+    def run_generate_report_and_wait(
+        self,
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> GenerateReportResult | None:
+        """
+        Enqueue GenerateReport, commit it and wait for it as wait_generate_report does.
+        """
+        task_id = self.run_generate_report(params, *overrides)
+        return self.wait_generate_report(task_id, timeout)
+
     def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -478,25 +545,25 @@ class TaskRunner(TaskRunnerBase):
 
     def wait_process_daily_reports(
         self, task_id: int, timeout: WaitTimeout = None
-    ) -> ProcessDailyReportsResult | None:
+    ) -> None:
         """
         Wait until ProcessDailyReports task task_id has finished: its result, or
         TaskFailed, TaskCancelled, TimeoutError.
         """
-        return self.wait_result(task_id, ProcessDailyReportsResult, timeout)
+        self.wait_result(task_id, None, timeout)
 
     def run_process_daily_reports_and_wait(
         self,
         params: ProcessDailyReportsParameters,
         *overrides: TaskOverride,
         timeout: WaitTimeout = None,
-    ) -> ProcessDailyReportsResult | None:
+    ) -> None:
         """
         Enqueue ProcessDailyReports, commit it and wait for it as
         wait_process_daily_reports does.
         """
         task_id = self.run_process_daily_reports(params, *overrides)
-        return self.wait_process_daily_reports(task_id, timeout)
+        self.wait_process_daily_reports(task_id, timeout)
 
     def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
@@ -811,6 +878,53 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_daily_cleanup(params, *overrides)
         await self.wait_daily_cleanup(task_id, timeout)
 
+    async def run_generate_report(
+        self, params: GenerateReportParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue GenerateReport and commit it; returns the task id."""
+        return await self.enqueue("GenerateReport", params, *overrides)
+
+    async def run_generate_report_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue GenerateReport in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "GenerateReport", params, *overrides)
+
+    async def run_generate_report_many(
+        self, params_list: Sequence[GenerateReportParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one GenerateReport per params in one round trip; returns their ids.
+        """
+        return await self.enqueue_many("GenerateReport", params_list, *overrides)
+
+    async def wait_generate_report(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> GenerateReportResult | None:
+        """
+        Wait until GenerateReport task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, GenerateReportResult, timeout)
+
+    async def run_generate_report_and_wait(
+        self,
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> GenerateReportResult | None:
+        """
+        Enqueue GenerateReport, commit it and wait for it as wait_generate_report does.
+        """
+        task_id = await self.run_generate_report(params, *overrides)
+        return await self.wait_generate_report(task_id, timeout)
+
     async def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -889,25 +1003,25 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
 
     async def wait_process_daily_reports(
         self, task_id: int, timeout: WaitTimeout = None
-    ) -> ProcessDailyReportsResult | None:
+    ) -> None:
         """
         Wait until ProcessDailyReports task task_id has finished: its result, or
         TaskFailed, TaskCancelled, TimeoutError.
         """
-        return await self.wait_result(task_id, ProcessDailyReportsResult, timeout)
+        await self.wait_result(task_id, None, timeout)
 
     async def run_process_daily_reports_and_wait(
         self,
         params: ProcessDailyReportsParameters,
         *overrides: TaskOverride,
         timeout: WaitTimeout = None,
-    ) -> ProcessDailyReportsResult | None:
+    ) -> None:
         """
         Enqueue ProcessDailyReports, commit it and wait for it as
         wait_process_daily_reports does.
         """
         task_id = await self.run_process_daily_reports(params, *overrides)
-        return await self.wait_process_daily_reports(task_id, timeout)
+        await self.wait_process_daily_reports(task_id, timeout)
 
     async def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
@@ -1281,6 +1395,30 @@ TASKS = TaskSet(
             },
         ),
         TaskSpec(
+            name="GenerateReport",
+            description="生成报告并返回摘要（汇报进度）",
+            params_model=GenerateReportParameters,
+            result_model=GenerateReportResult,
+            execute_method="execute_generate_report",
+            hook_method=None,
+            definition={
+                "name": "GenerateReport",
+                "description": "生成报告并返回摘要（汇报进度）",
+                "parameters": {
+                    "type": "object",
+                    "required": ["date"],
+                    "properties": {"date": {"type": "string", "format": "date"}},
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+            },
+        ),
+        TaskSpec(
             name="LongRunningTask",
             description="",
             params_model=LongRunningTaskParameters,
@@ -1303,7 +1441,6 @@ TASKS = TaskSet(
             name="ProcessDailyReports",
             description="生成每日报告",
             params_model=ProcessDailyReportsParameters,
-            result_model=ProcessDailyReportsResult,
             execute_method="execute_process_daily_reports",
             hook_method=None,
             definition={

@@ -21,7 +21,7 @@ from examples.zgen import taskgen
 
 Conn = psycopg.Connection[dict[str, Any]]
 WORKER = "worker-1"
-REPORT = taskgen.ProcessDailyReportsParameters.model_validate({"date": "2026-01-02"})
+REPORT = taskgen.GenerateReportParameters.model_validate({"date": "2026-01-02"})
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def later(delay: float, action: Any) -> threading.Thread:
 
 def test_a_typed_wait_returns_the_result_within_a_second_of_the_commit(guide_db: Conn, dsn: str) -> None:
     runner = taskgen.TaskRunner(guide_db)
-    task_id = runner.run_process_daily_reports(REPORT)
+    task_id = runner.run_generate_report(REPORT)
     finished_at: list[float] = []
 
     def finish() -> None:
@@ -71,10 +71,10 @@ def test_a_typed_wait_returns_the_result_within_a_second_of_the_commit(guide_db:
         finished_at.append(time.monotonic())
 
     thread = later(0.3, finish)
-    result = runner.wait_process_daily_reports(task_id, timeout=timedelta(seconds=10))
+    result = runner.wait_generate_report(task_id, timeout=timedelta(seconds=10))
     returned_at = time.monotonic()
     thread.join()
-    assert result == taskgen.ProcessDailyReportsResult(report_count=3, total_bytes=2**40)
+    assert result == taskgen.GenerateReportResult(report_count=3, total_bytes=2**40)
     assert returned_at - finished_at[0] < 0.5  # woken by the NOTIFY, not the once-a-second poll
     outcome = runner.wait(task_id)
     assert (outcome.state, outcome.result, outcome.error) == (
@@ -88,7 +88,7 @@ def test_a_timeout_raises_timeout_error_and_a_lost_notification_costs_at_most_a_
     guide_db: Conn, dsn: str
 ) -> None:
     runner = taskgen.TaskRunner(guide_db)
-    task_id = runner.run_process_daily_reports(REPORT)
+    task_id = runner.run_generate_report(REPORT)
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=f"task {task_id} did not finish within 0.3 s"):
         runner.wait(task_id, timeout=0.3)
@@ -98,7 +98,7 @@ def test_a_timeout_raises_timeout_error_and_a_lost_notification_costs_at_most_a_
     guide_db.execute("alter table anchor.tasks disable trigger tasks_notify_outcome")
     thread = later(0.2, lambda: succeed(guide_db, claim_all(guide_db), {"reportCount": 1}))
     waited_from = time.monotonic()
-    assert runner.wait_process_daily_reports(task_id, timeout=5) == taskgen.ProcessDailyReportsResult(report_count=1)
+    assert runner.wait_generate_report(task_id, timeout=5) == taskgen.GenerateReportResult(report_count=1)
     thread.join()
     assert time.monotonic() - waited_from < 0.2 + 1.5
 
@@ -106,14 +106,14 @@ def test_a_timeout_raises_timeout_error_and_a_lost_notification_costs_at_most_a_
 def test_failed_and_cancelled_tasks_raise_with_the_last_error(guide_db: Conn) -> None:
     runner = taskgen.TaskRunner(guide_db)
     failed, cancelled = (
-        runner.run_process_daily_reports(REPORT),
+        runner.run_generate_report(REPORT),
         runner.run_send_email(taskgen.SendEmailParameters(user_id=1, template_id="t")),
     )
     guide_db.execute("select anchor.cancel(%s)", (cancelled,))
     fence = claim_all(guide_db)[failed]
     guide_db.execute("select anchor.fail_v2(%s, %s, %s, 'disk full', fatal => true)", (failed, fence, WORKER))
     with pytest.raises(TaskFailed, match=f"task {failed} failed: disk full") as raised:
-        runner.wait_process_daily_reports(failed)
+        runner.wait_generate_report(failed)
     assert raised.value.outcome.error == "disk full"
     with pytest.raises(TaskCancelled, match=f"task {cancelled} was cancelled"):
         runner.wait_send_email(cancelled, timeout=1)
@@ -124,10 +124,10 @@ def test_failed_and_cancelled_tasks_raise_with_the_last_error(guide_db: Conn) ->
 
 def test_a_finished_task_answers_at_once(guide_db: Conn) -> None:
     runner = taskgen.TaskRunner(guide_db)
-    task_id = runner.run_process_daily_reports(REPORT)
+    task_id = runner.run_generate_report(REPORT)
     succeed(guide_db, claim_all(guide_db), {"reportCount": 2})
     started = time.monotonic()
-    assert runner.wait_process_daily_reports(task_id, timeout=0.05) == taskgen.ProcessDailyReportsResult(report_count=2)
+    assert runner.wait_generate_report(task_id, timeout=0.05) == taskgen.GenerateReportResult(report_count=2)
     assert time.monotonic() - started < 0.05
 
 
@@ -138,15 +138,15 @@ def test_a_thousand_concurrent_waiters_share_one_listen_connection(guide_db: Con
 
     before = connections()
 
-    async def scenario() -> list[taskgen.ProcessDailyReportsResult | None]:
+    async def scenario() -> list[taskgen.GenerateReportResult | None]:
         async with AsyncConnectionPool(dsn, min_size=4, max_size=4, open=False) as pool:
             runner = taskgen.AsyncTaskRunner(pool)
-            ids = await runner.run_process_daily_reports_many([REPORT] * 1000)
-            waits = [asyncio.create_task(runner.wait_process_daily_reports(task_id, timeout=30)) for task_id in ids]
+            ids = await runner.run_generate_report_many([REPORT] * 1000)
+            waits = [asyncio.create_task(runner.wait_generate_report(task_id, timeout=30)) for task_id in ids]
             await asyncio.sleep(1.0)
             assert connections() == before + 4 + 1  # the pool and one listener
             await asyncio.to_thread(succeed, guide_db, claim_all(guide_db), {"reportCount": 7})
             return await asyncio.gather(*waits)
 
     results = asyncio.run(scenario())
-    assert results == [taskgen.ProcessDailyReportsResult(report_count=7)] * 1000
+    assert results == [taskgen.GenerateReportResult(report_count=7)] * 1000

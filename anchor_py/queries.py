@@ -1,5 +1,7 @@
 """Every SQL statement anchor-py sends, by name."""
 
+from textwrap import indent
+
 # --- enqueue ---
 
 # One task; every argument but name and params may be null (= the definition's value).
@@ -32,6 +34,34 @@ SELECT anchor.enqueue_many(
     priority => %(priority)s::int,
     queue => %(queue)s::text
 )
+"""
+
+# The same two, recording the caller's trace context (an OpenTelemetry propagator's carrier) with the new tasks in
+# the same statement; the runners send these only while a span is active (anchor_py.tracing).
+ENQUEUE_TRACED = f"""
+SELECT (anchor.trace_tasks(
+    task_ids => ARRAY[(
+{indent(ENQUEUE.strip(), " " * 8)}
+    )],
+    trace_context => %(trace_context)s::jsonb
+))[1]
+"""
+
+ENQUEUE_MANY_TRACED = f"""
+SELECT anchor.trace_tasks(
+    task_ids => (
+{indent(ENQUEUE_MANY.strip(), " " * 8)}
+    ),
+    trace_context => %(trace_context)s::jsonb
+)
+"""
+
+# The trace contexts recorded with claimed tasks; a worker sends it only while it traces (anchor_py.tracing).
+TRACE_CONTEXTS = """
+SELECT
+    task_id,
+    trace_context
+FROM anchor.trace_contexts(task_ids => %(task_ids)s::bigint[])
 """
 
 # --- install ---
@@ -178,8 +208,8 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# Whether any work is due now for these task names (Worker.run_until_empty, which anchor_py.testing drives).
-TESTING_DUE_COUNT = """
+# Whether any work is due now for these task names (Worker.run_until_empty).
+DUE_COUNT = """
 SELECT count(*) FROM anchor.tasks
 WHERE
     name = any(%(task_names)s::text[])

@@ -31,7 +31,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from anchor_py import queries
+from anchor_py import queries, tracing
 from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
 from anchor_py.taskspec import TaskSet
 from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typed_result, wait_async, wait_sync
@@ -130,6 +130,16 @@ def _enqueue_query_args(
     return arguments
 
 
+def _traced(query: str, arguments: dict[str, Any]) -> str:
+    """``query``, or its twin that records the caller's trace context with the tasks while an OpenTelemetry span
+    is active (``anchor_py.tracing``); ``arguments`` gains that context."""
+    trace_context = tracing.current_trace_context()
+    if trace_context is None:
+        return query
+    arguments["trace_context"] = Jsonb(trace_context)
+    return queries.ENQUEUE_TRACED if query == queries.ENQUEUE else queries.ENQUEUE_MANY_TRACED
+
+
 def _enqueue_many_query_args(
     runner: object, task_name: str, params_list: Sequence[pydantic.BaseModel], overrides: tuple[TaskOverride, ...]
 ) -> dict[str, Any]:
@@ -197,7 +207,7 @@ class TaskRunnerBase:
     def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
         arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(self._fetch_committed(queries.ENQUEUE, arguments))
+        return _returned_id(self._fetch_committed(_traced(queries.ENQUEUE, arguments), arguments))
 
     def enqueue_with_tx(
         self,
@@ -210,7 +220,8 @@ class TaskRunnerBase:
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        return _returned_id(_fetch_row(tx, queries.ENQUEUE, _enqueue_query_args(self, task_name, params, overrides)))
+        arguments = _enqueue_query_args(self, task_name, params, overrides)
+        return _returned_id(_fetch_row(tx, _traced(queries.ENQUEUE, arguments), arguments))
 
     def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
@@ -219,7 +230,8 @@ class TaskRunnerBase:
         arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
-        return _returned_ids(self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
+        query = _traced(queries.ENQUEUE_MANY, arguments)
+        return _returned_ids(self._fetch_committed(query, arguments), len(params_list))
 
     def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
@@ -257,8 +269,8 @@ class AsyncTaskRunnerBase:
 
     async def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        row = await self._fetch_committed(queries.ENQUEUE, _enqueue_query_args(self, task_name, params, overrides))
-        return _returned_id(row)
+        arguments = _enqueue_query_args(self, task_name, params, overrides)
+        return _returned_id(await self._fetch_committed(_traced(queries.ENQUEUE, arguments), arguments))
 
     async def enqueue_with_tx(
         self,
@@ -272,7 +284,7 @@ class AsyncTaskRunnerBase:
             raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
         arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(await _fetch_row_async(tx, queries.ENQUEUE, arguments))
+        return _returned_id(await _fetch_row_async(tx, _traced(queries.ENQUEUE, arguments), arguments))
 
     async def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
@@ -281,7 +293,8 @@ class AsyncTaskRunnerBase:
         arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
-        return _returned_ids(await self._fetch_committed(queries.ENQUEUE_MANY, arguments), len(params_list))
+        query = _traced(queries.ENQUEUE_MANY, arguments)
+        return _returned_ids(await self._fetch_committed(query, arguments), len(params_list))
 
     async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);

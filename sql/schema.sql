@@ -125,6 +125,7 @@ create table anchor.tasks (
     result jsonb,
     progress jsonb,
     waited boolean not null default false,
+    trace_context jsonb,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
     constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))
@@ -2266,6 +2267,42 @@ AS $function$
         then format('%s %s is not within 100 years of now', p_label, p_value) end
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.trace_contexts(task_ids bigint[])
+ RETURNS TABLE(task_id bigint, trace_context jsonb)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select t.id, t.trace_context
+    from anchor.tasks as t
+    where t.id = any(trace_contexts.task_ids) and t.trace_context is not null;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.trace_tasks(task_ids bigint[], trace_context jsonb)
+ RETURNS bigint[]
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+begin
+    if trace_context is null then
+        return task_ids;
+    end if;
+    if jsonb_typeof(trace_context) <> 'object'
+        or octet_length(trace_context::text) > 4096
+        -- every value a string, as a propagator's carrier holds
+        or exists (select 1 from jsonb_each(trace_context) as e where jsonb_typeof(e.value) <> 'string') then
+        raise exception using errcode = 'AT003',
+            message = format('tasks %s: trace_context must be a JSON object of strings of at most 4 kB, got %s',
+                             task_ids, left(trace_context::text, 200));
+    end if;
+    update anchor.tasks as t set trace_context = trace_tasks.trace_context
+    where t.id = any(task_ids) and t.trace_context is null and t.state = 'pending' and t.attempts = 0;
+    return task_ids;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.try_parse_duration(p_text text)
  RETURNS interval
  LANGUAGE plpgsql
@@ -2435,6 +2472,10 @@ grant execute on function anchor.task_outcome(bigint) to anchor_enqueuer;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_admin;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_enqueuer;
 grant execute on function anchor.time_problem(text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.trace_contexts(bigint[]) to anchor_admin;
+grant execute on function anchor.trace_contexts(bigint[]) to anchor_worker;
+grant execute on function anchor.trace_tasks(bigint[],jsonb) to anchor_admin;
+grant execute on function anchor.trace_tasks(bigint[],jsonb) to anchor_enqueuer;
 grant execute on function anchor.try_parse_duration(text) to anchor_admin;
 grant execute on function anchor.try_parse_intervals(text) to anchor_admin;
 grant execute on function anchor.wait_for_task(bigint) to anchor_admin;
@@ -2466,6 +2507,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (9, 'roles')
 --   (10, 'hardening')
 --   (11, 'results')
+--   (12, 'trace_context')
 -- rows of anchor.settings
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
@@ -2507,4 +2549,6 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('set_progress', 'anchor_worker')
 --   ('task_outcome', 'anchor_enqueuer')
 --   ('task_outcomes', 'anchor_enqueuer')
+--   ('trace_contexts', 'anchor_worker')
+--   ('trace_tasks', 'anchor_enqueuer')
 --   ('wait_for_task', 'anchor_enqueuer')

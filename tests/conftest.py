@@ -53,7 +53,10 @@ _fresh_database = factories.postgresql("anchor_pg")
 
 
 def pytest_report_header() -> str:
-    return f"PostgreSQL: {SERVER.origin} ({SERVER.host}:{SERVER.port})"
+    # the version too: `make test-pg14` shows in its header that it ran on 14
+    with psycopg.connect(SERVER.dsn("postgres")) as conn:
+        version = conn.execute("show server_version").fetchone()
+    return f"PostgreSQL {version[0] if version else '?'}: {SERVER.origin} ({SERVER.host}:{SERVER.port})"
 
 
 @pytest.fixture

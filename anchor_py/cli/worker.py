@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
                             help=f"{text} (default {_format_duration(default)})")
     parser.add_argument("--hook-attempts", type=int, default=defaults.hook_attempts)
     parser.add_argument("--worker-id", help="default: host-pid-random")
+    parser.add_argument("--direct-dsn", metavar="DSN",
+                        help="when --dsn goes through a pooler in transaction mode (PgBouncer): a direct connection "
+                        "for LISTEN, hook transactions and the maintenance services")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics of this worker on http://HOST:PORT/metrics "
                         "(needs the dashboard extra: prometheus-client)")
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             hook_timeout=_duration(args, "hook-timeout"),
             hook_attempts=args.hook_attempts,
             worker_id=args.worker_id,
+            direct_dsn=args.direct_dsn,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

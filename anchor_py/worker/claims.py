@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from anchor_py import queries
+from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, one_line, retrying, until_stopped
 from anchor_py.worker.execution import Executions
@@ -41,7 +42,8 @@ class ClaimLoop:
     def __init__(self, worker_id: str, *, concurrency: int, poll_interval: timedelta, handlers: dict[str, Handler],
                  queues: Sequence[str] | None, hook_timeout: timedelta, hook_attempts: int, pool: ClaimPool,
                  inflight: InFlight, completions: CompletionBuffer, executions: Executions, hooks: HookRunner,
-                 liveness: Liveness, stopping: asyncio.Event, metrics: WorkerMetrics | None) -> None:
+                 liveness: Liveness, stopping: asyncio.Event, metrics: WorkerMetrics | None,
+                 spans: WorkerSpans | None = None) -> None:
         self._concurrency = concurrency
         self._poll_interval = poll_interval.total_seconds()
         self._handlers = handlers
@@ -53,6 +55,7 @@ class ClaimLoop:
         self._liveness = liveness
         self._stopping = stopping
         self._metrics = metrics
+        self._spans = spans
         self._next_wake: float | None = None
         # the same for every claim: only max_tasks changes
         self._arguments: dict[str, Any] = {
@@ -133,20 +136,21 @@ class ClaimLoop:
                             recorded = conn.cursor(row_factory=tuple_row)
                             await recorded.execute(queries.RECORD_RESULTS, results)
                         done = conn.cursor(row_factory=tuple_row)
-                        await done.execute(queries.COMPLETE, completions.arguments(batch), prepare=True)
+                        await done.execute(queries.COMPLETE, completions.arguments(batch), prepare=self._pool.prepare)
                         cursor = conn.cursor(row_factory=tuple_row)
-                        await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                        await cursor.execute(queries.CLAIM, arguments, prepare=self._pool.prepare)
                     if results is not None:
                         completions.recorded(await recorded.fetchall())
                     outcomes = await done.fetchall()
                 else:
                     cursor = conn.cursor(row_factory=tuple_row)
-                    await cursor.execute(queries.CLAIM, arguments, prepare=True)
+                    await cursor.execute(queries.CLAIM, arguments, prepare=self._pool.prepare)
                 undecodable: Sequence[Undecodable] = ()
                 try:
                     rows = await cursor.fetchall()
                 except DECODE_ERRORS:
                     rows, undecodable = await split_rows(cursor)
+                trace_contexts = await self._trace_contexts(conn, rows) if self._spans is not None else None
         except BaseException:
             completions.failed(batch)
             raise
@@ -161,7 +165,7 @@ class ClaimLoop:
         loop = asyncio.get_running_loop()
         jobs = inflight.jobs
         handlers = self._handlers
-        execute = self._executions.execute
+        execute = self._executions.run
         run_hook = self._hooks.run
         for kind, task_id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, \
                 scheduled_at, run_at, fence, db_now in rows:
@@ -184,6 +188,8 @@ class ClaimLoop:
                 hook_attempt=hook_attempt,
                 fence=fence,
             )
+            if trace_contexts:
+                job.trace_context = trace_contexts.get(task_id)
             jobs[task_id] = job
             runner = execute(job) if kind == "execute" else run_hook(job)
             job.task = loop.create_task(runner, name=f"anchor-task-{task_id}")
@@ -191,6 +197,16 @@ class ClaimLoop:
             claimed += 1
             self._end_undecodable(row)
         return claimed
+
+    @staticmethod
+    async def _trace_contexts(conn: psycopg.AsyncConnection[Any], rows: Sequence[Any]) -> dict[int, Any]:
+        """The enqueuing spans' contexts of the claimed tasks (OpenTelemetry on), in the claim's transaction."""
+        ids = [row[1] for row in rows if row[0] != "wake"]
+        if not ids:
+            return {}
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute(queries.TRACE_CONTEXTS, {"task_ids": ids})
+            return dict(await cursor.fetchall())
 
     def _end_undecodable(self, row: Undecodable) -> None:
         """Fail a claimed task whose row cannot be read for good (its hook cannot run either)."""

@@ -144,14 +144,15 @@ class CompletionBuffer:
                 try:
                     async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
                         results = self.result_arguments(batch)
+                        complete, prepare = self.arguments(batch), self._pool.prepare
                         if results is None:
-                            await cursor.execute(queries.COMPLETE, self.arguments(batch), prepare=True)
+                            await cursor.execute(queries.COMPLETE, complete, prepare=prepare)
                             outcomes = await cursor.fetchall()
                         else:
                             async with conn.transaction():  # the results and the completions commit together
                                 await cursor.execute(queries.RECORD_RESULTS, results)
                                 self.recorded(await cursor.fetchall())
-                                await cursor.execute(queries.COMPLETE, self.arguments(batch), prepare=True)
+                                await cursor.execute(queries.COMPLETE, complete, prepare=prepare)
                                 outcomes = await cursor.fetchall()
                 except BaseException:
                     self.failed(batch)

@@ -25,6 +25,12 @@ class WorkerConfig:
     and ``rescue_interval`` decide how fast the tasks of a killed worker run again elsewhere
     (within about their sum). ``services`` replaces the default maintenance services
     (rescuer, pruner, and cron when installed); each entry builds one service on the worker's pool.
+
+    ``direct_dsn``: a direct connection to PostgreSQL, for a worker whose DSN goes through a pooler in
+    transaction mode (PgBouncer). What needs a session of its own uses it: LISTEN, the hook transactions
+    (the worker may have to end one on the server by its backend pid) and the maintenance services (the
+    pruner holds a session lock); claims, completions, failures and heartbeats go through the pooler and
+    leave no session state behind (no prepared statements, no session settings). None: one DSN for all.
     """
 
     disable: bool = False
@@ -45,6 +51,7 @@ class WorkerConfig:
     worker_id: str | None = None
     register_tasks: bool = True
     services: Sequence[ServiceFactory] | None = None
+    direct_dsn: str | None = None
 
     def __post_init__(self) -> None:
         for field in fields(self):

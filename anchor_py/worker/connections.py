@@ -28,7 +28,7 @@ class ClaimPool:
     round trip each and get some headroom.
     """
 
-    def __init__(self, dsn_or_pool: str | AsyncConnectionPool[Any], concurrency: int) -> None:
+    def __init__(self, dsn_or_pool: str | AsyncConnectionPool[Any], concurrency: int, *, pooled: bool = False) -> None:
         if isinstance(dsn_or_pool, AsyncConnectionPool):
             conninfo = dsn_or_pool.conninfo
             if not isinstance(conninfo, str):
@@ -40,6 +40,10 @@ class ClaimPool:
         else:
             raise TypeError(f"expected a DSN string or an AsyncConnectionPool, got {type(dsn_or_pool).__name__}")
         self.conninfo: str = conninfo
+        # behind a pooler in transaction mode the server connection serves other clients between two
+        # statements: nothing may stay on it (prepared statements, session settings)
+        self.pooled = pooled
+        self.prepare = not pooled
         self._max_size = max(4, min(2 + concurrency // 4, 10))
         self._pool: AsyncConnectionPool[Any] | None = None
 
@@ -48,10 +52,17 @@ class ClaimPool:
             self._pool = self._user_pool
             return
         self._pool = AsyncConnectionPool(
-            self.conninfo, min_size=2, max_size=self._max_size, kwargs=autocommit_settings("anchor-worker"),
-            open=False, timeout=10, name="anchor-worker", configure=_configure_hot_path,
+            self.conninfo, min_size=2, max_size=self._max_size,
+            kwargs=autocommit_settings("anchor-worker", self.pooled), open=False, timeout=10, name="anchor-worker",
+            # through a pooler the session setting would land on a server connection others then get
+            configure=None if self.pooled else _configure_hot_path,
         )
         await self._pool.open()
+
+    @property
+    def is_open(self) -> bool:
+        """Between open() and close(): what may use connection()."""
+        return self._pool is not None
 
     async def close(self) -> None:
         """Close our own pool (a user's pool stays open: it is theirs)."""
@@ -76,9 +87,15 @@ class ClaimPool:
         return row[0] if row else None
 
 
-def autocommit_settings(application_name: str) -> dict[str, Any]:
+def autocommit_settings(application_name: str, pooled: bool = False) -> dict[str, Any]:
     """Connection settings of the worker's autocommit connections: one statement, one transaction."""
-    return {"autocommit": True, "application_name": application_name}
+    return {"autocommit": True, "application_name": application_name, **pooled_settings(pooled)}
+
+
+def pooled_settings(pooled: bool) -> dict[str, Any]:
+    """Through a pooler in transaction mode psycopg must not prepare statements on its own (after 5 runs):
+    the next statement may reach a server connection that does not have them (PgBouncer before 1.21)."""
+    return {"prepare_threshold": None} if pooled else {}
 
 
 async def _configure_hot_path(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from anchor_py import queries
 from anchor_py.services import Service, ServiceFactory
 from anchor_py.taskspec import TaskSet
+from anchor_py.tracing import worker_spans
 from anchor_py.worker.claims import ClaimLoop
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.config import WorkerConfig, default_services
@@ -79,8 +80,10 @@ class Worker:
         self.metrics = metrics
         self.tasks = tasks
         self.executor = executor
-        self._pool = ClaimPool(dsn_or_pool, config.concurrency)
+        self._pool = ClaimPool(dsn_or_pool, config.concurrency, pooled=config.direct_dsn is not None)
         self._conninfo = self._pool.conninfo
+        # what needs a session of its own (LISTEN, hook transactions, the services' locks); see WorkerConfig
+        self._direct_conninfo = config.direct_dsn or self._conninfo
         self.worker_id = worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         handlers = handlers_for(executor, tasks)
         self._task_names = sorted(handlers)
@@ -102,6 +105,8 @@ class Worker:
         self._forced = False
         self._shutdown_step: asyncio.Future[Any] | None = None
 
+        # OpenTelemetry spans, or None (not installed, or no SDK configured): decided once, here
+        spans = worker_spans()
         inflight = self._inflight = InFlight()
         self._usercode = UserCodeRunner(config.concurrency, config.max_abandoned_threads, self._on_fatal)
         self._completions = CompletionBuffer(
@@ -109,16 +114,17 @@ class Worker:
             config.completion_flush_interval.total_seconds(), metrics,
         )
         self._hooks = HookRunner(
-            self._conninfo, worker_id, concurrency=config.concurrency,
+            self._direct_conninfo, worker_id, concurrency=config.concurrency,
             hook_timeout=config.hook_timeout.total_seconds(), hook_attempts=config.hook_attempts, pool=self._pool,
-            usercode=self._usercode, inflight=inflight, metrics=metrics,
+            usercode=self._usercode, inflight=inflight, metrics=metrics, spans=spans,
         )
         self._executions = Executions(
             worker_id, hook_timeout=config.hook_timeout, pool=self._pool, usercode=self._usercode,
-            completions=self._completions, hooks=self._hooks, inflight=inflight, metrics=metrics,
+            completions=self._completions, hooks=self._hooks, inflight=inflight, metrics=metrics, spans=spans,
         )
         self._liveness = Liveness(
-            self._conninfo, worker_id, interval=config.heartbeat_interval, timeout=config.heartbeat_timeout,
+            self._conninfo, self._direct_conninfo, worker_id, pooled=self._pool.pooled,
+            interval=config.heartbeat_interval, timeout=config.heartbeat_timeout,
             info=describe(config.concurrency, self._task_names, self._served_queues), queues=self._served_queues,
             held_ids=self._held_ids, wake=inflight.wake_event, cancel=self._executions.cancel_requested,
         )
@@ -126,7 +132,7 @@ class Worker:
             worker_id, concurrency=config.concurrency, poll_interval=config.poll_interval, handlers=handlers,
             queues=config.queues, hook_timeout=config.hook_timeout, hook_attempts=config.hook_attempts,
             pool=self._pool, inflight=inflight, completions=self._completions, executions=self._executions,
-            hooks=self._hooks, liveness=self._liveness, stopping=self._stopping, metrics=metrics,
+            hooks=self._hooks, liveness=self._liveness, stopping=self._stopping, metrics=metrics, spans=spans,
         )
 
     # --- public API ------------------------------------------------------------------
@@ -179,8 +185,9 @@ class Worker:
         try:
             while not runner.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-                if (self._running and not self._inflight.jobs and not self._completions.held
-                        and await self._nothing_due()):
+                # running is set before start-up opens the pool: ask the database only once it is open
+                if (self._running and self._pool.is_open and not self._inflight.jobs
+                        and not self._completions.held and await self._nothing_due()):
                     break
         finally:
             await self.stop()
@@ -241,7 +248,7 @@ class Worker:
             return []
         # their own connections: a long maintenance round must not hold up claims
         self._service_pool = AsyncConnectionPool(
-            self._conninfo, min_size=1, max_size=max(2, len(self._service_factories)),
+            self._direct_conninfo, min_size=1, max_size=max(2, len(self._service_factories)),
             kwargs=autocommit_settings("anchor-worker"), open=False, timeout=10, name="anchor-services",
         )
         await self._service_pool.open()
@@ -286,7 +293,7 @@ class Worker:
 
     async def _nothing_due(self) -> bool:
         async with self._pool.connection() as conn:
-            row = await fetch_one(conn, queries.TESTING_DUE_COUNT, {"task_names": self._task_names})
+            row = await fetch_one(conn, queries.DUE_COUNT, {"task_names": self._task_names})
         return row is not None and row[0] == 0
 
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:

@@ -20,6 +20,7 @@ from psycopg.rows import tuple_row
 from anchor_py import queries
 from anchor_py.taskcore import is_fatal, is_retry_without_event
 from anchor_py.taskspec import TaskSpec
+from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.connections import ClaimPool, one_line, retrying
 from anchor_py.worker.hooks import HookRunner
@@ -40,7 +41,7 @@ class Executions:
 
     def __init__(self, worker_id: str, *, hook_timeout: timedelta, pool: ClaimPool, usercode: UserCodeRunner,
                  completions: CompletionBuffer, hooks: HookRunner, inflight: InFlight,
-                 metrics: WorkerMetrics | None) -> None:
+                 metrics: WorkerMetrics | None, spans: WorkerSpans | None = None) -> None:
         self._progress = ProgressWriter(pool, worker_id)
         self._worker_id = worker_id
         self._hook_timeout = hook_timeout
@@ -50,6 +51,21 @@ class Executions:
         self._hooks = hooks
         self._inflight = inflight
         self._metrics = metrics
+        self._spans = spans
+        # what the claim loop starts for each execution: the traced twin only with OpenTelemetry on, so the
+        # untraced path stays as it was
+        self.run = self.execute if spans is None else self.execute_traced
+
+    async def execute_traced(self, job: Job) -> None:
+        """``execute`` in a span ``anchor.execute <Task>``, the current span while the executor runs."""
+        assert self._spans is not None
+        job.span = span = self._spans.start("execute", job.name, job.id, job.attempt, job.queue, job.trace_context)
+        token = span.enter()
+        try:
+            await self.execute(job)
+        finally:
+            span.leave(token)
+            span.end("shutdown")  # interrupted by the shutdown; a reported outcome has ended it already
 
     async def execute(self, job: Job) -> None:
         handler = job.handler
@@ -106,6 +122,8 @@ class Executions:
                 "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,
                 time.monotonic() - job.started, extra=job.log_fields(self._worker_id, "succeeded"),
             )
+        if job.span is not None:
+            job.span.end("succeeded")
         self._completions.add(job, result)
         self._inflight.release(job)
 
@@ -179,7 +197,15 @@ class Executions:
                       details["error_type"], one_line(exc),
                       extra=job.log_fields(self._worker_id, "unrecorded", error=one_line(exc)))
             self._inflight.release(job)
+            if job.span is not None:
+                job.span.record_failure(details)
+                job.span.end("unrecorded")
+                job.span = None
             return
+        if job.span is not None:
+            job.span.record_failure(details)
+            job.span.end(str(outcome))
+            job.span = None  # the hook, if any, has a span of its own
         if self._metrics is not None:
             self._metrics.record_execution(job.name, str(outcome), time.monotonic() - job.started)
         level = logging.INFO if outcome == "retry" else logging.WARNING

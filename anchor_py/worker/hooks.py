@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
 from anchor_py.taskcore import TaskContext, reset_current_task, set_current_task
+from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, fetch_one, retrying
 from anchor_py.worker.hooktx import HookAsyncConnection, HookConnection
 from anchor_py.worker.job import InFlight, Job, error_details
@@ -43,7 +44,7 @@ class HookRunner:
 
     def __init__(self, conninfo: str, worker_id: str, *, concurrency: int, hook_timeout: float,
                  hook_attempts: int, pool: ClaimPool, usercode: UserCodeRunner, inflight: InFlight,
-                 metrics: WorkerMetrics | None) -> None:
+                 metrics: WorkerMetrics | None, spans: WorkerSpans | None = None) -> None:
         self._conninfo = conninfo
         self._worker_id = worker_id
         self._max_connections = max(2, min(concurrency, 10))
@@ -53,6 +54,7 @@ class HookRunner:
         self._usercode = usercode
         self._inflight = inflight
         self._metrics = metrics
+        self._spans = spans
         self._hook_pool: AsyncConnectionPool[Any] | None = None
 
     async def open(self) -> None:
@@ -84,10 +86,20 @@ class HookRunner:
                                                 "error_message": f"stored params no longer fit the model: {exc}"})
                     return
             job.started = time.monotonic()
-            if job.handler.hook_is_async or job.handler.hook is None:
-                outcome = await self._run_async(job, params)
-            else:
-                outcome = await self._run_sync(job, params)
+            # OpenTelemetry on: a span anchor.hook <Task>, the current one while the hook runs
+            span = job.span = None if self._spans is None else self._spans.start(
+                "hook", job.name, job.id, job.attempt, job.queue, job.trace_context, hook_attempt=job.hook_attempt)
+            token = span.enter() if span is not None else None
+            outcome: str | None = None
+            try:
+                if job.handler.hook_is_async or job.handler.hook is None:
+                    outcome = await self._run_async(job, params)
+                else:
+                    outcome = await self._run_sync(job, params)
+            finally:
+                if span is not None:
+                    span.leave(token)
+                    span.end(outcome or "shutdown")
             if outcome is not None:
                 self._log_outcome(job, outcome)
         finally:
@@ -188,6 +200,8 @@ class HookRunner:
             **details,
         }
         outcome = str(await retrying("record a hook failure", self._pool.fetch_value, queries.FAIL_HOOK, arguments))
+        if job.span is not None:
+            job.span.record_failure(details)
         if self._metrics is not None:
             self._metrics.record_hook(job.name, outcome)
         log.log(

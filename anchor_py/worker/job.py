@@ -18,6 +18,7 @@ from typing import Any
 
 from anchor_py.taskcore import TaskContext
 from anchor_py.taskspec import TaskSet, TaskSpec
+from anchor_py.tracing import TaskSpan
 
 __all__ = ["Handler", "InFlight", "Job", "error_details", "handlers_for"]
 
@@ -55,6 +56,9 @@ class Job:
     interruptible: bool = False
     interrupt_reason: str | None = None
     timer: asyncio.TimerHandle | None = None
+    # with OpenTelemetry on (anchor_py.tracing): the enqueuing span's context, and the running span
+    trace_context: Any = None
+    span: TaskSpan | None = None
 
     @property
     def name(self) -> str:

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from anchor_py import queries
-from anchor_py.worker.connections import CONNECTION_ERRORS, fetch_one, one_line
+from anchor_py.worker.connections import CONNECTION_ERRORS, fetch_one, one_line, pooled_settings
 
 __all__ = ["Liveness"]
 
@@ -31,10 +31,13 @@ log = logging.getLogger("anchor_py.worker")
 class Liveness:
     """The heartbeat loop and the LISTEN loop of one worker."""
 
-    def __init__(self, conninfo: str, worker_id: str, *, interval: timedelta, timeout: timedelta,
+    def __init__(self, conninfo: str, listen_conninfo: str, worker_id: str, *, pooled: bool,
+                 interval: timedelta, timeout: timedelta,
                  info: dict[str, Any], queues: Sequence[str], held_ids: Callable[[], list[int]],
                  wake: asyncio.Event, cancel: Callable[[int], None]) -> None:
         self._conninfo = conninfo
+        self._listen_conninfo = listen_conninfo  # a session of its own: LISTEN cannot go through a pooler
+        self._settings = pooled_settings(pooled)
         self._worker_id = worker_id
         self._interval = interval.total_seconds()
         self._timeout = timeout
@@ -47,7 +50,7 @@ class Liveness:
 
     async def heartbeat_once(self) -> None:
         """Register (or refresh) the worker with its description, on a connection of its own."""
-        async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._settings) as conn:
             await self._heartbeat(conn, Jsonb(self._info))
         self.registered = True
 
@@ -60,7 +63,7 @@ class Liveness:
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
-                            self._conninfo, autocommit=True, application_name="anchor-heartbeat"
+                            self._conninfo, autocommit=True, application_name="anchor-heartbeat", **self._settings
                         )
                     await self._heartbeat(conn, None)
                 except CONNECTION_ERRORS as exc:
@@ -93,7 +96,7 @@ class Liveness:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, application_name="anchor-listen"
+                    self._listen_conninfo, autocommit=True, application_name="anchor-listen"
                 ) as conn:
                     await conn.execute(queries.LISTEN_TASKS)
                     await conn.execute(queries.LISTEN_CANCEL)

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 
 # every English page the docs promise a Chinese twin of
-EXPECTED_PAIRS = ("async-tasks", "sql-api", "operations", "performance", "reliability", "architecture")
+EXPECTED_PAIRS = ("async-tasks", "sql-api", "operations", "performance", "reliability", "architecture",
+                  "integrations")
 
 _HEADING = re.compile(r"^(#{1,6})\s+\S")
 _FENCE = re.compile(r"^ {0,3}(```+|~~~+)")

@@ -1,8 +1,9 @@
 """The task set, executor and worker process the fault tests run and kill.
 
-    python -m tests.faults.app DSN [--concurrency N] [--max-rescues N]
+    python -m tests.faults.app DSN [--concurrency N] [--max-rescues N] [--cron]
 
-runs the real ``anchor_py.Worker`` until SIGTERM, as worker id ``fault-<pid>``.
+runs the real ``anchor_py.Worker`` until SIGTERM, as worker id ``fault-<pid>``, with the rescuer as its only
+maintenance service (and the cron scheduler with ``--cron``, which fires ``CronTick`` every second).
 
 Every execution and hook records itself in ``fault_runs`` on its own autocommit connection, so the
 record survives whatever happens to the task (and the process): ``exec_start`` before the work,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -47,6 +49,8 @@ create table if not exists fault_runs (
     at timestamptz not null default clock_timestamp()
 );
 create index if not exists fault_runs_task_idx on fault_runs (task_id, kind);
+create index if not exists fault_runs_pid_idx on fault_runs (pid, kind);
+create index if not exists fault_runs_at_idx on fault_runs (kind, at);  -- "executions begun in the last 2 s"
 create table if not exists hook_log (
     task_id bigint not null,
     attempt int not null,
@@ -62,6 +66,7 @@ class FaultParameters(pydantic.BaseModel):
     n: int
     sleep_ms: int = 0
     hook_ms: int = 0
+    fail_attempts: int = 0  # a retried task: its first ``fail_attempts`` attempts raise
 
 
 def _definition(name: str, **fields: Any) -> dict[str, Any]:
@@ -74,6 +79,7 @@ def _definition(name: str, **fields: Any) -> dict[str, Any]:
                 "n": {"type": "integer"},
                 "sleep_ms": {"type": "integer", "minimum": 0},
                 "hook_ms": {"type": "integer", "minimum": 0},
+                "fail_attempts": {"type": "integer", "minimum": 0},
             },
         },
         **fields,
@@ -105,6 +111,9 @@ TASKS = TaskSet([
     _spec("PoisonExit", "execute_poison_exit", None, max_attempts=3, retry_interval="200ms", timeout="20s"),
     _spec("PoisonHang", "execute_poison_hang", None, max_attempts=2, retry_interval="200ms", timeout="1s"),
     _spec("PoisonCrash", "execute_poison_crash", None, max_attempts=-1, retry_interval="200ms", timeout="20s"),
+    # fired every second by the cron scheduler of workers started with --cron (none otherwise)
+    _spec("CronTick", "execute_ok", None, max_attempts=10, cron={"expression": "* * * * * *", "parameters": {"n": 0}},
+          **_RETRY),
 ])
 FINAL_STATES = ("succeeded", "failed", "hook_failed", "cancelled")
 HOOKED = ("Fails", "SyncFails")
@@ -171,7 +180,7 @@ class FaultExecutor:
         if params.sleep_ms:
             await asyncio.sleep(params.sleep_ms / 1000)
         await self.recorder.record(ctx.task_id, "exec_end", ctx.attempt)
-        if fail:
+        if fail or ctx.attempt <= params.fail_attempts:
             raise RuntimeError(f"task {ctx.task_id} fails on attempt {ctx.attempt}")
 
     def _run_sync(self, ctx: TaskContext, params: FaultParameters, fail: bool) -> None:
@@ -179,7 +188,7 @@ class FaultExecutor:
         if params.sleep_ms:
             time.sleep(params.sleep_ms / 1000)
         self.recorder.record_sync(ctx.task_id, "exec_end", ctx.attempt)
-        if fail:
+        if fail or ctx.attempt <= params.fail_attempts:
             raise RuntimeError(f"task {ctx.task_id} fails on attempt {ctx.attempt}")
 
     async def execute_ok(self, ctx: TaskContext, params: FaultParameters) -> None:
@@ -236,20 +245,34 @@ class FaultExecutor:
         os._exit(70)  # like a segfault in native code: the whole worker process dies
 
 
-def worker_config(concurrency: int, max_rescues: int = 5) -> WorkerConfig:
+def worker_config(concurrency: int, max_rescues: int = 5, cron: bool = False) -> WorkerConfig:
+    """The fault worker's whole configuration, built here only: short heartbeats and rescue rounds so a
+    killed worker's tasks run again within seconds; the rescuer (and with ``cron`` the cron scheduler) as
+    its only services."""
+    from anchor_py.cron import CronService
+    from anchor_py.rescuer import Rescuer, RescuerConfig
+
+    heartbeat_timeout, rescue_interval = timedelta(seconds=3), timedelta(seconds=0.5)
+    deadline_grace, hook_attempts = timedelta(seconds=2), 5
+    rescuer = RescuerConfig(interval=rescue_interval, heartbeat_timeout=heartbeat_timeout,
+                            deadline_grace=deadline_grace, max_rescues=max_rescues, max_hook_attempts=hook_attempts)
+    services: list[Any] = [lambda pool: Rescuer(pool, rescuer)]
+    if cron:
+        services.append(lambda pool: CronService(pool))
     return WorkerConfig(
         concurrency=concurrency,
         poll_interval=timedelta(seconds=0.2),
         heartbeat_interval=timedelta(seconds=0.5),
-        heartbeat_timeout=timedelta(seconds=3),
-        rescue_interval=timedelta(seconds=0.5),
-        deadline_grace=timedelta(seconds=2),
+        heartbeat_timeout=heartbeat_timeout,
+        rescue_interval=rescue_interval,
+        deadline_grace=deadline_grace,
         max_rescues=max_rescues,
         shutdown_grace=timedelta(seconds=3),
+        hook_attempts=hook_attempts,
         hook_timeout=timedelta(seconds=5),
         max_abandoned_threads=4,
         worker_id=f"fault-{os.getpid()}",
-        services=[],  # set in main(): the rescuer only (no cron)
+        services=services,
     )
 
 
@@ -258,17 +281,15 @@ def main() -> None:
     parser.add_argument("dsn")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-rescues", type=int, default=5)
+    parser.add_argument("--cron", action="store_true", help="run the cron scheduler too (fires CronTick)")
+    parser.add_argument("--direct-dsn", help="when dsn goes through PgBouncer: WorkerConfig.direct_dsn")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    from anchor_py.rescuer import Rescuer, RescuerConfig
-
-    base = worker_config(args.concurrency, args.max_rescues)
-    rescuer = RescuerConfig(interval=base.rescue_interval, heartbeat_timeout=base.heartbeat_timeout,
-                            deadline_grace=base.deadline_grace, max_rescues=base.max_rescues,
-                            max_hook_attempts=base.hook_attempts)
-    config = WorkerConfig(**{**base.__dict__, "services": [lambda pool: Rescuer(pool, rescuer)]})
-    worker = Worker(args.dsn, FaultExecutor(args.dsn), TASKS, config)
+    config = dataclasses.replace(worker_config(args.concurrency, args.max_rescues, args.cron),
+                                 direct_dsn=args.direct_dsn)
+    # the executor's own records go to the database directly: they are the test's probe, not the worker's path
+    worker = Worker(args.dsn, FaultExecutor(args.direct_dsn or args.dsn), TASKS, config)
     worker.run_sync()
 
 

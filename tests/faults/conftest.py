@@ -10,8 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from anchor_py.migrate import install
-from tests.faults.app import SIDE_TABLES, TASKS
+from tests.faults.harness import prepare_database
 from tests.faults.pgcluster import ThrowawayPostgres
 
 TEMPLATE = "anchor_fault_template"
@@ -24,10 +23,7 @@ def fault_server() -> Iterator[ThrowawayPostgres]:
     try:
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             conn.execute(f"create database {TEMPLATE}")
-        install(server.dsn(TEMPLATE))
-        with psycopg.connect(server.dsn(TEMPLATE), autocommit=True) as conn:
-            conn.execute(SIDE_TABLES)
-            conn.execute("select anchor.register_tasks(%s::jsonb, %s)", (TASKS.definitions_json(), TASKS.version))
+        prepare_database(server.dsn(TEMPLATE))
         yield server
     finally:
         server.close()

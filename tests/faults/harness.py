@@ -20,9 +20,18 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
-from tests.faults.app import FINAL_STATES, HOOKED
+from anchor_py.migrate import install
+from tests.faults.app import FINAL_STATES, HOOKED, SIDE_TABLES, TASKS
 
 REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def prepare_database(dsn: str) -> None:
+    """The SQL core, the fault side tables and the fault TASKS in the (empty) database ``dsn``."""
+    install(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SIDE_TABLES)
+        conn.execute("select anchor.register_tasks(%s::jsonb, %s)", (TASKS.definitions_json(), TASKS.version))
 
 
 def connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
@@ -61,6 +70,8 @@ class Fleet:
     log_dir: Path
     concurrency: int = 8
     max_rescues: int = 5
+    cron: bool = False  # the workers run the cron scheduler (CronTick fires every second)
+    direct_dsn: str | None = None  # with dsn through PgBouncer: the workers' direct connection
     workers: list[Worker] = field(default_factory=list)
     killed: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)  # died by themselves (a crashing task, too many threads)
@@ -68,18 +79,28 @@ class Fleet:
     def spawn(self, count: int = 1) -> list[Worker]:
         started = []
         for _ in range(count):
-            index = len(self.workers)
-            log = self.log_dir / f"worker-{index}.log"
-            with open(log, "wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
-                     "--max-rescues", str(self.max_rescues)],
-                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+            log = self.log_dir / f"worker-{len(self.workers)}.log"
+            process = self._start(log)
+            # pids wrap around in a long run (pid_max is often 32768): one pid must mean one worker process, or the
+            # records of a dead worker and of its namesake mix (worker id, executions, kills). A process
+            # that got a used pid is killed before it has loaded anything, and replaced.
+            while any(worker.pid == process.pid for worker in self.workers):
+                process.kill()
+                process.wait()
+                process = self._start(log)
             worker = Worker(process, log)
             self.workers.append(worker)
             started.append(worker)
         return started
+
+    def _start(self, log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.app", self.dsn, "--concurrency", str(self.concurrency),
+                 "--max-rescues", str(self.max_rescues), *(["--cron"] if self.cron else []),
+                 *(["--direct-dsn", self.direct_dsn] if self.direct_dsn else [])],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers if w.process.poll() is None]
@@ -230,54 +251,18 @@ def check_invariants(dsn: str, enqueued: list[int], dead_pids: set[int], *,
     5. the hook of every finally-failed task committed exactly once: a hooked task that is `failed`
        has exactly one hook_log row, any other task none (hook_failed: its hook never committed).
     """
-    problems: list[str] = []
-    report = Report(tasks=len(enqueued))
     with connect(dsn) as conn:
-        ids = [row["id"] for row in conn.execute("select id from anchor.tasks order by id")]
-        lost = sorted(set(enqueued) - set(ids))
-        extra = sorted(set(ids) - set(enqueued))
-        if lost:
-            problems.append(f"lost tasks: {len(lost)} (e.g. {lost[:10]})")
-        if extra:
-            problems.append(f"tasks nobody enqueued: {extra[:10]}")
-        report.by_state = {row["state"]: row["n"] for row in conn.execute(
-            "select state, count(*) as n from anchor.tasks group by 1 order by 1")}
-        not_final = {s: n for s, n in report.by_state.items() if s not in FINAL_STATES}
-        if not_final:
-            problems.append(f"tasks not in a final state: {not_final}")
-        twice = conn.execute("""
-            select task_id, attempt, count(*) as n from fault_runs where kind = 'exec_start'
-            group by 1, 2 having count(*) > 1 order by 1 limit 10""").fetchall()
-        if twice:
-            problems.append(f"an attempt executed more than once: {[dict(r) for r in twice]}")
-        report.executions = conn.execute(
-            "select count(*) as n from fault_runs where kind = 'exec_start'").fetchone()["n"]  # type: ignore[index]
-        unaccounted = conn.execute("""
-            select r.task_id, r.attempt, r.pid, t.name, t.state, t.attempts
-            from fault_runs r join anchor.tasks t on t.id = r.task_id
-            where r.kind = 'exec_start'
-              and not (t.state = 'succeeded' and r.attempt = t.attempts)
-              and not exists (select 1 from anchor.task_events e
-                              where e.task_id = r.task_id and e.attempt = r.attempt and e.kind = 'error')
-            order by r.task_id""").fetchall()
-        dead = [dict(r) for r in unaccounted if r["pid"] in dead_pids]
-        duplicates = [dict(r) for r in unaccounted if r["pid"] not in dead_pids]
+        report, problems = table_problems(conn, enqueued)
+        unaccounted = unaccounted_executions(conn)
+        dead = [r for r in unaccounted if r["pid"] in dead_pids]
+        duplicates = [r for r in unaccounted if r["pid"] not in dead_pids]
         report.reexecuted_after_death = len(dead)
         if duplicates and not no_duplicates:
             problems.append(
                 f"{len(duplicates)} executions neither recorded as an outcome nor interrupted by their worker's "
                 f"death (a duplicate execution without a crash): {duplicates[:10]}")
         if no_duplicates and unaccounted:
-            problems.append("executions whose outcome was lost although no worker died: "
-                            f"{[dict(r) for r in unaccounted[:10]]}")
-        hooks = conn.execute("""
-            select t.id, t.name, t.state, count(h.task_id) as hooks
-            from anchor.tasks t left join hook_log h on h.task_id = t.id
-            group by t.id
-            having count(h.task_id) <> case when t.state = 'failed' and t.name = any(%s) then 1 else 0 end
-            order by t.id limit 10""", (list(HOOKED),)).fetchall()
-        if hooks:
-            problems.append(f"hooks not committed exactly once with the final failure: {[dict(r) for r in hooks]}")
+            problems.append(f"executions whose outcome was lost although no worker died: {unaccounted[:10]}")
         report.killed_in_execution = conn.execute("""
             select count(*) as n from fault_runs s where s.kind = 'exec_start' and s.pid = any(%s)
               and not exists (select 1 from fault_runs e where e.kind = 'exec_end' and e.task_id = s.task_id
@@ -287,9 +272,59 @@ def check_invariants(dsn: str, enqueued: list[int], dead_pids: set[int], *,
             select count(*) as n from fault_runs s where s.kind = 'hook_start' and s.pid = any(%s)
               and not exists (select 1 from hook_log h where h.task_id = s.task_id and h.pid = s.pid)""",
             (list(dead_pids),)).fetchone()["n"]  # type: ignore[index]
-        report.rescued = conn.execute(
-            "select count(*) as n from anchor.task_events where kind = 'rescued'").fetchone()["n"]  # type: ignore[index]
     if problems:
         raise AssertionError("invariants violated:\n- " + "\n- ".join(problems) + f"\n{report}")
     print(report)
     return report
+
+
+def table_problems(conn: psycopg.Connection[dict[str, Any]], enqueued: list[int]) -> tuple[Report, list[str]]:
+    """Invariants 1, 2, 3 and 5 of check_invariants (everything but the accounting of executions)."""
+    problems: list[str] = []
+    report = Report(tasks=len(enqueued))
+    ids = [row["id"] for row in conn.execute("select id from anchor.tasks order by id")]
+    lost = sorted(set(enqueued) - set(ids))
+    extra = sorted(set(ids) - set(enqueued))
+    if lost:
+        problems.append(f"lost tasks: {len(lost)} (e.g. {lost[:10]})")
+    if extra:
+        problems.append(f"tasks nobody enqueued: {extra[:10]}")
+    report.by_state = {row["state"]: row["n"] for row in conn.execute(
+        "select state, count(*) as n from anchor.tasks group by 1 order by 1")}
+    not_final = {s: n for s, n in report.by_state.items() if s not in FINAL_STATES}
+    if not_final:
+        problems.append(f"tasks not in a final state: {not_final}")
+    twice = conn.execute("""
+        select task_id, attempt, count(*) as n from fault_runs where kind = 'exec_start'
+        group by 1, 2 having count(*) > 1 order by 1 limit 10""").fetchall()
+    if twice:
+        problems.append(f"an attempt executed more than once: {[dict(r) for r in twice]}")
+    report.executions = conn.execute(
+        "select count(*) as n from fault_runs where kind = 'exec_start'").fetchone()["n"]  # type: ignore[index]
+    hooks = conn.execute("""
+        select t.id, t.name, t.state, count(h.task_id) as hooks
+        from anchor.tasks t left join hook_log h on h.task_id = t.id
+        group by t.id
+        having count(h.task_id) <> case when t.state = 'failed' and t.name = any(%s) then 1 else 0 end
+        order by t.id limit 10""", (list(HOOKED),)).fetchall()
+    if hooks:
+        problems.append(f"hooks not committed exactly once with the final failure: {[dict(r) for r in hooks]}")
+    report.rescued = conn.execute(
+        "select count(*) as n from anchor.task_events where kind = 'rescued'").fetchone()["n"]  # type: ignore[index]
+    return report, problems
+
+
+def unaccounted_executions(conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Executions whose outcome the queue never recorded (neither the attempt that succeeded nor an error
+    event of their attempt): each ran again later. With when it started (``at``) and when the same task's
+    next execution started (``next_at``, null if none)."""
+    return [dict(row) for row in conn.execute("""
+        select r.task_id, r.attempt, r.pid, r.at, t.name, t.state, t.attempts,
+            (select min(n.at) from fault_runs n where n.kind = 'exec_start' and n.task_id = r.task_id
+                and n.at > r.at) as next_at
+        from fault_runs r join anchor.tasks t on t.id = r.task_id
+        where r.kind = 'exec_start'
+          and not (t.state = 'succeeded' and r.attempt = t.attempts)
+          and not exists (select 1 from anchor.task_events e
+                          where e.task_id = r.task_id and e.attempt = r.attempt and e.kind = 'error')
+        order by r.task_id""")]

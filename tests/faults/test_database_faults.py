@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.aim import cut_connections
 from tests.faults.harness import (
     check_invariants,
     enqueue,
@@ -28,8 +29,6 @@ from tests.faults.harness import (
     wait_settled,
 )
 from tests.faults.pgcluster import ThrowawayPostgres
-
-WORKER_CONNECTIONS = ["anchor-worker", "anchor-hook", "anchor-listen", "anchor-heartbeat"]
 
 
 def _dead_worker_rescues(dsn: str) -> list[dict[str, object]]:
@@ -69,12 +68,7 @@ def run_terminate_scenario(dsn: str, log_dir: Path, *, tasks: int, seconds: floa
         time.sleep(1.0)
         stop_at = time.monotonic() + seconds
         while time.monotonic() < stop_at and unfinished(dsn) > 0:
-            rows = retry_db(dsn, """
-                select count(*) filter (where pg_terminate_backend(pid)) as n from (
-                    select pid from pg_stat_activity where application_name = any(%s)
-                    order by random() limit %s) as victims""",
-                (WORKER_CONNECTIONS, rng.randint(1, 4)))
-            terminated += int(rows[0]["n"])
+            terminated += sum(cut_connections(dsn, rng, 4).values())
             time.sleep(rng.uniform(0.05, 0.4))
         assert terminated > 0
         wait_settled(dsn, 120, fl)

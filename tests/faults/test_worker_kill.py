@@ -14,62 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Fleet, check_invariants, fleet, mixed_workload, retry_db, unfinished, wait_settled
-
-# Slows every claim down (a few ms per claimed row) so a SIGKILL can land inside one; created in the
-# test database only, as fault injection.
-SLOW_CLAIM = """
-create function fault_slow_claim() returns trigger language plpgsql as $$
-begin
-    perform pg_sleep(0.003);
-    return new;
-end $$;
-create trigger fault_slow_claim before update on anchor.tasks for each row
-when (old.state = 'pending' and new.state = 'running') execute function fault_slow_claim();
-"""
-
-
-def _victim_in_claim(dsn: str, workers: Fleet) -> int | None:
-    rows = retry_db(dsn, """
-        select client_port from pg_stat_activity
-        where state = 'active' and query like '%%anchor.claim%%' and application_name = 'anchor-worker'""")
-    for row in rows:
-        pid = workers.pids_of_backend(row["client_port"])
-        if pid is not None:
-            return pid
-    return None
-
-
-def _victim_in_execution(dsn: str, workers: Fleet) -> int | None:
-    alive = [w.pid for w in workers.alive()]
-    rows = retry_db(dsn, """
-        select s.pid from fault_runs s
-        where s.kind = 'exec_start' and s.pid = any(%s) and s.at > clock_timestamp() - interval '2 seconds'
-          and not exists (select 1 from fault_runs e where e.kind = 'exec_end' and e.task_id = s.task_id
-                          and e.attempt = s.attempt and e.pid = s.pid)
-        order by s.at desc limit 1""", (alive,))
-    return rows[0]["pid"] if rows else None
-
-
-def _victim_in_hook(dsn: str, workers: Fleet) -> int | None:
-    alive = [w.pid for w in workers.alive()]
-    rows = retry_db(dsn, """
-        select s.pid from fault_runs s join anchor.tasks t on t.id = s.task_id
-        where s.kind = 'hook_start' and s.pid = any(%s) and t.state = 'failing'
-          and t.locked_by = 'fault-' || s.pid
-        order by s.at desc limit 1""", (alive,))
-    return rows[0]["pid"] if rows else None
+from tests.faults.aim import SLOW_CLAIM, VICTIM_PICKERS
+from tests.faults.harness import check_invariants, fleet, mixed_workload, retry_db, unfinished, wait_settled
+from tests.integrations.pgbouncer import pgbouncer
 
 
 def run_kill_scenario(dsn: str, log_dir: Path, *, tasks: int, kills: int, workers: int, seed: int,
-                      settle_timeout: float) -> None:
+                      settle_timeout: float, pooled_dsn: str | None = None) -> None:
+    """``pooled_dsn``: the workers' DSN through PgBouncer (with ``dsn`` as their direct one); the checks read
+    ``dsn``."""
     rng = random.Random(seed)
     retry_db(dsn, SLOW_CLAIM)
     enqueued = mixed_workload(dsn, tasks, rng, fail_share=0.25, hook_ms=30)
-    phases = ["claim", "execution", "hook", "random"]
+    # through PgBouncer the server sees the pooler's port, not the worker's: no claim can be traced to a worker
+    phases = ["execution", "hook", "random"] if pooled_dsn else ["claim", "execution", "hook", "random"]
     landed: dict[str, int] = dict.fromkeys(phases, 0)
-    pickers = {"claim": _victim_in_claim, "execution": _victim_in_execution, "hook": _victim_in_hook}
-    with fleet(dsn, log_dir, concurrency=8) as fl:
+    with fleet(pooled_dsn or dsn, log_dir, concurrency=8, direct_dsn=dsn if pooled_dsn else None) as fl:
         fl.spawn(workers)
         time.sleep(1.5)  # let them start claiming
         done = 0
@@ -80,7 +40,7 @@ def run_kill_scenario(dsn: str, log_dir: Path, *, tasks: int, kills: int, worker
             if phase == "random":
                 pid: int | None = rng.choice(fl.alive()).pid if fl.alive() else None
             else:
-                pid = pickers[phase](dsn, fl)
+                pid = VICTIM_PICKERS[phase](dsn, fl)
             if pid is None or not fl.kill(pid):
                 time.sleep(0.02)
                 continue
@@ -95,6 +55,15 @@ def run_kill_scenario(dsn: str, log_dir: Path, *, tasks: int, kills: int, worker
     if kills >= 8:  # the long run: every phase was hit
         assert all(landed.values()), f"a phase was never hit: {landed}"
     assert report.rescued > 0, "no task was ever rescued: the kills hit nothing"
+
+
+def test_sigkill_short_through_pgbouncer(fault_dsn: str, log_dir: Path) -> None:
+    """The short scenario with the workers' claims, completions, failures and heartbeats going through PgBouncer in
+    transaction mode (LISTEN, hooks and the rescuer on their direct DSN): the same invariants hold. The kill aimed
+    at a claim is left out (PgBouncer hides the worker's port from the server); the random kills stand in for it."""
+    with pgbouncer(fault_dsn) as pooled:
+        run_kill_scenario(fault_dsn, log_dir, tasks=1000, kills=4, workers=3, seed=1, settle_timeout=90,
+                          pooled_dsn=pooled)
 
 
 def test_sigkill_short(fault_dsn: str, log_dir: Path) -> None:

@@ -6,12 +6,16 @@ from anchor_py.taskcore import (
     TaskContext,
     current_task,
 )
+from anchor_py.waiting import TaskCancelled, TaskFailed, TaskOutcome
 from anchor_py.worker import Worker, WorkerConfig
 
 __all__ = [
     "FatalTaskError",
     "RetryTaskWithoutErrorEvent",
+    "TaskCancelled",
     "TaskContext",
+    "TaskFailed",
+    "TaskOutcome",
     "Worker",
     "WorkerConfig",
     "current_task",

@@ -34,6 +34,8 @@ from anchor_py.admin_records import (
     to_json,
 )
 from anchor_py.defaults import HEARTBEAT_TIMEOUT
+from anchor_py.runner import TaskRunnerBase
+from anchor_py.waiting import TaskOutcome, WaitTimeout
 
 # the records come from anchor_py.admin_records; callers take them from here, with the functions
 __all__ = [
@@ -112,6 +114,12 @@ def get_task(conn: Conn, task_id: int) -> TaskDetail:
             raise TaskNotFound(task_id)
         events = [TaskEvent(**e) for e in cur.execute(queries.ADMIN_TASK_EVENTS, {"id": task_id}).fetchall()]
     return TaskDetail(**row, events=events)
+
+
+def wait_task(conn: Conn, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
+    """The outcome of the task once it is final; TimeoutError when timeout passes first, LookupError when
+    there is no such task. Woken by the task's NOTIFY (anchor_py.waiting)."""
+    return TaskRunnerBase(conn).wait(task_id, timeout)
 
 
 def get_stats(

@@ -104,6 +104,8 @@ class TaskDetail:
     last_error: str | None
     created_at: datetime
     finished_at: datetime | None
+    result: Any  # what the executor returned (JSON), None when nothing was stored
+    progress: Any  # the last ctx.set_progress document (JSON), None when none was written
     events: list[TaskEvent]
     # the database clock when this was read (ages and "due in" are measured on it)
     read_at: datetime

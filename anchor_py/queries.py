@@ -351,6 +351,8 @@ SELECT
     t.last_error,
     t.created_at,
     t.finished_at,
+    t.result,
+    t.progress,
     now() AS read_at
 FROM anchor.tasks AS t
 WHERE t.id = %(id)s::bigint
@@ -497,4 +499,58 @@ SELECT anchor.prune(
     batch_size => %(batch_size)s::int,
     p_now => %(now)s::timestamptz
 ) AS deleted
+"""
+
+# --- results and progress (worker) ---
+
+# The results of a completion batch, sent ahead of COMPLETE in its transaction (only when some task of the
+# batch returned one); outcomes recorded, stale or too_large.
+RECORD_RESULTS = """
+SELECT
+    id,
+    outcome
+FROM anchor.record_results(
+    ids => %(ids)s::bigint[],
+    fences => %(fences)s::bigint[],
+    results => %(results)s::jsonb[],
+    worker_id => %(worker_id)s::text
+)
+"""
+
+# A running execution's progress document, fenced by its claim; false when the task has moved on.
+SET_PROGRESS = """
+SELECT anchor.set_progress(
+    id => %(id)s::bigint,
+    fence => %(fence)s::bigint,
+    worker_id => %(worker_id)s::text,
+    progress => %(progress)s::jsonb
+)
+"""
+
+# The stored size of a large result when it is over max_result_bytes, else null.
+RESULT_OVERSIZE = """
+SELECT anchor.result_oversize(%(result)s::jsonb)
+"""
+
+# --- waiting for outcomes ---
+
+# Flags the task as waited on (its final transition then notifies anchor_outcome) and reads its outcome.
+WAIT_FOR_TASK = """
+SELECT
+    state,
+    result,
+    error,
+    finished_at
+FROM anchor.wait_for_task(%(id)s::bigint)
+"""
+
+# The outcome of every task a process waits on, in one read (the listener's poll and its wake-up).
+TASK_OUTCOMES = """
+SELECT
+    id,
+    state,
+    result,
+    error,
+    finished_at
+FROM anchor.task_outcomes(%(ids)s::bigint[])
 """

@@ -34,8 +34,16 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from anchor_py import queries, tracing
 from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
 from anchor_py.taskspec import TaskSet
+from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typed_result, wait_async, wait_sync
 
-__all__ = ["AsyncTaskRunnerBase", "AutocommitConnectionError", "OpenTransactionError", "TaskRunnerBase"]
+__all__ = [
+    "AsyncTaskRunnerBase",
+    "AutocommitConnectionError",
+    "OpenTransactionError",
+    "TaskRunnerBase",
+    "nul_path",
+    "refuse_nul",
+]
 
 _OVERRIDABLE = (
     "run_at",
@@ -57,7 +65,7 @@ class OpenTransactionError(ValueError):
     """``run_*`` was given a connection with a transaction open that it must not commit."""
 
 
-def _nul_path(value: Any, path: str = "$") -> str | None:
+def nul_path(value: Any, path: str = "$") -> str | None:
     """The JSON path of the first string (value or key) in ``value`` holding U+0000, or None."""
     if isinstance(value, str):
         return path if "\x00" in value else None
@@ -65,12 +73,12 @@ def _nul_path(value: Any, path: str = "$") -> str | None:
         for key, item in value.items():
             if "\x00" in key:
                 return f"{path}.{json.dumps(key)}"
-            found = _nul_path(item, f"{path}.{key}" if key.isidentifier() else f"{path}.{json.dumps(key)}")
+            found = nul_path(item, f"{path}.{key}" if key.isidentifier() else f"{path}.{json.dumps(key)}")
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul_path(item, f"{path}[{index}]")
+            found = nul_path(item, f"{path}[{index}]")
             if found is not None:
                 return found
     return None
@@ -104,7 +112,7 @@ def _params_json(
 
 def refuse_nul(task_name: str, params_json: Any) -> None:
     """Raises ValueError naming the JSON path when the params hold U+0000, which jsonb cannot store."""
-    nul_at = _nul_path(params_json)
+    nul_at = nul_path(params_json)
     if nul_at is not None:
         raise ValueError(
             f"task {task_name}: params {nul_at} contains the character U+0000 (NUL), which PostgreSQL cannot "
@@ -225,6 +233,20 @@ class TaskRunnerBase:
         query = _traced(queries.ENQUEUE_MANY, arguments)
         return _returned_ids(self._fetch_committed(query, arguments), len(params_list))
 
+    def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
+        """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
+        TimeoutError when timeout (seconds or a timedelta) passes first."""
+        return wait_sync(
+            conninfo_of(self._db),
+            task_id,
+            lambda: self._fetch_committed(queries.WAIT_FOR_TASK, {"id": task_id}),
+            timeout,
+        )
+
+    def wait_result(self, task_id: int, model: type[ModelT] | None, timeout: WaitTimeout = None) -> ModelT | None:
+        """The result of task task_id as model once it has succeeded; TaskFailed, TaskCancelled or TimeoutError."""
+        return typed_result(self.wait(task_id, timeout), model)
+
     def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
         if isinstance(self._db, ConnectionPool):
             with self._db.connection() as pooled:
@@ -273,6 +295,20 @@ class AsyncTaskRunnerBase:
             return []
         query = _traced(queries.ENQUEUE_MANY, arguments)
         return _returned_ids(await self._fetch_committed(query, arguments), len(params_list))
+
+    async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
+        """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
+        TimeoutError when timeout (seconds or a timedelta) passes first."""
+        return await wait_async(
+            conninfo_of(self._db),
+            task_id,
+            lambda: self._fetch_committed(queries.WAIT_FOR_TASK, {"id": task_id}),
+            timeout,
+        )
+
+    async def wait_result(self, task_id: int, model: type[ModelT] | None, timeout: WaitTimeout = None) -> ModelT | None:
+        """The result of task task_id as model once it has succeeded; TaskFailed, TaskCancelled or TimeoutError."""
+        return typed_result(await self.wait(task_id, timeout), model)
 
     async def _fetch_committed(self, query: str, arguments: dict[str, Any]) -> tuple[Any, ...] | None:
         if isinstance(self._db, AsyncConnectionPool):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -228,6 +228,31 @@ class TaskContext:
     queue: str
     deadline: datetime | None
     scheduled_at: datetime | None
+    # where set_progress hands its documents: the worker's progress writer (None outside a worker)
+    progress_sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
+
+    def set_progress(self, data: dict[str, Any]) -> Awaitable[None]:
+        """Store how far the task has got (a JSON object), shown by ``anchor tasks show`` and the dashboard.
+
+        Await it in an async executor, call it plainly in a sync one: either way it returns at once and
+        the worker writes in the background, at most once a second per task and always the last value
+        (before the task completes). A value that is not a JSON object raises TypeError here. Outside a
+        worker (e.g. anchor_py.testing) it stores nothing.
+        """
+        if self.progress_sink is not None:
+            self.progress_sink(data)
+        return _STORED
+
+
+class _Stored:
+    """What set_progress returns: awaiting it returns at once (the write happens in the background)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that yields nothing: awaiting it never suspends
+
+
+_STORED = _Stored()
 
 
 _current_task: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("anchor_current_task")

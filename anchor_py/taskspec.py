@@ -113,6 +113,7 @@ class TaskSpec:
     execute_method: str
     hook_method: str | None
     definition: dict[str, Any]
+    result_model: type[pydantic.BaseModel] | None = None  # what the executor returns; None: nothing
 
 
 class TaskSet:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from benchmarks import backlog, drain, enqueue, floor, latency, peers, retention
+from benchmarks import backlog, drain, enqueue, floor, latency, peers, results, retention
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
 
@@ -25,6 +25,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "enqueue-batch": enqueue.run_batch,
     "drain": drain.run,
     "latency": latency.run,
+    "result-latency": results.run,
     "backlog": backlog.run,
     "retention": retention.run,
     "peers": peers.run,

@@ -122,6 +122,9 @@ create table anchor.tasks (
     created_at timestamp with time zone not null,
     finished_at timestamp with time zone,
     fence bigint not null default 0,
+    result jsonb,
+    progress jsonb,
+    waited boolean not null default false,
     trace_context jsonb,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
@@ -162,6 +165,7 @@ CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 CREATE TRIGGER cron_schedules_notify AFTER INSERT OR UPDATE OF next_fire_at, paused ON anchor.cron_schedules FOR EACH ROW WHEN (new.next_fire_at IS NULL AND NOT new.paused) EXECUTE FUNCTION anchor.notify_cron_change();
 CREATE TRIGGER task_definitions_sync_cron AFTER INSERT OR DELETE OR UPDATE ON anchor.task_definitions FOR EACH ROW EXECUTE FUNCTION anchor.sync_cron_schedule();
 CREATE TRIGGER tasks_notify_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.notify_due_tasks();
+CREATE TRIGGER tasks_notify_outcome AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.waited AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.notify_task_outcome();
 CREATE TRIGGER tasks_notify_update AFTER UPDATE OF state, run_at, locked_by ON anchor.tasks FOR EACH ROW WHEN ((new.state = ANY (ARRAY['pending'::text, 'failing'::text])) AND new.locked_by IS NULL) EXECUTE FUNCTION anchor.notify_due_task();
 
 CREATE OR REPLACE FUNCTION anchor.apply_privileges()
@@ -1524,6 +1528,16 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.notify_task_outcome()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+    perform pg_notify('anchor_outcome', new.id::text);
+    return null;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.params_shape_problem(p_params jsonb)
  RETURNS text
  LANGUAGE sql
@@ -1756,6 +1770,45 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.record_results(ids bigint[], fences bigint[], results jsonb[], worker_id text)
+ RETURNS TABLE(id bigint, outcome text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+begin
+    if cardinality(record_results.ids) is distinct from cardinality(record_results.fences)
+        or cardinality(record_results.ids) is distinct from cardinality(record_results.results) then
+        raise exception using errcode = 'AT003',
+            message = format(
+                'record_results: %s ids, %s fences and %s results',
+                cardinality(record_results.ids), cardinality(record_results.fences), cardinality(record_results.results)
+            );
+    end if;
+    return query
+    with given as (
+        select u.id, u.fence, u.result, u.ord, anchor.result_oversize(u.result) is not null as too_large
+        from unnest(record_results.ids, record_results.fences, record_results.results)
+            with ordinality as u (id, fence, result, ord)
+    ),
+
+    stored as (
+        update anchor.tasks t set result = g.result
+        from given as g
+        -- id = any(ids) drives the update from the primary key, whatever the statistics say
+        where t.id = any(record_results.ids) and t.id = g.id and not g.too_large and t.state = 'running'
+            and t.fence = g.fence and t.locked_by = record_results.worker_id
+        returning t.id
+    )
+
+    select g.id, case when g.too_large then 'too_large' when s.id is not null then 'recorded' else 'stale' end
+    from given as g
+    left join (select distinct d.id from stored as d) as s on g.id = s.id
+    order by g.ord;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.register_tasks(definitions jsonb, version bigint DEFAULT 0, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -1934,6 +1987,16 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.result_oversize(p_value jsonb)
+ RETURNS integer
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select pg_column_size(p_value)
+    where pg_column_size(p_value) > (select s.value::bigint from anchor.settings s where s.name = 'max_result_bytes')
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.retry_hook(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -2098,6 +2161,30 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.set_progress(id bigint, fence bigint, worker_id text, progress jsonb)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_size integer := anchor.result_oversize(set_progress.progress);
+begin
+    if v_size is not null then
+        raise exception using errcode = 'AT003',
+            message = format(
+                'task %s: progress of %s bytes is over the limit (anchor.settings max_result_bytes)',
+                set_progress.id, v_size
+            );
+    end if;
+    update anchor.tasks t set progress = set_progress.progress
+    where t.id = set_progress.id and t.state = 'running' and t.fence = set_progress.fence
+        and t.locked_by = set_progress.worker_id;
+    return found;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.sync_cron_schedule()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -2148,6 +2235,27 @@ begin
     is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
     return null;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.task_outcome(id bigint)
+ RETURNS TABLE(state text, result jsonb, error text, finished_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select o.state, o.result, o.error, o.finished_at from anchor.task_outcomes(array[id]) as o
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.task_outcomes(ids bigint[])
+ RETURNS TABLE(id bigint, state text, result jsonb, error text, finished_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select t.id, t.state, t.result, t.last_error, t.finished_at
+    from unnest(ids) with ordinality as u (id, ord)
+    inner join anchor.tasks as t on u.id = t.id
+    order by u.ord
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.time_problem(p_label text, p_value timestamp with time zone)
@@ -2235,6 +2343,27 @@ AS $function$
     cross join lateral (select anchor.try_parse_duration(e.entry) as value) as v
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.wait_for_task(id bigint)
+ RETURNS TABLE(state text, result jsonb, error text, finished_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_flagged record;
+begin
+    update anchor.tasks t set waited = true
+    where t.id = wait_for_task.id and not t.waited
+        and t.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+    returning t.state, t.queue, t.run_at, t.locked_by into v_flagged;
+    if v_flagged.state in ('pending', 'failing') and v_flagged.locked_by is null and v_flagged.run_at <= now() then
+        perform pg_notify('anchor_tasks', v_flagged.queue);
+    end if;
+    return query select o.state, o.result, o.error, o.finished_at from anchor.task_outcome(wait_for_task.id) as o;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.worker_alive(p_worker_id text, p_timeout interval, p_now timestamp with time zone)
  RETURNS boolean
  LANGUAGE sql
@@ -2315,6 +2444,7 @@ grant execute on function anchor.longest_duration() to anchor_admin;
 grant execute on function anchor.notify_cron_change() to anchor_admin;
 grant execute on function anchor.notify_due_task() to anchor_admin;
 grant execute on function anchor.notify_due_tasks() to anchor_admin;
+grant execute on function anchor.notify_task_outcome() to anchor_admin;
 grant execute on function anchor.params_shape_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_size_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_violation(jsonb,jsonb,text) to anchor_admin;
@@ -2322,15 +2452,25 @@ grant execute on function anchor.parse_duration(text) to anchor_admin;
 grant execute on function anchor.parse_intervals(text) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.record_results(bigint[],bigint[],jsonb[],text) to anchor_admin;
+grant execute on function anchor.record_results(bigint[],bigint[],jsonb[],text) to anchor_worker;
 grant execute on function anchor.register_tasks(jsonb,bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.register_tasks(jsonb,bigint,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.result_oversize(jsonb) to anchor_admin;
+grant execute on function anchor.result_oversize(jsonb) to anchor_worker;
 grant execute on function anchor.retry_hook(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_interval(interval[],integer) to anchor_admin;
 grant execute on function anchor.retry_now(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.schema_problem(jsonb,text) to anchor_admin;
+grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_admin;
+grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_worker;
 grant execute on function anchor.sync_cron_schedule() to anchor_admin;
+grant execute on function anchor.task_outcome(bigint) to anchor_admin;
+grant execute on function anchor.task_outcome(bigint) to anchor_enqueuer;
+grant execute on function anchor.task_outcomes(bigint[]) to anchor_admin;
+grant execute on function anchor.task_outcomes(bigint[]) to anchor_enqueuer;
 grant execute on function anchor.time_problem(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_worker;
@@ -2338,6 +2478,8 @@ grant execute on function anchor.trace_tasks(bigint[],jsonb) to anchor_admin;
 grant execute on function anchor.trace_tasks(bigint[],jsonb) to anchor_enqueuer;
 grant execute on function anchor.try_parse_duration(text) to anchor_admin;
 grant execute on function anchor.try_parse_intervals(text) to anchor_admin;
+grant execute on function anchor.wait_for_task(bigint) to anchor_admin;
+grant execute on function anchor.wait_for_task(bigint) to anchor_enqueuer;
 grant execute on function anchor.worker_alive(text,interval,timestamp with time zone) to anchor_admin;
 grant usage on schema anchor to anchor_admin;
 grant usage on schema anchor to anchor_enqueuer;
@@ -2364,10 +2506,12 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (8, 'retention')
 --   (9, 'roles')
 --   (10, 'hardening')
---   (11, 'trace_context')
+--   (11, 'results')
+--   (12, 'trace_context')
 -- rows of anchor.settings
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
+--   ('max_result_bytes', '1048576', 'largest result or progress document a worker may store, in bytes (pg_column_size)')
 --   ('worker_min_heartbeat_timeout', '10 seconds', 'shortest heartbeat timeout (rescue) and release delay (heartbeat_v2) a non-admin caller gets')
 --   ('worker_min_retention', '1 day', 'shortest retention period prune applies for a non-admin caller')
 -- rows of anchor.function_roles
@@ -2396,9 +2540,15 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('hand_back_v2', 'anchor_worker')
 --   ('heartbeat_v2', 'anchor_worker')
 --   ('prune', 'anchor_worker')
+--   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
+--   ('result_oversize', 'anchor_worker')
 --   ('retry_hook', 'anchor_admin')
 --   ('retry_now', 'anchor_admin')
+--   ('set_progress', 'anchor_worker')
+--   ('task_outcome', 'anchor_enqueuer')
+--   ('task_outcomes', 'anchor_enqueuer')
 --   ('trace_contexts', 'anchor_worker')
 --   ('trace_tasks', 'anchor_enqueuer')
+--   ('wait_for_task', 'anchor_enqueuer')

@@ -1,7 +1,8 @@
-"""`anchor tasks list|show|retry|cancel|purge`: look at tasks and act on single ones.
+"""`anchor tasks list|show|wait|retry|cancel|purge`: look at tasks and act on single ones.
 
 Exit codes (anchor_py.cli.common): 0 ok, 1 the database refused (e.g. retrying a succeeded task), 2 usage
-error, 3 the database cannot be reached, 4 not found (a task id that does not exist).
+error, 3 the database cannot be reached, 4 not found (a task id that does not exist). `tasks wait` adds
+5 failed (failed or hook_failed), 6 cancelled, 7 timeout; 0 is succeeded.
 """
 
 from __future__ import annotations
@@ -67,6 +68,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="the task and its events as JSON")
     add_dsn_option(p)
     p.set_defaults(handler=run_show)
+
+    p = sub.add_parser(
+        "wait",
+        help="wait until a task has finished; print its outcome (exit 0 succeeded, 5 failed, 6 cancelled, 7 timeout)",
+        description="Wait until the task is final and print its state, result and last error. Exit codes: "
+        "0 succeeded, 5 failed or hook_failed, 6 cancelled, 7 the timeout passed first, 4 no such task, "
+        "3 database unreachable, 2 usage error.",
+    )
+    p.add_argument("id", metavar="ID", help="the task id")
+    p.add_argument("--timeout", metavar="DURATION", help="give up after this long (30s, 5m); default: never")
+    p.add_argument("--json", action="store_true", help="the outcome as JSON: id, state, result, error, finished_at")
+    add_dsn_option(p)
+    p.set_defaults(handler=run_wait)
 
     p = sub.add_parser(
         "retry",
@@ -196,6 +210,10 @@ def run_show(args: argparse.Namespace) -> int:
         lines.append(f"  finished      {format_time(task.finished_at)} ({format_ago(task.finished_at, now)}), "
                      f"{format_duration(task.finished_at - task.created_at)} after it was created")
     lines.append("  params        " + json.dumps(task.params, ensure_ascii=False))
+    if task.progress is not None:
+        lines.append("  progress      " + json.dumps(task.progress, ensure_ascii=False))
+    if task.result is not None:
+        lines.append("  result        " + json.dumps(task.result, ensure_ascii=False))
     if task.last_error:
         lines.append(_indent(task.last_error, "  last error    ").replace("\n  last error    ", "\n" + " " * 16))
     lines.append("")
@@ -219,6 +237,42 @@ def run_show(args: argparse.Namespace) -> int:
                 lines.append(_indent(event.traceback, "      | "))
     print("\n".join(lines))
     return 0
+
+
+# wait ------------------------------------------------------------------------------------------------
+
+EXIT_FAILED = 5
+EXIT_CANCELLED = 6
+EXIT_TIMEOUT = 7
+
+
+@pipe_safe
+def run_wait(args: argparse.Namespace) -> int:
+    task_id = parse_task_id(args.id)
+    timeout = parse_age(args.timeout, "--timeout") if args.timeout else None
+    with connect(args) as conn:
+        try:
+            outcome = admin.wait_task(conn, task_id, timeout)
+        except LookupError:
+            print(f"anchor tasks wait: no task {task_id}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        except TimeoutError:
+            if args.json:
+                print_json({"id": task_id, "state": None, "timeout": True})
+            else:
+                print(f"anchor tasks wait: task {task_id} did not finish within {args.timeout}", file=sys.stderr)
+            return EXIT_TIMEOUT
+    if args.json:
+        print_json(admin.to_json(outcome))
+    else:
+        print(f"task {task_id}: {outcome.state}")
+        if outcome.result is not None:
+            print("result: " + json.dumps(outcome.result, ensure_ascii=False))
+        if outcome.error and outcome.state != "succeeded":
+            print(_indent(outcome.error, "error: ").replace("\nerror: ", "\n" + " " * 7))
+    if outcome.state == "succeeded":
+        return 0
+    return EXIT_CANCELLED if outcome.state == "cancelled" else EXIT_FAILED
 
 
 # retry / cancel --------------------------------------------------------------------------------------

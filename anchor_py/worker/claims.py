@@ -130,11 +130,17 @@ class ClaimLoop:
         try:
             async with self._pool.connection() as conn:
                 if batch:
+                    results = completions.result_arguments(batch)
                     async with conn.pipeline():
+                        if results is not None:  # only batches where some task returned a result
+                            recorded = conn.cursor(row_factory=tuple_row)
+                            await recorded.execute(queries.RECORD_RESULTS, results)
                         done = conn.cursor(row_factory=tuple_row)
                         await done.execute(queries.COMPLETE, completions.arguments(batch), prepare=self._pool.prepare)
                         cursor = conn.cursor(row_factory=tuple_row)
                         await cursor.execute(queries.CLAIM, arguments, prepare=self._pool.prepare)
+                    if results is not None:
+                        completions.recorded(await recorded.fetchall())
                     outcomes = await done.fetchall()
                 else:
                     cursor = conn.cursor(row_factory=tuple_row)

@@ -6,6 +6,8 @@ either with the next claim (in the same transaction, ahead of it: the claim loop
 Until written, a completion is held: its task keeps its slot (so a slow complete cannot let the worker
 claim without bound) and the heartbeat names it as held (so it is not released as a lost claim).
 A batch that fails goes back in front; ``anchor.complete`` is fenced, so writing one twice is safe.
+A completion carries the task's result (or None); a batch holding any is preceded, in its transaction, by
+``anchor.record_results`` for those, so tasks without a result cost nothing more.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 
 from anchor_py import queries
 from anchor_py.worker.connections import ClaimPool, one_line
@@ -29,8 +32,8 @@ __all__ = ["Batch", "CompletionBuffer"]
 
 log = logging.getLogger("anchor_py.worker")
 
-Batch = list[tuple[int, int]]
-"""(task id, fence) of each completion in one ``anchor.complete_v2`` call."""
+Batch = list[tuple[int, int, dict[str, Any] | None]]
+"""(task id, fence, result) of each completion in one ``anchor.complete_v2`` call."""
 
 
 class CompletionBuffer:
@@ -52,9 +55,9 @@ class CompletionBuffer:
         # with metrics on: name and execution seconds of each completion not written yet
         self._durations: dict[int, tuple[str, float]] = {}
 
-    def add(self, job: Job) -> None:
-        """The job succeeded: hold its completion until written."""
-        self._waiting.append((job.id, job.fence))
+    def add(self, job: Job, result: dict[str, Any] | None = None) -> None:
+        """The job succeeded (returning ``result``, JSON): hold its completion until written."""
+        self._waiting.append((job.id, job.fence, result))
         if self._metrics is not None:
             self._durations[job.id] = (job.name, time.monotonic() - job.started)
         self._ready.set()
@@ -69,8 +72,7 @@ class CompletionBuffer:
         return len(self._waiting) + self._sent_count
 
     def held_ids(self) -> list[int]:
-        return [*(task_id for task_id, _ in self._waiting),
-                *(task_id for batch in self._sent for task_id, _ in batch)]
+        return [*(entry[0] for entry in self._waiting), *(entry[0] for batch in self._sent for entry in batch)]
 
     @property
     def recorded_durations(self) -> int:
@@ -110,10 +112,29 @@ class CompletionBuffer:
     def arguments(self, batch: Batch) -> dict[str, Any]:
         """The arguments of ``anchor.complete_v2`` for ``batch``."""
         return {
-            "ids": [task_id for task_id, _ in batch],
-            "fences": [fence for _, fence in batch],
+            "ids": [entry[0] for entry in batch],
+            "fences": [entry[1] for entry in batch],
             "worker_id": self._worker_id,
         }
+
+    def result_arguments(self, batch: Batch) -> dict[str, Any] | None:
+        """The arguments of ``anchor.record_results`` for the results in ``batch``; None when it has none."""
+        with_result = [entry for entry in batch if entry[2] is not None]
+        if not with_result:
+            return None
+        return {
+            "ids": [entry[0] for entry in with_result],
+            "fences": [entry[1] for entry in with_result],
+            "results": [Jsonb(entry[2]) for entry in with_result],
+            "worker_id": self._worker_id,
+        }
+
+    def recorded(self, outcomes: list[tuple[int, str]]) -> None:
+        """What record_results said: a result refused for its size is logged (its task completes without)."""
+        for task_id, outcome in outcomes:
+            if outcome == "too_large":
+                log.error("task %s: its result is over max_result_bytes and was not stored", task_id,
+                          extra={"task_id": task_id, "outcome": "result_too_large", "worker_id": self._worker_id})
 
     async def flush(self) -> None:
         """Write every waiting completion now."""
@@ -122,8 +143,17 @@ class CompletionBuffer:
                 batch = self.take()
                 try:
                     async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-                        await cursor.execute(queries.COMPLETE, self.arguments(batch), prepare=self._pool.prepare)
-                        outcomes = await cursor.fetchall()
+                        results = self.result_arguments(batch)
+                        complete, prepare = self.arguments(batch), self._pool.prepare
+                        if results is None:
+                            await cursor.execute(queries.COMPLETE, complete, prepare=prepare)
+                            outcomes = await cursor.fetchall()
+                        else:
+                            async with conn.transaction():  # the results and the completions commit together
+                                await cursor.execute(queries.RECORD_RESULTS, results)
+                                self.recorded(await cursor.fetchall())
+                                await cursor.execute(queries.COMPLETE, complete, prepare=prepare)
+                                outcomes = await cursor.fetchall()
                 except BaseException:
                     self.failed(batch)
                     raise

@@ -1,6 +1,7 @@
 """One execution of a claimed task: parse its params, run the executor method, report the outcome.
 
-A success goes to the completion buffer (written in a batch); a failure is reported at once with
+A success goes to the completion buffer (written in a batch) with its result, checked against the task's
+result model; a result that does not fit fails the attempt for good. A failure is reported at once with
 ``anchor.fail``, and a failure that is final with an onFailed hook goes on to the hook runner.
 """
 
@@ -18,11 +19,13 @@ from psycopg.rows import tuple_row
 
 from anchor_py import queries
 from anchor_py.taskcore import is_fatal, is_retry_without_event
+from anchor_py.taskspec import TaskSpec
 from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.connections import ClaimPool, one_line, retrying
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, Job, error_details
+from anchor_py.worker.results import InvalidResult, ProgressWriter, oversize, result_json
 from anchor_py.worker.usercode import USER_CODE_ERRORS, Interrupted, UserCodeRunner
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ class Executions:
     def __init__(self, worker_id: str, *, hook_timeout: timedelta, pool: ClaimPool, usercode: UserCodeRunner,
                  completions: CompletionBuffer, hooks: HookRunner, inflight: InFlight,
                  metrics: WorkerMetrics | None, spans: WorkerSpans | None = None) -> None:
+        self._progress = ProgressWriter(pool, worker_id)
         self._worker_id = worker_id
         self._hook_timeout = hook_timeout
         self._pool = pool
@@ -74,11 +78,14 @@ class Executions:
                 "error_traceback": None,
             })
             return
+        ctx = job.context(progress_sink=self._progress.sink_for(job))
         try:
-            await self._usercode.call(job, job.timeout, handler.execute, handler.execute_is_async, job.context(),
-                                      params)
+            returned = await self._usercode.call(job, job.timeout, handler.execute, handler.execute_is_async, ctx,
+                                                 params)
         except Interrupted:
             reason = job.interrupt_reason
+            if self._progress.pending:
+                await self._progress.finish(job)
             if reason == "shutdown":
                 return  # stays in flight: the shutdown hands it back
             if reason == "timeout":
@@ -93,11 +100,23 @@ class Executions:
             await self._report_failure(job, details, params=params)
             return
         except USER_CODE_ERRORS as exc:
+            if self._progress.pending:
+                await self._progress.finish(job)
             await self._report_failure(
                 job, error_details(exc), fatal=is_fatal(exc), record_event=not is_retry_without_event(exc),
                 params=params,
             )
             return
+        if self._progress.pending:
+            await self._progress.finish(job)
+        result = None
+        if handler.spec.result_model is not None:  # tasks without a result skip this
+            try:
+                result = await self._checked_result(handler.spec, returned)
+            except InvalidResult as exc:
+                details = {"error_type": "anchor.InvalidResult", "error_message": str(exc), "error_traceback": None}
+                await self._report_failure(job, details, fatal=True, params=params)
+                return
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "task %s %s attempt %s succeeded in %.3fs", job.id, job.name, job.attempt,
@@ -105,8 +124,20 @@ class Executions:
             )
         if job.span is not None:
             job.span.end("succeeded")
-        self._completions.add(job)
+        self._completions.add(job, result)
         self._inflight.release(job)
+
+    async def _checked_result(self, spec: TaskSpec, returned: Any) -> dict[str, Any] | None:
+        """The result to store; InvalidResult when it does not fit the model or is over max_result_bytes."""
+        result = result_json(spec, returned)
+        if result is None:
+            return None
+        size = await retrying("check a result's size", oversize, self._pool, result)
+        if size is not None:
+            raise InvalidResult(
+                f"task {spec.name} returned a result of {size} bytes, over max_result_bytes (anchor.settings)"
+            )
+        return result
 
     async def fail_for_good(self, job: Job, details: dict[str, Any]) -> None:
         """The task can never run (its params or row cannot be read): fail it without retrying; its hook

@@ -64,7 +64,7 @@ class Job:
     def name(self) -> str:
         return self.handler.spec.name
 
-    def context(self) -> TaskContext:
+    def context(self, progress_sink: Callable[[dict[str, Any]], None] | None = None) -> TaskContext:
         return TaskContext(
             task_id=self.id,
             task_name=self.name,
@@ -73,6 +73,7 @@ class Job:
             queue=self.queue,
             deadline=self.deadline,
             scheduled_at=self.scheduled_at,
+            progress_sink=progress_sink,
         )
 
     def log_fields(self, worker_id: str, outcome: str, error: str | None = None) -> dict[str, Any]:

@@ -63,9 +63,9 @@ class UserCodeRunner:
 
     async def call(
         self, job: Job, timeout: float, function: Callable[..., Any], is_async: bool, ctx: TaskContext, *args: Any
-    ) -> None:
-        """Run ``function(ctx, *args)``; raise Interrupted when a timeout, cancel request or shutdown stops
-        it (a sync call's thread is abandoned)."""
+    ) -> Any:
+        """Run ``function(ctx, *args)`` and return what it returns; raise Interrupted when a timeout, cancel
+        request or shutdown stops it (a sync call's thread is abandoned)."""
         if is_async:
             # the job's task has a context of its own (create_task copied it): bind there, reset after.
             # arm() and disarm() written out: this is every async execution's path
@@ -74,7 +74,7 @@ class UserCodeRunner:
             job.interruptible = True
             timer = job.timer = asyncio.get_running_loop().call_later(timeout, self.interrupt, job, "timeout")
             try:
-                await function(ctx, *args)
+                returned = await function(ctx, *args)
             except asyncio.CancelledError:
                 if job.interrupt_reason is None:
                     raise
@@ -88,12 +88,12 @@ class UserCodeRunner:
                 # the code swallowed its cancellation and returned: it was still interrupted
                 uncancel()
                 raise Interrupted()
-            return
+            return returned
         thread_call = self.in_thread(_call_bound, ctx, function, (ctx, *args))
         self.arm(job, timeout)
         try:
             # shielded: interrupting the job must not try to cancel the thread's future, which we track
-            await asyncio.shield(thread_call)
+            returned = await asyncio.shield(thread_call)
         except asyncio.CancelledError:
             if job.interrupt_reason is None:
                 raise
@@ -104,6 +104,7 @@ class UserCodeRunner:
             self.disarm(job)
         if job.interrupt_reason is not None:
             raise Interrupted()
+        return returned
 
     def in_thread(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Start ``function(*args)`` in one of our threads, in a copy of the current context."""

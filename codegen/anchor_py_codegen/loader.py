@@ -18,7 +18,18 @@ from anchor_py_codegen.spec import Cronjob, ParamSchema, RetryPolicy, TaskDecl, 
 from anchor_py_codegen.yamlsource import SourceDocument
 
 FILE_KEYS = ("version", "tasks")
-TASK_KEYS = ("name", "description", "parameters", "retryPolicy", "cronjob", "events", "timeout", "queue", "priority")
+TASK_KEYS = (
+    "name",
+    "description",
+    "parameters",
+    "result",
+    "retryPolicy",
+    "cronjob",
+    "events",
+    "timeout",
+    "queue",
+    "priority",
+)
 RETRY_POLICY_KEYS = ("interval", "maxAttempts")
 CRONJOB_KEYS = ("cronExpression", "parameters", "timezone", "catchUp", "overlap")
 EVENTS = ("onFailed",)
@@ -125,6 +136,7 @@ class _TaskFileChecker:
         if parameters is not None and parameters.type != "object":
             self.reporter.error(path + ("parameters", "type"), f"parameters must be type object, not {parameters.type}")
             parameters = None
+        result = self._result(data, path)
         retry_policy = (
             self._retry_policy(data["retryPolicy"], path + ("retryPolicy",)) if "retryPolicy" in data else None
         )
@@ -140,6 +152,8 @@ class _TaskFileChecker:
             self.reporter.error(path + ("priority",), f"{show(priority)} is not an integer (lower runs first)")
         if len(self.reporter.errors) > errors_before or parameters is None or not isinstance(name, str):
             return None
+        if "result" in data and result is None:
+            return None
         if "retryPolicy" in data and retry_policy is None or "cronjob" in data and cronjob is None:
             return None
         return TaskDecl(
@@ -150,6 +164,7 @@ class _TaskFileChecker:
             description=description,
             parameters=parameters,
             parameters_json=parameters_json,
+            result=result,
             retry_policy=retry_policy,
             cronjob=cronjob,
             on_failed=on_failed,
@@ -157,6 +172,16 @@ class _TaskFileChecker:
             queue=queue,
             priority=priority,
         )
+
+    def _result(self, data: dict[str, Any], path: KeyPath) -> ParamSchema | None:
+        """The schema of the value the executor returns: an object, with the keywords parameters accept."""
+        if "result" not in data:
+            return None
+        result = check_schema(data["result"], path + ("result",), self.reporter)
+        if result is not None and result.type != "object":
+            self.reporter.error(path + ("result", "type"), f"result must be type object, not {result.type}")
+            return None
+        return result
 
     def _duration(self, value: object, path: KeyPath) -> None:
         if not isinstance(value, str):

@@ -57,7 +57,9 @@ def render_module(task_file: TaskFile, reporter: Reporter) -> str:
     """The module's source. Clashing generated names are reported to ``reporter``."""
     mapper = TypeMapper(reporter)
     for task in task_file.tasks:
-        mapper.add_task(task.index, _params_summary(task), _params_class(task), task.parameters)
+        mapper.add_task(task.index, "parameters", _params_summary(task), _params_class(task), task.parameters)
+        if task.result is not None:
+            mapper.add_task(task.index, "result", _result_summary(task), _result_class(task), task.result)
     has_hooks = any(task.on_failed for task in task_file.tasks)
     definitions = [
         _model_view(definition) if isinstance(definition, ModelClass) else "\n".join(definition.lines)
@@ -90,6 +92,19 @@ def _params_class(task: TaskDecl) -> str:
     return f"{task.pascal}Parameters"
 
 
+def _result_class(task: TaskDecl) -> str:
+    return f"{task.pascal}Result"
+
+
+def _result_summary(task: TaskDecl) -> str:
+    return f"What {task.name} returns."
+
+
+def _waited_type(task: TaskDecl) -> str:
+    """What waiting for the task gives: its result model (None when a task stored no result), or None."""
+    return "None" if task.result is None else f"{_result_class(task)} | None"
+
+
 def _params_summary(task: TaskDecl) -> str:
     return f"Parameters of {task.name}: {task.description}" if task.description else f"Parameters of {task.name}."
 
@@ -120,6 +135,7 @@ def _imports(names: TypeNames) -> str:
             "from anchor_py.runner import AsyncTaskRunnerBase, TaskRunnerBase",
             "from anchor_py.taskcore import TaskContext, TaskOverride",
             *_from_import("anchor_py.taskspec", taskspec_names),
+            "from anchor_py.waiting import WaitTimeout",
         ],
     ]
     return "\n\n".join(_join(group) for group in groups)
@@ -160,6 +176,14 @@ def _task_view(task: TaskDecl) -> TaskView:
         f"Enqueue {task.name} in the transaction open (or about to open) on tx; returns the task id.", body
     )
     run_many_doc = docstring(f"Enqueue one {task.name} per params in one round trip; returns their ids.", body)
+    wait_doc = docstring(
+        f"Wait until {task.name} task task_id has finished: its result, or TaskFailed, TaskCancelled, TimeoutError.",
+        body,
+    )
+    run_and_wait_doc = docstring(f"Enqueue {task.name}, commit it and wait for it as wait_{task.snake} does.", body)
+    result_model = _result_class(task) if task.result is not None else "None"
+    waited = _waited_type(task)
+    returns = "return " if task.result is not None else ""
     run_parameters = ["self", f"params: {params}", "*overrides: TaskOverride"]
     many_parameters = ["self", f"params_list: Sequence[{params}]", "*overrides: TaskOverride"]
 
@@ -179,6 +203,25 @@ def _task_view(task: TaskDecl) -> TaskView:
             "",
             *_method(member, f"{prefix}def run_{task.snake}_many(", many_parameters, "list[int]", run_many_doc),
             *fit(body, f"return {awaited}self.enqueue_many(", [name, "params_list", "*overrides"], ")"),
+            "",
+            *_method(
+                member,
+                f"{prefix}def wait_{task.snake}(",
+                ["self", "task_id: int", "timeout: WaitTimeout = None"],
+                waited,
+                wait_doc,
+            ),
+            *fit(body, f"{returns}{awaited}self.wait_result(", ["task_id", result_model, "timeout"], ")"),
+            "",
+            *_method(
+                member,
+                f"{prefix}def run_{task.snake}_and_wait(",
+                [*run_parameters, "timeout: WaitTimeout = None"],
+                waited,
+                run_and_wait_doc,
+            ),
+            f"{body}task_id = {awaited}self.run_{task.snake}(params, *overrides)",
+            f"{body}{returns}{awaited}self.wait_{task.snake}(task_id, timeout)",
         ]
 
     hook_parameters = ["self", "ctx: TaskContext", "task_id: int", f"params: {params}"]
@@ -195,10 +238,12 @@ def _task_view(task: TaskDecl) -> TaskView:
         ]
         return _join(call)
 
+    # a plain dict that validates against the model is accepted too (the worker validates either)
+    executed = "None" if task.result is None else f"{_result_class(task)} | dict[str, Any]"
     return TaskView(
         name=task.name,
-        execute_async=_join(_method(member, f"async def {execute}", execute_parameters, "None", execute_doc)),
-        execute_sync=_join(_method(member, f"def {execute}", execute_parameters, "None", execute_doc)),
+        execute_async=_join(_method(member, f"async def {execute}", execute_parameters, executed, execute_doc)),
+        execute_sync=_join(_method(member, f"def {execute}", execute_parameters, executed, execute_doc)),
         hook_async=_join(_method(member, f"async def {hook}", [*hook_parameters, f"tx: {_ASYNC_TX}"], "None", hook_doc))
         if task.on_failed
         else None,
@@ -232,6 +277,7 @@ def _spec(task: TaskDecl) -> list[str]:
         *literal(task.name, indent, "name=", ","),
         *literal(task.description, indent, "description=", ","),
         f"{indent}params_model={_params_class(task)},",
+        *([f"{indent}result_model={_result_class(task)},"] if task.result is not None else []),
         f'{indent}execute_method="execute_{task.snake}",',
         f"{indent}hook_method={hook_method},",
         *literal(definition(task), indent, "definition=", ","),

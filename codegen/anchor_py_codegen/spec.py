@@ -60,6 +60,7 @@ class TaskDecl(_Frozen):
     description: str
     parameters: ParamSchema
     parameters_json: dict[str, Any]
+    result: ParamSchema | None  # the returned value's schema; None when the task returns nothing
     retry_policy: RetryPolicy | None
     cronjob: Cronjob | None
     on_failed: bool

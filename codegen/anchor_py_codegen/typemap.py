@@ -58,9 +58,9 @@ class TypeMapper:
         self.names = TypeNames()
         self._defined_at: dict[str, KeyPath] = {}
 
-    def add_task(self, task_index: int, summary: str, class_name: str, schema: ParamSchema) -> None:
-        """Define ``class_name`` (and what it refers to) for the parameters of task ``task_index``."""
-        self._model(class_name, schema, ("tasks", task_index, "parameters"), summary)
+    def add_task(self, task_index: int, key: str, summary: str, class_name: str, schema: ParamSchema) -> None:
+        """Define ``class_name`` (and what it refers to) for the schema under ``key`` of task ``task_index``."""
+        self._model(class_name, schema, ("tasks", task_index, key), summary)
 
     def _claim(self, name: str, path: KeyPath) -> None:
         if name in self._defined_at:

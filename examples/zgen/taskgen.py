@@ -24,6 +24,7 @@ from anchor_py.taskspec import (
     TaskSet,
     TaskSpec,
 )
+from anchor_py.waiting import WaitTimeout
 
 
 class DailyCleanupParameters(pydantic.BaseModel):
@@ -35,6 +36,30 @@ class DailyCleanupParameters(pydantic.BaseModel):
 
     days_to_keep: int | None = pydantic.Field(
         default=None, alias="daysToKeep", ge=INT32_MIN, le=INT32_MAX
+    )
+
+
+class GenerateReportParameters(pydantic.BaseModel):
+    """Parameters of GenerateReport: 生成报告并返回摘要（汇报进度）"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    date: JsonDate
+
+
+class GenerateReportResult(pydantic.BaseModel):
+    """What GenerateReport returns."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    report_count: int = pydantic.Field(alias="reportCount", ge=INT32_MIN, le=INT32_MAX)
+    """how many reports were generated"""
+    total_bytes: int | None = pydantic.Field(
+        default=None, alias="totalBytes", ge=INT64_MIN, le=INT64_MAX
     )
 
 
@@ -134,6 +159,11 @@ class ExecutorInterface(Protocol):
         self, ctx: TaskContext, params: DailyCleanupParameters
     ) -> None:
         """运行每日清理任务"""
+
+    async def execute_generate_report(
+        self, ctx: TaskContext, params: GenerateReportParameters
+    ) -> GenerateReportResult | dict[str, Any]:
+        """生成报告并返回摘要（汇报进度）"""
 
     async def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
@@ -243,6 +273,11 @@ class SyncExecutorInterface(Protocol):
         self, ctx: TaskContext, params: DailyCleanupParameters
     ) -> None:
         """运行每日清理任务"""
+
+    def execute_generate_report(
+        self, ctx: TaskContext, params: GenerateReportParameters
+    ) -> GenerateReportResult | dict[str, Any]:
+        """生成报告并返回摘要（汇报进度）"""
 
     def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
@@ -368,6 +403,72 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue one DailyCleanup per params in one round trip; returns their ids."""
         return self.enqueue_many("DailyCleanup", params_list, *overrides)
 
+    def wait_daily_cleanup(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until DailyCleanup task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_daily_cleanup_and_wait(
+        self,
+        params: DailyCleanupParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue DailyCleanup, commit it and wait for it as wait_daily_cleanup does.
+        """
+        task_id = self.run_daily_cleanup(params, *overrides)
+        self.wait_daily_cleanup(task_id, timeout)
+
+    def run_generate_report(
+        self, params: GenerateReportParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue GenerateReport and commit it; returns the task id."""
+        return self.enqueue("GenerateReport", params, *overrides)
+
+    def run_generate_report_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue GenerateReport in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "GenerateReport", params, *overrides)
+
+    def run_generate_report_many(
+        self, params_list: Sequence[GenerateReportParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one GenerateReport per params in one round trip; returns their ids.
+        """
+        return self.enqueue_many("GenerateReport", params_list, *overrides)
+
+    def wait_generate_report(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> GenerateReportResult | None:
+        """
+        Wait until GenerateReport task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, GenerateReportResult, timeout)
+
+    def run_generate_report_and_wait(
+        self,
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> GenerateReportResult | None:
+        """
+        Enqueue GenerateReport, commit it and wait for it as wait_generate_report does.
+        """
+        task_id = self.run_generate_report(params, *overrides)
+        return self.wait_generate_report(task_id, timeout)
+
     def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -393,6 +494,26 @@ class TaskRunner(TaskRunnerBase):
         Enqueue one LongRunningTask per params in one round trip; returns their ids.
         """
         return self.enqueue_many("LongRunningTask", params_list, *overrides)
+
+    def wait_long_running_task(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until LongRunningTask task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_long_running_task_and_wait(
+        self,
+        params: LongRunningTaskParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue LongRunningTask, commit it and wait for it as wait_long_running_task
+        does.
+        """
+        task_id = self.run_long_running_task(params, *overrides)
+        self.wait_long_running_task(task_id, timeout)
 
     def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -422,6 +543,28 @@ class TaskRunner(TaskRunnerBase):
         """
         return self.enqueue_many("ProcessDailyReports", params_list, *overrides)
 
+    def wait_process_daily_reports(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ProcessDailyReports task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_process_daily_reports_and_wait(
+        self,
+        params: ProcessDailyReportsParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessDailyReports, commit it and wait for it as
+        wait_process_daily_reports does.
+        """
+        task_id = self.run_process_daily_reports(params, *overrides)
+        self.wait_process_daily_reports(task_id, timeout)
+
     def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -445,6 +588,25 @@ class TaskRunner(TaskRunnerBase):
     ) -> list[int]:
         """Enqueue one ProcessOrder per params in one round trip; returns their ids."""
         return self.enqueue_many("ProcessOrder", params_list, *overrides)
+
+    def wait_process_order(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until ProcessOrder task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_process_order_and_wait(
+        self,
+        params: ProcessOrderParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessOrder, commit it and wait for it as wait_process_order does.
+        """
+        task_id = self.run_process_order(params, *overrides)
+        self.wait_process_order(task_id, timeout)
 
     def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -472,6 +634,25 @@ class TaskRunner(TaskRunnerBase):
         """
         return self.enqueue_many("ProcessPayment", params_list, *overrides)
 
+    def wait_process_payment(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until ProcessPayment task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_process_payment_and_wait(
+        self,
+        params: ProcessPaymentParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessPayment, commit it and wait for it as wait_process_payment does.
+        """
+        task_id = self.run_process_payment(params, *overrides)
+        self.wait_process_payment(task_id, timeout)
+
     def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -495,6 +676,23 @@ class TaskRunner(TaskRunnerBase):
     ) -> list[int]:
         """Enqueue one SendEmail per params in one round trip; returns their ids."""
         return self.enqueue_many("SendEmail", params_list, *overrides)
+
+    def wait_send_email(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until SendEmail task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_send_email_and_wait(
+        self,
+        params: SendEmailParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
+        task_id = self.run_send_email(params, *overrides)
+        self.wait_send_email(task_id, timeout)
 
     def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -524,6 +722,26 @@ class TaskRunner(TaskRunnerBase):
         """
         return self.enqueue_many("SendNotification", params_list, *overrides)
 
+    def wait_send_notification(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until SendNotification task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_send_notification_and_wait(
+        self,
+        params: SendNotificationParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue SendNotification, commit it and wait for it as wait_send_notification
+        does.
+        """
+        task_id = self.run_send_notification(params, *overrides)
+        self.wait_send_notification(task_id, timeout)
+
     def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -547,6 +765,23 @@ class TaskRunner(TaskRunnerBase):
     ) -> list[int]:
         """Enqueue one TaskName per params in one round trip; returns their ids."""
         return self.enqueue_many("TaskName", params_list, *overrides)
+
+    def wait_task_name(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until TaskName task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_task_name_and_wait(
+        self,
+        params: TaskNameParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
+        task_id = self.run_task_name(params, *overrides)
+        self.wait_task_name(task_id, timeout)
 
     def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -573,6 +808,26 @@ class TaskRunner(TaskRunnerBase):
         Enqueue one deleteOpaqueKey per params in one round trip; returns their ids.
         """
         return self.enqueue_many("deleteOpaqueKey", params_list, *overrides)
+
+    def wait_delete_opaque_key(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until deleteOpaqueKey task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_delete_opaque_key_and_wait(
+        self,
+        params: DeleteOpaqueKeyParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue deleteOpaqueKey, commit it and wait for it as wait_delete_opaque_key
+        does.
+        """
+        task_id = self.run_delete_opaque_key(params, *overrides)
+        self.wait_delete_opaque_key(task_id, timeout)
 
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
@@ -602,6 +857,74 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue one DailyCleanup per params in one round trip; returns their ids."""
         return await self.enqueue_many("DailyCleanup", params_list, *overrides)
 
+    async def wait_daily_cleanup(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until DailyCleanup task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_daily_cleanup_and_wait(
+        self,
+        params: DailyCleanupParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue DailyCleanup, commit it and wait for it as wait_daily_cleanup does.
+        """
+        task_id = await self.run_daily_cleanup(params, *overrides)
+        await self.wait_daily_cleanup(task_id, timeout)
+
+    async def run_generate_report(
+        self, params: GenerateReportParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue GenerateReport and commit it; returns the task id."""
+        return await self.enqueue("GenerateReport", params, *overrides)
+
+    async def run_generate_report_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue GenerateReport in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "GenerateReport", params, *overrides)
+
+    async def run_generate_report_many(
+        self, params_list: Sequence[GenerateReportParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one GenerateReport per params in one round trip; returns their ids.
+        """
+        return await self.enqueue_many("GenerateReport", params_list, *overrides)
+
+    async def wait_generate_report(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> GenerateReportResult | None:
+        """
+        Wait until GenerateReport task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, GenerateReportResult, timeout)
+
+    async def run_generate_report_and_wait(
+        self,
+        params: GenerateReportParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> GenerateReportResult | None:
+        """
+        Enqueue GenerateReport, commit it and wait for it as wait_generate_report does.
+        """
+        task_id = await self.run_generate_report(params, *overrides)
+        return await self.wait_generate_report(task_id, timeout)
+
     async def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -627,6 +950,28 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         Enqueue one LongRunningTask per params in one round trip; returns their ids.
         """
         return await self.enqueue_many("LongRunningTask", params_list, *overrides)
+
+    async def wait_long_running_task(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until LongRunningTask task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_long_running_task_and_wait(
+        self,
+        params: LongRunningTaskParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue LongRunningTask, commit it and wait for it as wait_long_running_task
+        does.
+        """
+        task_id = await self.run_long_running_task(params, *overrides)
+        await self.wait_long_running_task(task_id, timeout)
 
     async def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -656,6 +1001,28 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         return await self.enqueue_many("ProcessDailyReports", params_list, *overrides)
 
+    async def wait_process_daily_reports(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ProcessDailyReports task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_process_daily_reports_and_wait(
+        self,
+        params: ProcessDailyReportsParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessDailyReports, commit it and wait for it as
+        wait_process_daily_reports does.
+        """
+        task_id = await self.run_process_daily_reports(params, *overrides)
+        await self.wait_process_daily_reports(task_id, timeout)
+
     async def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -679,6 +1046,27 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
     ) -> list[int]:
         """Enqueue one ProcessOrder per params in one round trip; returns their ids."""
         return await self.enqueue_many("ProcessOrder", params_list, *overrides)
+
+    async def wait_process_order(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ProcessOrder task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_process_order_and_wait(
+        self,
+        params: ProcessOrderParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessOrder, commit it and wait for it as wait_process_order does.
+        """
+        task_id = await self.run_process_order(params, *overrides)
+        await self.wait_process_order(task_id, timeout)
 
     async def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -706,6 +1094,27 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         return await self.enqueue_many("ProcessPayment", params_list, *overrides)
 
+    async def wait_process_payment(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ProcessPayment task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_process_payment_and_wait(
+        self,
+        params: ProcessPaymentParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ProcessPayment, commit it and wait for it as wait_process_payment does.
+        """
+        task_id = await self.run_process_payment(params, *overrides)
+        await self.wait_process_payment(task_id, timeout)
+
     async def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -729,6 +1138,23 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
     ) -> list[int]:
         """Enqueue one SendEmail per params in one round trip; returns their ids."""
         return await self.enqueue_many("SendEmail", params_list, *overrides)
+
+    async def wait_send_email(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until SendEmail task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_send_email_and_wait(
+        self,
+        params: SendEmailParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
+        task_id = await self.run_send_email(params, *overrides)
+        await self.wait_send_email(task_id, timeout)
 
     async def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -758,6 +1184,28 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         return await self.enqueue_many("SendNotification", params_list, *overrides)
 
+    async def wait_send_notification(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until SendNotification task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_send_notification_and_wait(
+        self,
+        params: SendNotificationParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue SendNotification, commit it and wait for it as wait_send_notification
+        does.
+        """
+        task_id = await self.run_send_notification(params, *overrides)
+        await self.wait_send_notification(task_id, timeout)
+
     async def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -781,6 +1229,23 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
     ) -> list[int]:
         """Enqueue one TaskName per params in one round trip; returns their ids."""
         return await self.enqueue_many("TaskName", params_list, *overrides)
+
+    async def wait_task_name(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until TaskName task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_task_name_and_wait(
+        self,
+        params: TaskNameParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
+        task_id = await self.run_task_name(params, *overrides)
+        await self.wait_task_name(task_id, timeout)
 
     async def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -807,6 +1272,28 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         Enqueue one deleteOpaqueKey per params in one round trip; returns their ids.
         """
         return await self.enqueue_many("deleteOpaqueKey", params_list, *overrides)
+
+    async def wait_delete_opaque_key(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until deleteOpaqueKey task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_delete_opaque_key_and_wait(
+        self,
+        params: DeleteOpaqueKeyParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue deleteOpaqueKey, commit it and wait for it as wait_delete_opaque_key
+        does.
+        """
+        task_id = await self.run_delete_opaque_key(params, *overrides)
+        await self.wait_delete_opaque_key(task_id, timeout)
 
 
 async def dispatch_failure_hook(
@@ -905,6 +1392,30 @@ TASKS = TaskSet(
                     "catch_up": 0,
                     "overlap": "skip",
                 },
+            },
+        ),
+        TaskSpec(
+            name="GenerateReport",
+            description="生成报告并返回摘要（汇报进度）",
+            params_model=GenerateReportParameters,
+            result_model=GenerateReportResult,
+            execute_method="execute_generate_report",
+            hook_method=None,
+            definition={
+                "name": "GenerateReport",
+                "description": "生成报告并返回摘要（汇报进度）",
+                "parameters": {
+                    "type": "object",
+                    "required": ["date"],
+                    "properties": {"date": {"type": "string", "format": "date"}},
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
             },
         ),
         TaskSpec(

@@ -25,6 +25,7 @@ from anchor_py.taskspec import (
     TaskSpec,
     exact_int,
 )
+from anchor_py.waiting import WaitTimeout
 
 
 class ImportCatalogSourceCredentials(pydantic.BaseModel):
@@ -108,6 +109,32 @@ class ImportCatalogParameters(pydantic.BaseModel):
     field_2fa: bool | None = pydantic.Field(default=None, alias="2fa")
 
 
+ImportCatalogResultSkippedItemReason = Literal["duplicate", "invalid"]
+
+
+class ImportCatalogResultSkippedItem(pydantic.BaseModel):
+    """An item of the skipped list."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    sku: str
+    reason: ImportCatalogResultSkippedItemReason
+
+
+class ImportCatalogResult(pydantic.BaseModel):
+    """What the import did."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    imported: int = pydantic.Field(ge=0, le=INT32_MAX)
+    skipped: list[ImportCatalogResultSkippedItem]
+    finished_at: JsonDateTime | None = pydantic.Field(default=None, alias="finishedAt")
+
+
 class PingParameters(pydantic.BaseModel):
     """Parameters of Ping."""
 
@@ -139,7 +166,7 @@ class ExecutorInterface(Protocol):
 
     async def execute_import_catalog(
         self, ctx: TaskContext, params: ImportCatalogParameters
-    ) -> None:
+    ) -> ImportCatalogResult | dict[str, Any]:
         """
         Imports a supplier catalog: nested objects, arrays of objects, enums, dates and
         every integer bound, with a description long enough to be wrapped over lines.
@@ -174,7 +201,7 @@ class SyncExecutorInterface(Protocol):
 
     def execute_import_catalog(
         self, ctx: TaskContext, params: ImportCatalogParameters
-    ) -> None:
+    ) -> ImportCatalogResult | dict[str, Any]:
         """
         Imports a supplier catalog: nested objects, arrays of objects, enums, dates and
         every integer bound, with a description long enough to be wrapped over lines.
@@ -231,6 +258,27 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue one ImportCatalog per params in one round trip; returns their ids."""
         return self.enqueue_many("ImportCatalog", params_list, *overrides)
 
+    def wait_import_catalog(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> ImportCatalogResult | None:
+        """
+        Wait until ImportCatalog task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, ImportCatalogResult, timeout)
+
+    def run_import_catalog_and_wait(
+        self,
+        params: ImportCatalogParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> ImportCatalogResult | None:
+        """
+        Enqueue ImportCatalog, commit it and wait for it as wait_import_catalog does.
+        """
+        task_id = self.run_import_catalog(params, *overrides)
+        return self.wait_import_catalog(task_id, timeout)
+
     def run_ping(self, params: PingParameters, *overrides: TaskOverride) -> int:
         """Enqueue Ping and commit it; returns the task id."""
         return self.enqueue("Ping", params, *overrides)
@@ -252,6 +300,23 @@ class TaskRunner(TaskRunnerBase):
     ) -> list[int]:
         """Enqueue one Ping per params in one round trip; returns their ids."""
         return self.enqueue_many("Ping", params_list, *overrides)
+
+    def wait_ping(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until Ping task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_ping_and_wait(
+        self,
+        params: PingParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue Ping, commit it and wait for it as wait_ping does."""
+        task_id = self.run_ping(params, *overrides)
+        self.wait_ping(task_id, timeout)
 
     def run_nightly_digest(
         self, params: NightlyDigestParameters, *overrides: TaskOverride
@@ -278,6 +343,25 @@ class TaskRunner(TaskRunnerBase):
         Enqueue one nightly_digest per params in one round trip; returns their ids.
         """
         return self.enqueue_many("nightly_digest", params_list, *overrides)
+
+    def wait_nightly_digest(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until nightly_digest task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_nightly_digest_and_wait(
+        self,
+        params: NightlyDigestParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue nightly_digest, commit it and wait for it as wait_nightly_digest does.
+        """
+        task_id = self.run_nightly_digest(params, *overrides)
+        self.wait_nightly_digest(task_id, timeout)
 
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
@@ -307,6 +391,27 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue one ImportCatalog per params in one round trip; returns their ids."""
         return await self.enqueue_many("ImportCatalog", params_list, *overrides)
 
+    async def wait_import_catalog(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> ImportCatalogResult | None:
+        """
+        Wait until ImportCatalog task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, ImportCatalogResult, timeout)
+
+    async def run_import_catalog_and_wait(
+        self,
+        params: ImportCatalogParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> ImportCatalogResult | None:
+        """
+        Enqueue ImportCatalog, commit it and wait for it as wait_import_catalog does.
+        """
+        task_id = await self.run_import_catalog(params, *overrides)
+        return await self.wait_import_catalog(task_id, timeout)
+
     async def run_ping(self, params: PingParameters, *overrides: TaskOverride) -> int:
         """Enqueue Ping and commit it; returns the task id."""
         return await self.enqueue("Ping", params, *overrides)
@@ -328,6 +433,23 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
     ) -> list[int]:
         """Enqueue one Ping per params in one round trip; returns their ids."""
         return await self.enqueue_many("Ping", params_list, *overrides)
+
+    async def wait_ping(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until Ping task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_ping_and_wait(
+        self,
+        params: PingParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue Ping, commit it and wait for it as wait_ping does."""
+        task_id = await self.run_ping(params, *overrides)
+        await self.wait_ping(task_id, timeout)
 
     async def run_nightly_digest(
         self, params: NightlyDigestParameters, *overrides: TaskOverride
@@ -354,6 +476,27 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         Enqueue one nightly_digest per params in one round trip; returns their ids.
         """
         return await self.enqueue_many("nightly_digest", params_list, *overrides)
+
+    async def wait_nightly_digest(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until nightly_digest task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_nightly_digest_and_wait(
+        self,
+        params: NightlyDigestParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue nightly_digest, commit it and wait for it as wait_nightly_digest does.
+        """
+        task_id = await self.run_nightly_digest(params, *overrides)
+        await self.wait_nightly_digest(task_id, timeout)
 
 
 async def dispatch_failure_hook(
@@ -400,6 +543,7 @@ TASKS = TaskSet(
                 "wrapped over lines."
             ),
             params_model=ImportCatalogParameters,
+            result_model=ImportCatalogResult,
             execute_method="execute_import_catalog",
             hook_method="on_import_catalog_failed",
             definition={

@@ -162,11 +162,11 @@ def test_unknown_keys_suggest_the_closest_known_one() -> None:
     found = problems(task("retrypolicy:\n  interval: 5m\ntimout: 1h\nevent: [onFailed]\nqueue: q"))
     assert found == [
         'api/tasks.yaml:3: tasks[0] (SendEmail).retrypolicy: unknown key (did you mean "retryPolicy"?); '
-        "expected one of name, description, parameters, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
         'api/tasks.yaml:5: tasks[0] (SendEmail).timout: unknown key (did you mean "timeout"?); '
-        "expected one of name, description, parameters, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
         'api/tasks.yaml:6: tasks[0] (SendEmail).event: unknown key (did you mean "events"?); '
-        "expected one of name, description, parameters, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
     ]
     assert "did you mean" not in only_problem("tasks:\n  - name: A\nzzzzzz: 1\n")
 
@@ -378,7 +378,7 @@ def test_a_character_yaml_forbids_is_one_clean_problem(text: str, expected: str)
                 "keyword; supported: type, description, properties, required, additionalProperties, items, enum, "
                 "format, minimum, maximum, minLength, maxLength",
                 'api/tasks.yaml:4: tasks[0] (SendEmail)."x\\u2028y": unknown key; expected one of name, description, '
-                "parameters, retryPolicy, cronjob, events, timeout, queue, priority",
+                "parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
             ],
         ),
         (
@@ -513,3 +513,21 @@ NUL = "contains the character U+0000 (NUL), which PostgreSQL cannot store; remov
 def test_a_nul_character_is_refused_where_it_would_reach_sql(text: str, expected: str) -> None:
     """U+0000 cannot be stored in jsonb (nor text): refused in any value or key, with its path."""
     assert problems(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "result:\n  type: array\n",
+            "api/tasks.yaml:4: tasks[0] (SendEmail).result.type: result must be type object, not array",
+        ),
+        (
+            "result:\n  type: object\n  properties:\n    sent:\n      type: integer\n      pattern: x\n",
+            "api/tasks.yaml:8: tasks[0] (SendEmail).result.properties.sent.pattern: pattern is not a supported JSON "
+            "Schema keyword",
+        ),
+    ],
+)
+def test_a_result_schema_is_checked_like_parameters(body: str, expected: str) -> None:
+    assert only_problem(task(body)).startswith(expected)

@@ -176,10 +176,16 @@ def test_every_type_constraints_reject(every_type: ModuleType, change: dict[str,
         every_type.ImportCatalogParameters.model_validate({**VALID_CATALOG, **change})
 
 
+def payment_has_no_result(tasks: TaskSet) -> bool:
+    return tasks.by_name("ProcessPayment").result_model is None
+
+
 def test_tasks_carry_the_registration_definitions(guide: ModuleType, every_type: ModuleType) -> None:
     tasks: TaskSet = guide.TASKS
     assert list(tasks.names) == sorted(tasks.names)
-    assert len(tasks) == 9
+    assert len(tasks) == 10
+    report = tasks.by_name("GenerateReport")
+    assert report.result_model is guide.GenerateReportResult and payment_has_no_result(tasks)
     payment = tasks.by_name("ProcessPayment")
     assert payment.params_model is guide.ProcessPaymentParameters
     assert (payment.execute_method, payment.hook_method) == ("execute_process_payment", "on_process_payment_failed")

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 USAGE = """
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from taskgen import (
     AsyncTaskRunner,
     ExecutorInterface,
     ImportCatalogParameters,
+    ImportCatalogResult,
     NightlyDigestParameters,
     PingParameters,
     SyncExecutorInterface,
@@ -29,8 +31,9 @@ from taskgen import (
 
 
 class Executor:
-    async def execute_import_catalog(self, ctx: TaskContext, params: ImportCatalogParameters) -> None:
+    async def execute_import_catalog(self, ctx: TaskContext, params: ImportCatalogParameters) -> ImportCatalogResult:
         print(params.supplier_id + 1, params.source.url.upper(), [item.sku for item in params.items])
+        return ImportCatalogResult(imported=len(params.items), skipped=[])
 
     async def on_import_catalog_failed(
         self, ctx: TaskContext, task_id: int, params: ImportCatalogParameters, tx: psycopg.AsyncConnection[Any]
@@ -45,8 +48,8 @@ class Executor:
 
 
 class SyncExecutor:
-    def execute_import_catalog(self, ctx: TaskContext, params: ImportCatalogParameters) -> None:
-        pass
+    def execute_import_catalog(self, ctx: TaskContext, params: ImportCatalogParameters) -> dict[str, Any]:
+        return {"imported": 0, "skipped": []}
 
     def on_import_catalog_failed(
         self, ctx: TaskContext, task_id: int, params: ImportCatalogParameters, tx: psycopg.Connection[Any]
@@ -73,6 +76,17 @@ def enqueue(conn: psycopg.Connection[Any]) -> list[int]:
 
 async def enqueue_async(conn: psycopg.AsyncConnection[Any]) -> int:
     return await AsyncTaskRunner(conn).run_ping(PingParameters())
+
+
+def wait(conn: psycopg.Connection[Any], params: ImportCatalogParameters) -> int:
+    runner = TaskRunner(conn)
+    runner.wait_ping(runner.run_ping(PingParameters()), timeout=5)
+    result: ImportCatalogResult | None = runner.run_import_catalog_and_wait(params, timeout=timedelta(seconds=5))
+    return 0 if result is None else result.imported + len(runner.wait(1).state)
+
+
+async def wait_async(conn: psycopg.AsyncConnection[Any]) -> ImportCatalogResult | None:
+    return await AsyncTaskRunner(conn).wait_import_catalog(1)
 """
 
 WRONG_USAGE = """
@@ -80,6 +94,30 @@ from taskgen import PingParameters, TaskRunner, NightlyDigestParameters
 
 def misuse(runner: TaskRunner) -> None:
     runner.run_ping(NightlyDigestParameters(audience="everyone", day="2024-01-01"))
+"""
+
+WRONG_RESULT = """
+from taskgen import ExecutorInterface, ImportCatalogParameters, NightlyDigestParameters, PingParameters
+from anchor_py.taskcore import TaskContext
+
+
+class Executor:
+    async def execute_import_catalog(self, ctx: TaskContext, params: ImportCatalogParameters) -> str:
+        return "done"
+
+    async def on_import_catalog_failed(
+        self, ctx: TaskContext, task_id: int, params: ImportCatalogParameters, tx: object
+    ) -> None:
+        pass
+
+    async def execute_ping(self, ctx: TaskContext, params: PingParameters) -> int:
+        return 1
+
+    async def execute_nightly_digest(self, ctx: TaskContext, params: NightlyDigestParameters) -> None:
+        pass
+
+
+executor: ExecutorInterface = Executor()
 """
 
 
@@ -91,6 +129,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "taskgen.py").write_text(generate(yaml_path.read_text(encoding="utf-8"), "api/tasks.yaml").source)
     (directory / "usage.py").write_text(USAGE)
     (directory / "wrong_usage.py").write_text(WRONG_USAGE)
+    (directory / "wrong_result.py").write_text(WRONG_RESULT)
     return directory
 
 
@@ -130,3 +169,13 @@ def test_mypy_catches_the_wrong_parameters_model(project: Path) -> None:
     result = run([str(BIN / "mypy"), "--strict", "--no-incremental", "wrong_usage.py"], project)
     assert result.returncode == 1
     assert 'Argument 1 to "run_ping" of "TaskRunner" has incompatible type "NightlyDigestParameters"' in result.stdout
+
+
+def test_mypy_catches_an_executor_returning_the_wrong_type(project: Path) -> None:
+    result = run([str(BIN / "mypy"), "--strict", "--no-incremental", "wrong_result.py"], project)
+    assert result.returncode == 1
+    assert 'Incompatible types in assignment (expression has type "Executor"' in result.stdout
+    assert "is missing" not in result.stdout, result.stdout  # the return types are the only conflicts
+    assert "-> Coroutine[Any, Any, ImportCatalogResult | dict[str, Any]]" in result.stdout
+    assert "params: ImportCatalogParameters) -> Coroutine[Any, Any, str]" in result.stdout
+    assert "params: PingParameters) -> Coroutine[Any, Any, int]" in result.stdout

@@ -122,10 +122,10 @@ create table anchor.tasks (
     created_at timestamp with time zone not null,
     finished_at timestamp with time zone,
     fence bigint not null default 0,
+    trace_context jsonb,
     result jsonb,
     progress jsonb,
     waited boolean not null default false,
-    trace_context jsonb,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
     constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))
@@ -2506,8 +2506,8 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (8, 'retention')
 --   (9, 'roles')
 --   (10, 'hardening')
---   (11, 'results')
---   (12, 'trace_context')
+--   (11, 'trace_context')
+--   (12, 'results')
 -- rows of anchor.settings
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')

@@ -1,4 +1,4 @@
--- 0011_results: what a task returns, how far a running task has got, and an outcome someone can wait for.
+-- 0012_results: what a task returns, how far a running task has got, and an outcome someone can wait for.
 --
 -- Why: a task could only succeed or fail; nothing it computed came back, a long task showed nothing while
 -- it ran, and a caller who needed the outcome had to poll anchor.tasks, which the enqueuer role may not

@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from anchor_py import TaskContext
@@ -80,6 +80,8 @@ class Executor:
 # what a schedule row may hold when written directly (an older release, a hand edit): any params, any next
 # fire time (half of them long past, so the schedule is due and fires)
 SCHEDULES = st.tuples(PARAMS, st.just("1970-01-01 00:00:00+00") | TIMES)
+HUGE = "9" * 5000  # more digits than Python's int() reads (4,300)
+DEEP_400 = '{"any": ' + "[" * 400 + "1" + "]" * 400 + "}"
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=365 * 99)
 
 
@@ -108,6 +110,20 @@ def test_no_enqueued_value_stops_the_worker_cron_pruner_or_the_next_task(db: Con
     @settings(max_examples=10, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(CALLS, SCHEDULES)
+    # the known hostile cases, every run: numbers no Python type holds, retries without pause, deep nesting,
+    # times at the edges, a schedule whose params or next fire time cannot be used
+    @example([("Job", f'{{"any": {HUGE}}}', {}), ("Hooked", '{"x": 1e400}', {"max_attempts": 1}),
+              ("Forever", "{}", {"retry_intervals": '{"0"}', "max_attempts": 2147483647}),
+              ("Job", "{}", {"run_at": "9999-12-31 23:59:59+00"})],
+             (f'{{"n": {HUGE}}}', "1970-01-01 00:00:00+00"))
+    @example([("Job", DEEP_400, {"run_at": "1930-01-01 00:00:00+00"}),
+              ("Forever", '{"s": "\\ud800"}', {"run_at": "2125-01-01 00:00:00+00", "timeout": "100000 hours"}),
+              ("Hooked", '{"n": -0}', {"queue": "x'); drop table anchor.tasks; --", "priority": -2147483648})],
+             ("[" * 150 + "]" * 150, "-infinity"))
+    @example([("Job", '{"x": 1.7976931348623157e308, "n": 9223372036854775808, "any": [[[[1e-400]]]]}',
+               {"timeout": "100000 hours", "priority": 2147483647, "p_now": "1930-01-01 00:00:00+00"}),
+              ("Hooked", '{"s": "\\u202e\\ud83d\\ude00"}', {"max_attempts": 1, "queue": "other"})],
+             ('{"x": 1e308, "s": "\\u202e"}', "1970-01-01 00:00:00+00"))
     def check(calls: list[tuple[str, str, dict[str, Any]]], schedule: tuple[str, str]) -> None:
         ids = [i for i in (try_enqueue(app, *call) for call in calls) if i is not None]
         params, next_fire_at = schedule

@@ -1,0 +1,156 @@
+"""The worker's statements: registration, heartbeat, the claim and every call that finishes a claim."""
+
+# Registers the generated definitions; an older version than the stored one is ignored.
+REGISTER_TASKS = "SELECT anchor.register_tasks(definitions => %(definitions)s::jsonb, version => %(version)s::bigint)"
+
+# Registers or refreshes the worker; returns ids of its running tasks whose cancel was requested.
+# Refreshes the worker, hands back what it no longer holds (a claim whose reply was lost), and returns the
+# ids of held tasks whose cancel was requested.
+HEARTBEAT = """
+SELECT anchor.heartbeat_v2(
+    worker_id => %(worker_id)s::text,
+    held_ids => %(held_ids)s::bigint[],
+    info => %(info)s::jsonb,
+    release_after => %(release_after)s::interval
+)
+"""
+
+DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s::text)"
+
+# A batch of work sized to free capacity: execute and hook rows, then a wake row (earliest future run_at).
+# Each claimed row carries its fence token: COMPLETE, FAIL, HAND_BACK, FINISH_FAILURE and FAIL_HOOK take it back.
+CLAIM = """
+SELECT
+    kind,
+    id,
+    name,
+    params,
+    attempt,
+    hook_attempt,
+    max_attempts,
+    queue,
+    timeout,
+    deadline,
+    scheduled_at,
+    run_at,
+    fence,
+    now() AS db_now
+FROM anchor.claim_v2(
+    worker_id => %(worker_id)s::text,
+    max_tasks => %(max_tasks)s::int,
+    task_names => %(task_names)s::text[],
+    queues => %(queues)s::text[],
+    hook_timeout => %(hook_timeout)s::interval,
+    max_hook_attempts => %(max_hook_attempts)s::int
+)
+"""
+
+# Successful executions, many per round trip; each comes back succeeded or stale.
+COMPLETE = """
+SELECT
+    id,
+    outcome
+FROM anchor.complete_v2(
+    ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
+)
+"""
+
+FAIL = """
+SELECT anchor.fail_v2(
+    id => %(id)s::bigint,
+    fence => %(fence)s::bigint,
+    worker_id => %(worker_id)s::text,
+    error_message => %(error_message)s::text,
+    error_type => %(error_type)s::text,
+    error_traceback => %(error_traceback)s::text,
+    fatal => %(fatal)s::boolean,
+    record_event => %(record_event)s::boolean,
+    hook_timeout => %(hook_timeout)s::interval
+)
+"""
+
+# Run inside the hook's transaction: failing -> failed, committed together with the hook's writes.
+FINISH_FAILURE = """
+SELECT anchor.finish_failure_v2(
+    id => %(id)s::bigint, fence => %(fence)s::bigint, worker_id => %(worker_id)s::text
+)
+"""
+
+FAIL_HOOK = """
+SELECT anchor.fail_hook_v2(
+    id => %(id)s::bigint,
+    fence => %(fence)s::bigint,
+    worker_id => %(worker_id)s::text,
+    error_message => %(error_message)s::text,
+    error_type => %(error_type)s::text,
+    error_traceback => %(error_traceback)s::text,
+    max_hook_attempts => %(max_hook_attempts)s::int
+)
+"""
+
+HAND_BACK = """
+SELECT
+    id,
+    outcome
+FROM anchor.hand_back_v2(
+    ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
+)
+"""
+
+RESCUE = """
+SELECT
+    id,
+    outcome
+FROM anchor.rescue(
+    heartbeat_timeout => %(heartbeat_timeout)s::interval,
+    deadline_grace => %(deadline_grace)s::interval,
+    max_rescues => %(max_rescues)s::int,
+    max_hook_attempts => %(max_hook_attempts)s::int,
+    p_now => %(now)s::timestamptz
+)
+"""
+
+# Ends a hook connection whose (sync) hook overran its timeout: the server rolls its transaction back and
+# releases the task's row lock, even though the thread running the hook cannot be stopped.
+TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
+
+LISTEN_TASKS = "LISTEN anchor_tasks"
+LISTEN_CANCEL = "LISTEN anchor_cancel"
+
+# Whether any work is due now for these task names (Worker.run_until_empty).
+DUE_COUNT = """
+SELECT count(*) FROM anchor.tasks
+WHERE
+    name = any(%(task_names)s::text[])
+    AND run_at <= now()
+    AND (state = 'pending' OR (state = 'failing' AND locked_by IS NULL))
+"""
+
+# The results of a completion batch, sent ahead of COMPLETE in its transaction (only when some task of the
+# batch returned one); outcomes recorded, stale or too_large.
+RECORD_RESULTS = """
+SELECT
+    id,
+    outcome
+FROM anchor.record_results(
+    ids => %(ids)s::bigint[],
+    fences => %(fences)s::bigint[],
+    results => %(results)s::jsonb[],
+    worker_id => %(worker_id)s::text
+)
+"""
+
+# A running execution's progress document, fenced by its claim; false when the task has moved on.
+SET_PROGRESS = """
+SELECT anchor.set_progress(
+    id => %(id)s::bigint,
+    fence => %(fence)s::bigint,
+    worker_id => %(worker_id)s::text,
+    progress => %(progress)s::jsonb
+)
+"""
+
+# The stored size of a large result when it is over max_result_bytes, else null.
+RESULT_OVERSIZE = """
+SELECT anchor.result_oversize(%(result)s::jsonb)
+"""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from benchmarks import backlog, drain, enqueue, floor, latency, peers, retention
+from benchmarks import backlog, claimshapes, drain, enqueue, floor, latency, peers, retention
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
 
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "drain": drain.run,
     "latency": latency.run,
     "backlog": backlog.run,
+    "claim-shapes": claimshapes.run,
     "retention": retention.run,
     "peers": peers.run,
 }

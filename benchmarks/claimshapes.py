@@ -77,12 +77,12 @@ def measure(conn: psycopg.Connection[Any], claims: int) -> dict[str, Any]:
 def run(ctx: Context) -> None:
     claims = ctx.n(100, 20)
     due = claims * 100 * 6  # enough for every step below
-    shapes = [
-        ("+ 1M finished rows", lambda c: insert(c, ctx.n(1_000_000, 100_000), state="succeeded")),
+    shapes: list[tuple[str, dict[str, Any]]] = [
+        ("+ 1M finished rows", {"n": ctx.n(1_000_000, 100_000), "state": "succeeded"}),
         ("+ 200k scheduled for later, priority -1, same queue",
-         lambda c: insert(c, ctx.n(200_000, 20_000), run_in="1 hour", priority=-1)),
+         {"n": ctx.n(200_000, 20_000), "run_in": "1 hour", "priority": -1}),
         ("+ 50k due of a name not served, priority -1, same queue",
-         lambda c: insert(c, ctx.n(50_000, 5_000), name=OTHER, priority=-1)),
+         {"n": ctx.n(50_000, 5_000), "name": OTHER, "priority": -1}),
     ]
     with ctx.scratch("claim_shapes") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         register(conn)
@@ -91,8 +91,8 @@ def run(ctx: Context) -> None:
         conn.execute("vacuum analyze anchor.tasks")
         base = measure(conn, claims)
         ctx.emit("claim-shapes", SYSTEM, f"baseline: {due // 1000}k due, analysed", **base)
-        for label, build in shapes:
-            build(conn)
+        for label, rows in shapes:
+            insert(conn, **rows)
             m = measure(conn, claims)
             ctx.emit("claim-shapes", SYSTEM, f"{label} (cumulative, not analysed)", **m,
                      vs_baseline=round(m["p50_ms"] / base["p50_ms"], 2))

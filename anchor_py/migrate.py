@@ -64,6 +64,13 @@ def applied_versions(conn: psycopg.Connection[Any]) -> dict[int, str]:
     return {int(version): str(checksum) for version, _, checksum in conn.execute(queries.APPLIED_MIGRATIONS)}
 
 
+def missing_migrations(conn: psycopg.Connection[Any]) -> list[str]:
+    """Names (``NNNN_name``) of the bundled migrations this database has not applied, oldest first: all of
+    them when the SQL core is not installed, none when it is up to date."""
+    done = applied_versions(conn)
+    return [f"{m.version:04d}_{m.name}" for m in load_migrations() if m.version not in done]
+
+
 def install(dsn: str, *, target: int | None = None, roles: bool = False) -> list[Migration]:
     """Applies the pending migrations up to `target` (default: all) and returns the ones applied; with
     `roles`, also creates the roles anchor_enqueuer, anchor_worker and anchor_admin and grants them."""

@@ -178,8 +178,8 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# Whether any work is due now for these task names (Worker.run_until_empty, which anchor_py.testing drives).
-TESTING_DUE_COUNT = """
+# Whether any work is due now for these task names (Worker.run_until_empty).
+DUE_COUNT = """
 SELECT count(*) FROM anchor.tasks
 WHERE
     name = any(%(task_names)s::text[])

@@ -29,6 +29,8 @@ __all__ = [
     "enqueue_arguments",
     "is_fatal",
     "is_retry_without_event",
+    "reset_current_task",
+    "set_current_task",
     "with_delay",
     "with_priority",
     "with_queue",
@@ -240,6 +242,19 @@ def current_task() -> TaskContext:
         return _current_task.get()
     except LookupError:
         raise LookupError("current_task() was called outside a task execution") from None
+
+
+def set_current_task(ctx: TaskContext) -> contextvars.Token[TaskContext]:
+    """Make ``ctx`` what ``current_task()`` returns in this context until ``reset_current_task(token)``.
+
+    For the worker, around each execution and hook (two plain calls: no context manager on its hot path).
+    """
+    return _current_task.set(ctx)
+
+
+def reset_current_task(token: contextvars.Token[TaskContext]) -> None:
+    """Undo the ``set_current_task`` that returned ``token``."""
+    _current_task.reset(token)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -77,7 +78,9 @@ WHERE id = %(id)s::bigint
 
 
 # polls fast, runs no maintenance services (rescue, cron): a test controls everything that happens
-TEST_WORKER_CONFIG = WorkerConfig(poll_interval=0.05, services=(), shutdown_grace=5)
+TEST_WORKER_CONFIG = WorkerConfig(
+    poll_interval=timedelta(milliseconds=50), services=(), shutdown_grace=timedelta(seconds=5)
+)
 
 
 class TaskNotEnqueued(AssertionError):

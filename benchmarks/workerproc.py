@@ -14,6 +14,7 @@ import json
 import logging
 import resource
 import time
+from datetime import timedelta
 
 from anchor_py.worker import Worker, WorkerConfig
 from benchmarks.noop import TASKS, NoopExecutor
@@ -26,7 +27,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         from benchmarks.soak import SOAK_TASKS, SoakExecutor
 
         tasks, executor = SOAK_TASKS, SoakExecutor()
-    config = WorkerConfig(concurrency=args.concurrency, poll_interval=args.poll_interval)
+    config = WorkerConfig(concurrency=args.concurrency, poll_interval=timedelta(seconds=args.poll_interval))
     metrics = None
     if args.metrics:
         from anchor_py.metrics import WorkerMetrics

@@ -19,6 +19,7 @@ import socket
 import sys
 import textwrap
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,7 @@ async def main() -> int:
         "anchor.tasks keeps the tasks of earlier runs.")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("drop schema if exists examples cascade")
-    app = create_app(dsn, worker_config=WorkerConfig(poll_interval=0.2, concurrency=8))
+    app = create_app(dsn, worker_config=WorkerConfig(poll_interval=timedelta(milliseconds=200), concurrency=8))
     port = free_port()
     say(f"2. Starting the web app on http://127.0.0.1:{port}. Its lifespan installs the SQL core (anchor install-sql), "
         "registers the task definitions (anchor register) and starts a worker in the same process "

@@ -29,7 +29,7 @@ def anchor(*args: str, dsn: str, **kwargs: Any) -> subprocess.CompletedProcess[s
 def start_worker(dsn: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [ANCHOR, "worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
-         "--dsn", dsn, "--poll-interval", "0.2", "--log-format", "json", "--log-level", "DEBUG", *extra],
+         "--dsn", dsn, "--poll-interval", "200ms", "--log-format", "json", "--log-level", "DEBUG", *extra],
         cwd=REPO, env={**os.environ, "ANCHOR_TEST_DSN": dsn}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
@@ -66,7 +66,7 @@ def test_worker_runs_tasks_logs_json_and_sigterm_hands_back_unfinished_work(dsn:
     quick = enqueue(db, "Work", {"userId": 1})
     flaky = enqueue(db, "Flaky", {"userId": 2, "mode": "fatal"})
     slow = enqueue(db, "Work", {"userId": 3, "sleep": 60})
-    worker = start_worker(dsn, "--shutdown-grace", "1")
+    worker = start_worker(dsn, "--shutdown-grace", "1s")
     try:
         wait_until(lambda: task(db, flaky)["state"] == "failed" and bool(runs(db, slow)), 20)
         assert task(db, quick)["state"] == "succeeded"
@@ -95,3 +95,16 @@ def test_worker_with_a_bad_app_is_a_usage_error(dsn: str) -> None:
     result = anchor("worker", "--app", "tests.worker.app", "--taskgen", "tests.worker.app", "--dsn", dsn, dsn=dsn)
     assert result.returncode == 2
     assert "--app must look like module:factory" in result.stderr
+
+
+def test_worker_durations_are_duration_strings_and_a_bad_one_names_its_option(dsn: str) -> None:
+    result = anchor("worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
+                    "--dsn", dsn, "--heartbeat-timeout", "20", dsn=dsn)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "anchor worker: --heartbeat-timeout: '20' is not a duration (expected e.g. 500ms, 20s, 1m30s)\n"
+    )
+    result = anchor("worker", "--app", "tests.worker.app:make_executor", "--taskgen", "tests.worker.app",
+                    "--dsn", dsn, "--heartbeat-interval", "30s", dsn=dsn)  # longer than the 20s timeout
+    assert result.returncode == 2
+    assert "heartbeat_timeout must be longer than heartbeat_interval" in result.stderr

@@ -239,14 +239,14 @@ class FaultExecutor:
 def worker_config(concurrency: int, max_rescues: int = 5) -> WorkerConfig:
     return WorkerConfig(
         concurrency=concurrency,
-        poll_interval=0.2,
-        heartbeat_interval=0.5,
-        heartbeat_timeout=3.0,
-        rescue_interval=0.5,
-        deadline_grace=2.0,
+        poll_interval=timedelta(seconds=0.2),
+        heartbeat_interval=timedelta(seconds=0.5),
+        heartbeat_timeout=timedelta(seconds=3),
+        rescue_interval=timedelta(seconds=0.5),
+        deadline_grace=timedelta(seconds=2),
         max_rescues=max_rescues,
-        shutdown_grace=3.0,
-        hook_timeout=5.0,
+        shutdown_grace=timedelta(seconds=3),
+        hook_timeout=timedelta(seconds=5),
         max_abandoned_threads=4,
         worker_id=f"fault-{os.getpid()}",
         services=[],  # set in main(): the rescuer only (no cron)
@@ -264,9 +264,8 @@ def main() -> None:
     from anchor_py.rescuer import Rescuer, RescuerConfig
 
     base = worker_config(args.concurrency, args.max_rescues)
-    rescuer = RescuerConfig(interval=timedelta(seconds=base.rescue_interval),
-                            heartbeat_timeout=timedelta(seconds=base.heartbeat_timeout),
-                            deadline_grace=timedelta(seconds=base.deadline_grace), max_rescues=base.max_rescues,
+    rescuer = RescuerConfig(interval=base.rescue_interval, heartbeat_timeout=base.heartbeat_timeout,
+                            deadline_grace=base.deadline_grace, max_rescues=base.max_rescues,
                             max_hook_attempts=base.hook_attempts)
     config = WorkerConfig(**{**base.__dict__, "services": [lambda pool: Rescuer(pool, rescuer)]})
     worker = Worker(args.dsn, FaultExecutor(args.dsn), TASKS, config)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -14,9 +15,14 @@ import pytest
 from anchor_py.worker import Worker, WorkerConfig
 from tests.worker.app import TASKS, TEST_TABLES, Executor
 
+
+def seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
 # fast enough for tests; heartbeat_timeout/rescue_interval are tuned per test where rescue matters
-FAST = WorkerConfig(poll_interval=0.5, heartbeat_interval=0.5, heartbeat_timeout=3, rescue_interval=0.5,
-                    shutdown_grace=2, hook_timeout=5, concurrency=8)
+FAST = WorkerConfig(poll_interval=seconds(0.5), heartbeat_interval=seconds(0.5), heartbeat_timeout=seconds(3),
+                    rescue_interval=seconds(0.5), shutdown_grace=seconds(2), hook_timeout=seconds(5), concurrency=8)
 
 
 @pytest.fixture

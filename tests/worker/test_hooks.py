@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, task, wait_for
+from tests.worker.conftest import FAST, enqueue, events, running_worker, runs, seconds, task, wait_for
 
 Db = psycopg.Connection[dict[str, Any]]
 
@@ -60,7 +60,7 @@ def test_raising_hook_rolls_back_retries_at_most_hook_attempts_then_hook_failed(
 
 def test_hook_timeout_rolls_back_and_counts_as_a_hook_failure(dsn: str, app_db: Db) -> None:
     task_id = enqueue(app_db, "Flaky", {"userId": 1, "mode": "hook_sleep_first", "sleep": 30}, max_attempts=1)
-    config = dataclasses.replace(FAST, hook_timeout=1)
+    config = dataclasses.replace(FAST, hook_timeout=seconds(1))
 
     async def scenario() -> None:
         async with running_worker(dsn, config):
@@ -90,7 +90,7 @@ def test_sync_hook_gets_a_sync_connection_in_the_final_transaction(dsn: str, app
 def test_sync_hook_past_its_timeout_is_abandoned_and_its_transaction_ended(dsn: str, app_db: Db) -> None:
     # the sync hook sleeps 3 s with its transaction open; timeout 1 s
     task_id = enqueue(app_db, "SyncWork", {"userId": 1, "mode": "raise", "sleep": 3}, max_attempts=1)
-    config = dataclasses.replace(FAST, hook_timeout=1, hook_attempts=1)
+    config = dataclasses.replace(FAST, hook_timeout=seconds(1), hook_attempts=1)
 
     async def scenario() -> None:
         async with running_worker(dsn, config):
@@ -120,4 +120,4 @@ def test_hook_may_not_commit_the_final_transaction(dsn: str, app_db: Db) -> None
     asyncio.run(scenario())
     assert _hook_log(app_db, task_id) == []
     error = next(e for e in events(app_db, task_id) if e["kind"] == "hook_error")
-    assert error["error_type"] == "anchor_py.hooktx.HookTransactionError"
+    assert error["error_type"] == "anchor_py.worker.hooktx.HookTransactionError"

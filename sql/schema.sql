@@ -603,9 +603,14 @@ begin
     with done as (
         update anchor.tasks t set state = 'succeeded', finished_at = v_now, deadline = null
         from unnest(complete_v2.ids, complete_v2.fences) as c (id, fence)
-        -- id = any(ids) drives the update from the primary key, whatever the statistics say
-        where t.id = any(complete_v2.ids) and t.id = c.id and t.state = 'running' and t.fence = c.fence
-            and t.locked_by = complete_v2.worker_id
+        -- Only id = any(ids) may reach an index, so the update is driven by the primary key whatever the
+        -- statistics say. Written as plain equalities, state and locked_by also matched tasks_held_idx,
+        -- and on a table never analysed (right after a bulk enqueue) the generic plan scanned every task
+        -- the worker holds once per completed id: 10 ms per batch of 100 instead of 1. IS NOT DISTINCT
+        -- FROM is the same test here (worker_id is checked not null) but no index can serve it.
+        where t.id = any(complete_v2.ids) and t.id = c.id and t.fence = c.fence
+            and t.state is not distinct from 'running'
+            and t.locked_by is not distinct from complete_v2.worker_id and complete_v2.worker_id is not null
         returning t.id
     )
     select c.id, case when d.id is not null and c.first then 'succeeded' else 'stale' end

@@ -111,6 +111,15 @@ def test_claim_right_after_a_bulk_enqueue_uses_the_claim_index_without_statistic
         db.execute("select anchor.enqueue_many('Job', %s::jsonb)", (json.dumps([{"n": i} for i in range(10_000)]),))
     fresh, plans = claim_cost(db)
     assert_reads_only_ready_tasks(plans)
+    # complete reaches the batch by primary key, not by scanning every task the worker holds
+    claimed = db.execute(CLAIM).fetchall()
+    ids, fences = [r["id"] for r in claimed], [r["fence"] for r in claimed]
+    done, plans = nested_plans(
+        db, f"select * from anchor.complete_v2(array{ids}::bigint[], array{fences}::bigint[], 'w1')"
+    )
+    assert [r["outcome"] for r in done] == ["succeeded"] * 100
+    assert "on tasks_pkey" in plans, plans
+    assert not re.search(r"(using|on) tasks_held_idx", plans), plans
     db.execute("vacuum analyze anchor.tasks")
     analysed, _ = claim_cost(db)
     assert fresh <= analysed * 1.2, f"{fresh} buffers per claim before ANALYZE against {analysed} after"

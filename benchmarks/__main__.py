@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from benchmarks import backlog, drain, enqueue, floor, latency, peers, results, retention
+from benchmarks import backlog, claimshapes, drain, enqueue, floor, latency, peers, results, retention, steady
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
 
@@ -24,9 +24,12 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "enqueue-single": enqueue.run_single,
     "enqueue-batch": enqueue.run_batch,
     "drain": drain.run,
+    "workers": drain.run_processes,
+    "steady": steady.run,
     "latency": latency.run,
     "result-latency": results.run,
     "backlog": backlog.run,
+    "claim-shapes": claimshapes.run,
     "retention": retention.run,
     "peers": peers.run,
 }
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run procrastinate and pgqueuer (in their own venv, .venv-peers)")
     parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    parser.add_argument("--steady-seconds", type=float,
+                        help="duration of each rate of the steady scenario (default 120, --quick 10)")
     parser.add_argument("--dsn", help="server to use (default: $DATABASE_URL, 127.0.0.1:5432, else embedded)")
     parser.add_argument("--out", help="also append the JSON lines to this file (default: bench-results/<time>.jsonl)")
     return parser
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     out_path = Path(args.out) if args.out else REPO / "bench-results" / time.strftime("bench-%Y%m%d-%H%M%S.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    ctx = Context(server=find_server(args.dsn), quick=args.quick, peers=args.peers)
+    ctx = Context(server=find_server(args.dsn), quick=args.quick, peers=args.peers,
+                  steady_seconds=args.steady_seconds)
     started = time.monotonic()
     print(f"# server: {conninfo_to_dict(ctx.server).get('host')}:{conninfo_to_dict(ctx.server).get('port')}, "
           f"load: {os.getloadavg()[0]:.2f}, scenarios: {', '.join(chosen)}", file=sys.stderr, flush=True)

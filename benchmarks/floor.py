@@ -58,15 +58,23 @@ def _raw_ins_table(c: psycopg.Connection[Any]) -> None:
     c.execute("create unique index on raw_ins (unique_tag) where state = 'pending'")
 
 
-def insert_single(dsn: str, n: int, clients: int) -> dict[str, Any]:
+def insert_single(dsn: str, n: int, clients: int, *, notify: bool = False) -> dict[str, Any]:
+    """One INSERT per commit; with notify, the INSERT and a NOTIFY in one commit (what a queue that wakes
+    its workers must do at least)."""
     with psycopg.connect(dsn, autocommit=True) as c:
         _raw_ins_table(c)
     per_client = n // clients
 
     def insert(conn: psycopg.Connection[Any]) -> None:
         for i in range(per_client):
-            conn.execute("insert into raw_ins (name, params) values ('noop', %s) returning id",
-                         (Jsonb({"i": i}),)).fetchone()
+            if notify:
+                with conn.transaction():
+                    conn.execute("insert into raw_ins (name, params) values ('noop', %s) returning id",
+                                 (Jsonb({"i": i}),)).fetchone()
+                    conn.execute("notify raw_ins, 'default'")
+            else:
+                conn.execute("insert into raw_ins (name, params) values ('noop', %s) returning id",
+                             (Jsonb({"i": i}),)).fetchone()
 
     total = per_client * clients
     return {"n": total, "clients": clients, "per_s": round(total / timed_clients(dsn, clients, insert))}
@@ -127,6 +135,8 @@ def run(ctx: Context) -> None:
         for batch in DRAIN_BATCHES:
             ctx.emit("drain", SYSTEM, f"batch {batch}", **drain(dsn, ctx.n(100_000, 10_000), batch))
         ctx.emit("enqueue-single", SYSTEM, "1 client", **insert_single(dsn, ctx.n(3000, 500), 1))
+        ctx.emit("enqueue-single", SYSTEM, "1 client, INSERT + NOTIFY",
+                 **insert_single(dsn, ctx.n(3000, 500), 1, notify=True))
         ctx.emit("enqueue-single", SYSTEM, "8 clients", **insert_single(dsn, ctx.n(8000, 800), 8))
         ctx.emit("enqueue-batch", SYSTEM, "1k rows per INSERT", **insert_batch(dsn, ctx.n(100_000, 10_000)))
         ctx.emit("latency", SYSTEM, "200/s", **latency(dsn, ctx.n(1000, 200), 200.0))

@@ -42,6 +42,7 @@ class Context:
     server: str  # a DSN of the server (any database on it)
     quick: bool
     peers: bool
+    steady_seconds: float | None = None  # --steady-seconds: the steady scenario's duration per rate
     results: list[Result] = field(default_factory=list)
     out: Any = None
 

@@ -21,6 +21,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
+from examples.zgen.taskgen import TASKS
 from tests.integrations.servers import REPO
 
 MANAGE = REPO / "examples" / "django_project" / "manage.py"
@@ -107,8 +108,8 @@ def test_the_management_commands_install_register_and_run_a_worker(dsn: str) -> 
     assert [row["name"] for row in rows(dsn, "select name from anchor.schema_migrations order by version")] == names
     registered = manage(dsn, "anchor_register")
     assert registered.returncode == 0, registered.stderr
-    assert "registered 9 task definitions" in registered.stdout
-    assert len(rows(dsn, "select name from anchor.task_definitions")) == 9
+    assert f"registered {len(TASKS)} task definitions" in registered.stdout
+    assert len(rows(dsn, "select name from anchor.task_definitions")) == len(TASKS)
 
     signed_up = manage(dsn, "shell", "-c", "from examples.django_project.shop.services import sign_up; "
                                            "print(sign_up('ada@example.com', 'Ada')[1])")

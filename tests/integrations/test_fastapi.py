@@ -99,7 +99,11 @@ def test_sigterm_stops_the_worker_cleanly_with_the_app(
     server: tuple[subprocess.Popen[str], httpx.Client], dsn: str
 ) -> None:
     process, _ = server
-    assert len(rows(dsn, "select worker_id from anchor.workers")) == 1  # the lifespan's worker heartbeats
+    # the lifespan's worker registers with its first heartbeat, which may come a moment after the app answers
+    deadline = time.monotonic() + 10
+    while not rows(dsn, "select worker_id from anchor.workers") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(rows(dsn, "select worker_id from anchor.workers")) == 1
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=30)[0]
     # uvicorn re-raises the signal once it has shut down, so the process ends by SIGTERM, after a clean shutdown

@@ -17,9 +17,10 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from anchor_py import queries
+from anchor_py.db import TRANSIENT_ERRORS, retrying
 from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
-from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, one_line, retrying, until_stopped
+from anchor_py.worker.connections import ClaimPool, one_line, until_stopped
 from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import Handler, InFlight, Job
@@ -93,7 +94,7 @@ class ClaimLoop:
                     capacity = min(capacity, backlog_batch)
                 try:
                     claimed = await self._claim(capacity, with_completions=waiting > 0)
-                except CONNECTION_ERRORS as exc:
+                except TRANSIENT_ERRORS as exc:
                     log.warning("lost the database while claiming (%s); reconnecting", one_line(exc))
                     await self._recover()
                     continue

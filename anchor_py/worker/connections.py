@@ -1,26 +1,22 @@
-"""The worker's pool for claims, completions and failures (the hot path), and the retry rule every
-fenced call shares."""
+"""The worker's pool for claims, completions and failures (the hot path); fenced calls retry through
+``anchor_py.db.retrying``, the rule every part shares."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["CONNECTION_ERRORS", "ClaimPool", "fetch_one", "one_line", "retrying", "until_stopped"]
+from anchor_py.db import fetch_one
 
-log = logging.getLogger("anchor_py.worker")
+__all__ = ["ClaimPool", "one_line", "until_stopped"]
+
 
 # Database errors that mean "the server or the network went away": wait and try again.
-CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
-
-
 class ClaimPool:
     """Connections for claims, completions and failures: the user's pool, or one of our own.
 
@@ -108,24 +104,6 @@ async def _configure_hot_path(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("set jit = off")
     if not conn.autocommit:
         await conn.commit()
-
-
-async def fetch_one(conn: psycopg.AsyncConnection[Any], query: str, arguments: dict[str, Any]) -> Any:
-    async with conn.cursor(row_factory=tuple_row) as cursor:
-        await cursor.execute(query, arguments)
-        return await cursor.fetchone()
-
-
-async def retrying(what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Retry ``call`` through connection errors with backoff; every call we retry is fenced."""
-    backoff = 0.1
-    while True:
-        try:
-            return await call(*args)
-        except CONNECTION_ERRORS as exc:
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, one_line(exc), backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
 
 
 async def until_stopped(step: Awaitable[Any], stopping: asyncio.Event) -> bool:

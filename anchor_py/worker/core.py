@@ -31,13 +31,14 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
+from anchor_py.db import fetch_one, retrying
 from anchor_py.services import Service, ServiceFactory
 from anchor_py.taskspec import TaskSet
 from anchor_py.tracing import worker_spans
 from anchor_py.worker.claims import ClaimLoop
 from anchor_py.worker.completions import CompletionBuffer
 from anchor_py.worker.config import WorkerConfig, default_services
-from anchor_py.worker.connections import ClaimPool, autocommit_settings, fetch_one, one_line, retrying, until_stopped
+from anchor_py.worker.connections import ClaimPool, autocommit_settings, one_line, until_stopped
 from anchor_py.worker.execution import Executions
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, handlers_for

@@ -18,11 +18,12 @@ import pydantic
 from psycopg.rows import tuple_row
 
 from anchor_py import queries
+from anchor_py.db import retrying
 from anchor_py.taskcore import is_fatal, is_retry_without_event
 from anchor_py.taskspec import TaskSpec
 from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
-from anchor_py.worker.connections import ClaimPool, one_line, retrying
+from anchor_py.worker.connections import ClaimPool, one_line
 from anchor_py.worker.hooks import HookRunner
 from anchor_py.worker.job import InFlight, Job, error_details
 from anchor_py.worker.results import InvalidResult, ProgressWriter, oversize, result_json

@@ -24,9 +24,10 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from anchor_py import queries
+from anchor_py.db import TRANSIENT_ERRORS, fetch_one, retrying
 from anchor_py.taskcore import TaskContext, reset_current_task, set_current_task
 from anchor_py.tracing import WorkerSpans
-from anchor_py.worker.connections import CONNECTION_ERRORS, ClaimPool, fetch_one, retrying
+from anchor_py.worker.connections import ClaimPool
 from anchor_py.worker.hooktx import HookAsyncConnection, HookConnection
 from anchor_py.worker.job import InFlight, Job, error_details
 from anchor_py.worker.usercode import USER_CODE_ERRORS, Interrupted, UserCodeRunner, uncancel
@@ -141,7 +142,7 @@ class HookRunner:
             if job.interrupt_reason == "shutdown":
                 return None  # rolled back; deregistering gives the hook attempt back
             return await self._fail(job, self._timeout_details())
-        except CONNECTION_ERRORS as exc:
+        except TRANSIENT_ERRORS as exc:
             # the commit may or may not have happened: fail_hook is fenced, so it is 'stale' if it did
             return await self._fail(job, error_details(exc))
         except USER_CODE_ERRORS as exc:

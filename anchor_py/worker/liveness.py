@@ -21,7 +21,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from anchor_py import queries
-from anchor_py.worker.connections import CONNECTION_ERRORS, fetch_one, one_line, pooled_settings
+from anchor_py.db import TRANSIENT_ERRORS, fetch_one
+from anchor_py.worker.connections import one_line, pooled_settings
 
 __all__ = ["Liveness"]
 
@@ -66,7 +67,7 @@ class Liveness:
                             self._conninfo, autocommit=True, application_name="anchor-heartbeat", **self._settings
                         )
                     await self._heartbeat(conn, None)
-                except CONNECTION_ERRORS as exc:
+                except TRANSIENT_ERRORS as exc:
                     log.warning("heartbeat failed (%s); retrying", one_line(exc))
                     if conn is not None:
                         await conn.close()
@@ -107,7 +108,7 @@ class Liveness:
                             self._cancel(int(notification.payload))
                         elif notification.payload in self._queues:
                             self._wake.set()
-            except CONNECTION_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("LISTEN connection lost (%s); polling until it is back", one_line(exc))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

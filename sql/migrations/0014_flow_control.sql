@@ -1052,8 +1052,7 @@ begin
     where s.key = '' and ((s.kind = 'queue' and s.owner = any(p_queues)) or (s.kind = 'task' and s.owner = any(p_names)))
     order by s.id
     for update;
-    -- start times in lock order across claimers (the rate rings rely on it); tests pass their own clock
-    started_at := case when p_fixed_clock then p_now else greatest(p_now, clock_timestamp()) end;
+    started_at := p_now;
 
     for v_pair in
         select c.queue, c.name, s.concurrency as q_limit, s.rate_limit as q_rate, s.rate_period as q_period, qs.id as q_scope,
@@ -1081,18 +1080,24 @@ begin
                 select count(*) from anchor.tasks t where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null
             ));
         end if;
+        -- the name's unkeyed limits (a keyed limit is per group, below)
+        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
+            v_cap := least(v_cap, v_pair.concurrency_limit - (
+                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
+            ));
+        end if;
+        -- Start times are read after the counts, under the lock: a task that stopped running before the count
+        -- saw it stopped before this start, and start times follow lock order across claimers (the rate rings
+        -- rely on both). Tests pass their own clock.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
+        end if;
         if v_pair.q_rate is not null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, started_at, v_cap);
             if v_tokens < v_cap then
                 v_cap := v_tokens;
                 wake := least(wake, anchor.flow_next_token(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, v_tokens, started_at));
             end if;
-        end if;
-        -- the name's unkeyed limits (a keyed limit is per group, below)
-        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
-            v_cap := least(v_cap, v_pair.concurrency_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
-            ));
         end if;
         if v_pair.rate_limit is not null and v_pair.rate_key is null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.t_scope, v_pair.rate_limit, v_pair.rate_period, started_at, v_cap);
@@ -1138,6 +1143,9 @@ begin
                         select count(*) from anchor.tasks t
                         where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group
                     ));
+                    if not p_fixed_clock then
+                        started_at := greatest(started_at, clock_timestamp());
+                    end if;
                 end if;
                 v_key_scope := null;
                 if v_pair.rate_key is not null and v_group_cap > 0 then

@@ -201,8 +201,8 @@ CREATE INDEX task_events_task_idx ON anchor.task_events USING btree (task_id, id
 CREATE UNIQUE INDEX task_registry_pkey ON anchor.task_registry USING btree (singleton);
 CREATE INDEX tasks_claim_idx ON anchor.tasks USING btree (queue, name, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for IS NULL) AND (rescues = 0));
 CREATE INDEX tasks_finished_idx ON anchor.tasks USING btree (state, finished_at) WHERE (state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]));
-CREATE INDEX tasks_flow_queue_running_idx ON anchor.tasks USING btree (queue) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL));
-CREATE INDEX tasks_flow_running_idx ON anchor.tasks USING btree (name, flow_key) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL));
+CREATE INDEX tasks_flow_queue_running_idx ON anchor.tasks USING btree (queue) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (queue > ''::text));
+CREATE INDEX tasks_flow_running_idx ON anchor.tasks USING btree (name, flow_key) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (name > ''::text));
 CREATE INDEX tasks_held_idx ON anchor.tasks USING btree (locked_by) WHERE (state = ANY (ARRAY['running'::text, 'failing'::text]));
 CREATE INDEX tasks_hook_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE (state = 'failing'::text);
 CREATE INDEX tasks_limit_idx ON anchor.tasks USING btree (queue, name, flow_key, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for = 'limit'::text));
@@ -1646,22 +1646,27 @@ begin
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
-        -- nothing held for this pair: one probe
-        continue when not exists (
-            select 1 from anchor.tasks t
+        -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
+        -- held rows still reads the index rather than the table)
+        continue when (
+            select t.flow_key from anchor.tasks t
             where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-        );
+            order by t.flow_key
+            limit 1
+        ) is null;
 
         v_cap := v_want;
         if v_pair.q_limit is not null then
             v_cap := least(v_cap, v_pair.q_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null and t.queue > ''
             ));
         end if;
         -- the name's unkeyed limits (a keyed limit is per group, below)
         if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
             v_cap := least(v_cap, v_pair.concurrency_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
             ));
         end if;
         -- Start times are read after the counts, under the lock: a task that stopped running before the count
@@ -1701,7 +1706,7 @@ begin
                 v_next := (
                     select t.flow_key from anchor.tasks t
                     where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-                        and (v_group is null or t.flow_key > v_group)
+                        and t.flow_key > coalesce(v_group, '')  -- '' sorts first; keyed groups are never ''
                     order by t.flow_key
                     limit 1
                 );
@@ -1719,7 +1724,7 @@ begin
                 if v_pair.concurrency_key is not null then
                     v_group_cap := least(v_group_cap, v_pair.concurrency_limit - (
                         select count(*) from anchor.tasks t
-                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group
+                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
                     ));
                     if not p_fixed_clock then
                         started_at := greatest(started_at, clock_timestamp());

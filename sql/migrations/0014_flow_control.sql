@@ -90,10 +90,12 @@ create index tasks_limit_idx on anchor.tasks (queue, name, flow_key, priority, r
 where state = 'pending' and waiting_for = 'limit';
 
 -- What runs, per name and group and per queue: the counts a limit is checked against (limited tasks only).
+-- Each predicate carries a term only its own counts state (names and queues are never empty, so `> ''` holds
+-- for every row): with the same predicate, a generic plan may count a group by reading the whole queue index.
 create index tasks_flow_running_idx on anchor.tasks (name, flow_key)
-where state = 'running' and flow_key is not null;
+where state = 'running' and flow_key is not null and name > '';
 create index tasks_flow_queue_running_idx on anchor.tasks (queue)
-where state = 'running' and flow_key is not null;
+where state = 'running' and flow_key is not null and queue > '';
 
 -- A task's group from its params: the JSON text of the key parameter's value (so 1 and "1" differ, and a missing
 -- value is 'null'), hashed when long so it stays a small index entry; '' for a task without a key.
@@ -1068,22 +1070,27 @@ begin
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
-        -- nothing held for this pair: one probe
-        continue when not exists (
-            select 1 from anchor.tasks t
+        -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
+        -- held rows still reads the index rather than the table)
+        continue when (
+            select t.flow_key from anchor.tasks t
             where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-        );
+            order by t.flow_key
+            limit 1
+        ) is null;
 
         v_cap := v_want;
         if v_pair.q_limit is not null then
             v_cap := least(v_cap, v_pair.q_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null and t.queue > ''
             ));
         end if;
         -- the name's unkeyed limits (a keyed limit is per group, below)
         if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
             v_cap := least(v_cap, v_pair.concurrency_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
             ));
         end if;
         -- Start times are read after the counts, under the lock: a task that stopped running before the count
@@ -1123,7 +1130,7 @@ begin
                 v_next := (
                     select t.flow_key from anchor.tasks t
                     where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-                        and (v_group is null or t.flow_key > v_group)
+                        and t.flow_key > coalesce(v_group, '')  -- '' sorts first; keyed groups are never ''
                     order by t.flow_key
                     limit 1
                 );
@@ -1141,7 +1148,7 @@ begin
                 if v_pair.concurrency_key is not null then
                     v_group_cap := least(v_group_cap, v_pair.concurrency_limit - (
                         select count(*) from anchor.tasks t
-                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group
+                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
                     ));
                     if not p_fixed_clock then
                         started_at := greatest(started_at, clock_timestamp());

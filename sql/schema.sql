@@ -218,7 +218,7 @@ CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 
 CREATE TRIGGER cron_schedules_notify AFTER INSERT OR UPDATE OF next_fire_at, paused ON anchor.cron_schedules FOR EACH ROW WHEN (new.next_fire_at IS NULL AND NOT new.paused) EXECUTE FUNCTION anchor.notify_cron_change();
 CREATE TRIGGER task_definitions_sync_cron AFTER INSERT OR DELETE OR UPDATE ON anchor.task_definitions FOR EACH ROW EXECUTE FUNCTION anchor.sync_cron_schedule();
-CREATE TRIGGER tasks_flow_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.flow_mark_inserted();
+CREATE TRIGGER tasks_flow_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT WHEN (anchor.flow_in_use()) EXECUTE FUNCTION anchor.flow_mark_inserted();
 CREATE TRIGGER tasks_flow_slot_freed AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (old.state = 'running'::text AND new.state <> 'running'::text AND new.flow_key IS NOT NULL) EXECUTE FUNCTION anchor.notify_flow_slot();
 CREATE TRIGGER tasks_notify_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.notify_due_tasks();
 CREATE TRIGGER tasks_notify_outcome AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.waited AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.notify_task_outcome();
@@ -1501,6 +1501,15 @@ AS $function$
     end
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.flow_in_use()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.flow_key_of(p_name text, p_queue text, p_params jsonb)
  RETURNS text
  LANGUAGE sql
@@ -1520,10 +1529,6 @@ CREATE OR REPLACE FUNCTION anchor.flow_mark_inserted()
  LANGUAGE plpgsql
 AS $function$
 begin
-    if not exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
-        and not exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null) then
-        return null;
-    end if;
     update anchor.tasks t set
         flow_key = f.flow_key,
         waiting_for = case when t.state = 'pending' and t.waiting_for is null then 'limit' else t.waiting_for end
@@ -1584,7 +1589,9 @@ begin
     from (
         select x.id, anchor.flow_key_of(x.name, x.queue, x.params) as flow_key
         from anchor.tasks as x
-        where x.state in ('pending', 'running') and (x.name = any(p_names) or x.queue = any(p_queues))
+        -- every task not finished: whatever state a task waits in, it becomes pending with the right group
+        where x.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+            and (x.name = any(p_names) or x.queue = any(p_queues))
     ) as f
     where t.id = f.id and t.flow_key is distinct from f.flow_key;
 end;
@@ -3342,6 +3349,7 @@ grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp 
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.flow_definition_problem(jsonb) to anchor_admin;
 grant execute on function anchor.flow_group(jsonb,text) to anchor_admin;
+grant execute on function anchor.flow_in_use() to anchor_admin;
 grant execute on function anchor.flow_key_of(text,text,jsonb) to anchor_admin;
 grant execute on function anchor.flow_mark_inserted() to anchor_admin;
 grant execute on function anchor.flow_next_token(bigint,integer,interval,integer,timestamp with time zone) to anchor_admin;
@@ -3486,6 +3494,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('queues', 'anchor_admin')
 --   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
+--   ('register_tasks_v2', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
 --   ('result_oversize', 'anchor_worker')
 --   ('resume_queue', 'anchor_admin')

@@ -315,9 +315,10 @@ begin
 end;
 $$;
 
--- Recomputes flow_key (and 'limit' holding) of the live tasks of the given names and queues after their limits
--- changed: tasks that gained a limit are held, tasks that lost every limit go back to the ready set. No state
--- changes. Reads every live task (a registration that changes limits is rare; one that changes none skips this).
+-- Recomputes flow_key (and 'limit' holding) of the unfinished tasks of the given names and queues after their
+-- limits changed: tasks that gained a limit are held, tasks that lost every limit go back to the ready set. No
+-- state changes. Reads the whole table (a registration that changes limits is rare; one that changes none skips
+-- this).
 create function anchor.flow_reflow(p_names text[], p_queues text[])
 returns void
 language plpgsql
@@ -334,7 +335,9 @@ begin
     from (
         select x.id, anchor.flow_key_of(x.name, x.queue, x.params) as flow_key
         from anchor.tasks as x
-        where x.state in ('pending', 'running') and (x.name = any(p_names) or x.queue = any(p_queues))
+        -- every task not finished: whatever state a task waits in, it becomes pending with the right group
+        where x.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+            and (x.name = any(p_names) or x.queue = any(p_queues))
     ) as f
     where t.id = f.id and t.flow_key is distinct from f.flow_key;
 end;
@@ -570,17 +573,23 @@ begin
 end;
 $$;
 
--- After each insert statement, the new tasks that use a limit get their group and, when due and pending, are
--- held. Without any limit registered it is two probes of the small settings tables per statement.
+-- Whether any task name or queue has a limit: while none has, inserts call no flow-control trigger at all.
+create function anchor.flow_in_use()
+returns boolean
+language sql
+stable
+as $$
+    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
+$$;
+
+-- After an insert statement (while some limit exists), the new tasks that use a limit get their group and, when
+-- due and pending, are held.
 create function anchor.flow_mark_inserted()
 returns trigger
 language plpgsql
 as $$
 begin
-    if not exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
-        and not exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null) then
-        return null;
-    end if;
     update anchor.tasks t set
         flow_key = f.flow_key,
         waiting_for = case when t.state = 'pending' and t.waiting_for is null then 'limit' else t.waiting_for end
@@ -592,9 +601,12 @@ begin
 end;
 $$;
 
+-- the WHEN clause runs in the executor: without limits an insert pays one probe of each small settings table
+-- and no trigger function call
 create trigger tasks_flow_insert after insert on anchor.tasks
 referencing new table as new_rows
-for each statement execute function anchor.flow_mark_inserted();
+for each statement when (anchor.flow_in_use())
+execute function anchor.flow_mark_inserted();
 
 -- NOTIFY anchor_tasks (payload: the queue) when a limited task stops running: its slot is free, so the
 -- claimers of its queue look again at once instead of at their next poll.
@@ -1468,6 +1480,7 @@ end;
 $$;
 
 insert into anchor.function_roles (function_name, role_name) values
+('register_tasks_v2', 'anchor_worker'),
 ('snooze', 'anchor_worker'),
 ('pause_queue', 'anchor_admin'),
 ('resume_queue', 'anchor_admin'),

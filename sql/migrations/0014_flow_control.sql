@@ -56,7 +56,8 @@ create table anchor.flow_scopes (
     -- rate ring: starts recorded so far, and the ring's size (the rate limit it was built for)
     pos bigint not null default 0,
     ring_size integer,
-    -- 'task' scopes: the keyed group served last, where the next claim's round starts
+    -- where the next claim's round starts: for a 'task' scope the keyed group served last, for a 'queue'
+    -- scope the task name served last
     cursor text,
     constraint flow_scopes_scope_key unique (kind, owner, key)
 );
@@ -1076,7 +1077,8 @@ begin
         left join anchor.flow_scopes qs on qs.kind = 'queue' and qs.owner = c.queue and qs.key = ''
         left join anchor.task_definitions d on d.name = c.name
         left join anchor.flow_scopes ts on ts.kind = 'task' and ts.owner = c.name and ts.key = ''
-        order by c.queue, c.name
+        -- the names of a limited queue round robin too: those after the one served last come first
+        order by c.queue, c.name <= coalesce(qs.cursor, ''), c.name
     loop
         exit when v_want <= 0;
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
@@ -1201,8 +1203,14 @@ begin
             end loop;
             if v_last is not null then
                 update anchor.flow_scopes s set cursor = v_last where s.id = v_pair.t_scope;
+                if v_pair.q_scope is not null then
+                    update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
+                end if;
             end if;
             continue;
+        end if;
+        if cardinality(v_ids) > 0 and v_pair.q_scope is not null then
+            update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
         end if;
         v_want := v_want - cardinality(v_ids);
         started := started || v_ids;

@@ -232,3 +232,41 @@ def test_tasks_without_limits_are_not_touched(db: Conn) -> None:
     assert {(task(db, i)["flow_key"], task(db, i)["waiting_for"]) for i in api} == {("", "limit")}
     started = sorted(r["id"] for r in claim_v2(db, max_tasks=20) if r["kind"] == "execute")
     assert started == sorted(free + api[:1])
+
+
+def test_names_of_a_limited_queue_share_it_round_robin(db: Conn) -> None:
+    """A queue limited to 1: 100 tasks of A, then 3 of B; B's three start before A's fifth."""
+    register_v2(db, [definition("A", queue="q"), definition("B", queue="q")], [{"name": "q", "concurrency": 1}])
+    for n in range(100):
+        enqueue(db, "A", {"n": n})
+    for n in range(3):
+        enqueue(db, "B", {"n": n})
+    names: list[str] = []
+    while rows := [r for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute"]:
+        assert len(rows) == 1
+        names.append(rows[0]["name"])
+        complete_v2(db, rows)
+    assert len(names) == 103
+    assert names[: names.index("B", names.index("B", names.index("B") + 1) + 1) + 1].count("A") <= 4, names[:10]
+
+
+def test_every_way_into_pending_holds_a_limited_task(db: Conn) -> None:
+    """A task made pending by any writer (a delay running out, retry_now of a failed task, a plain UPDATE of
+    its state) waits for its limit like a freshly enqueued one."""
+    register_v2(db, [definition("One", concurrency={"limit": 1})], [])
+    first = enqueue(db, "One")
+    delayed = enqueue(db, "One", {"n": 2}, delay=timedelta(seconds=30))
+    failed = enqueue(db, "One", {"n": 3})
+    db.execute("select anchor.cancel(%s)", (failed,))
+    now = db_now(db)
+    assert task(db, delayed)["waiting_for"] == "time"
+    (row,) = [r for r in claim_v2(db, "w", 10, now) if r["kind"] == "execute"]
+    assert row["id"] == first
+    db.execute("select anchor.retry_now(%s)", (failed,))
+    assert task(db, failed)["waiting_for"] == "limit"
+    # the delay runs out while the slot is taken: the task moves to the held set, not to the ready set
+    assert [r for r in claim_v2(db, "w", 10, now + timedelta(seconds=31)) if r["kind"] == "execute"] == []
+    assert task(db, delayed)["waiting_for"] == "limit"
+    complete_v2(db, [row], "w")
+    started = [r["id"] for r in claim_v2(db, "w", 10, now + timedelta(seconds=31)) if r["kind"] == "execute"]
+    assert len(started) == 1 and started[0] in (delayed, failed)

@@ -118,8 +118,11 @@ def test_per_key_limit_1_runs_each_key_alone_and_keys_in_parallel(db: Conn, dsn:
 
 
 def test_a_queue_limit_counts_every_name_of_the_queue(db: Conn, dsn: str) -> None:
-    register_v2(db, [definition("A", queue="q"), definition("B", queue="q", concurrency={"limit": 5})],
-                [{"name": "q", "concurrency": 2}])
+    register_v2(
+        db,
+        [definition("A", queue="q"), definition("B", queue="q", concurrency={"limit": 5})],
+        [{"name": "q", "concurrency": 2}],
+    )
     for n in range(20):
         enqueue(db, "A", {"n": n})
         enqueue(db, "B", {"n": n})
@@ -145,8 +148,10 @@ def drain_order(db: Conn, max_tasks: int) -> list[str]:
 def test_a_keys_backlog_does_not_delay_another_key_limit_1(db: Conn) -> None:
     """1,000 due tasks of key A, then 10 of key B: B's ten all start before A has started 11."""
     register_v2(db, [keyed_definition("Sync", concurrency={"limit": 1, "key": "account"})], [])
-    db.execute("select anchor.enqueue_many('Sync', (select jsonb_agg(jsonb_build_object('account', 'A', 'n', g))"
-               " from generate_series(1, 1000) as g))")
+    db.execute(
+        "select anchor.enqueue_many('Sync', (select jsonb_agg(jsonb_build_object('account', 'A', 'n', g))"
+        " from generate_series(1, 1000) as g))"
+    )
     for n in range(10):
         enqueue(db, "Sync", {"account": "B", "n": n})
     order = drain_order(db, max_tasks=10)
@@ -158,10 +163,15 @@ def test_a_keys_backlog_does_not_delay_another_key_limit_1(db: Conn) -> None:
 def test_a_keys_backlog_does_not_delay_another_key_under_a_queue_limit(db: Conn) -> None:
     """Keys limited to 100 each, the queue to 2: the groups share the queue's slots round robin, so B's ten
     start while A starts at most 12."""
-    register_v2(db, [keyed_definition("Sync", queue="q", concurrency={"limit": 100, "key": "account"})],
-                [{"name": "q", "concurrency": 2}])
-    db.execute("select anchor.enqueue_many('Sync', (select jsonb_agg(jsonb_build_object('account', 'A', 'n', g))"
-               " from generate_series(1, 1000) as g), queue => 'q')")
+    register_v2(
+        db,
+        [keyed_definition("Sync", queue="q", concurrency={"limit": 100, "key": "account"})],
+        [{"name": "q", "concurrency": 2}],
+    )
+    db.execute(
+        "select anchor.enqueue_many('Sync', (select jsonb_agg(jsonb_build_object('account', 'A', 'n', g))"
+        " from generate_series(1, 1000) as g), queue => 'q')"
+    )
     for n in range(10):
         enqueue(db, "Sync", {"account": "B", "n": n}, queue="q")
     order = drain_order(db, max_tasks=10)
@@ -181,21 +191,25 @@ def notified_queues(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def test_every_way_out_of_running_frees_the_slot_and_wakes_the_queue(db: Conn, dsn: str) -> None:
-    register_v2(db, [definition("One", queue="q", concurrency={"limit": 1}, retry_interval="1s", max_attempts=-1,
-                                on_failed=True)], [])
+    register_v2(
+        db,
+        [definition("One", queue="q", concurrency={"limit": 1}, retry_interval="1s", max_attempts=-1, on_failed=True)],
+        [],
+    )
     for n in range(8):
         enqueue(db, "One", {"n": n})
     now = db_now(db)
     db.execute("select anchor.heartbeat_v2('w', '{}', p_now => %s)", (now,))
     listener = listen(dsn)
     try:
+        hand_back = "select anchor.hand_back_v2(array[%(id)s]::bigint[], array[%(fence)s]::bigint[], 'w', %(now)s)"
         ways = {
             "complete": "select anchor.complete_v2(array[%(id)s]::bigint[], array[%(fence)s]::bigint[], 'w')",
             "fail": "select anchor.fail_v2(%(id)s, %(fence)s, 'w', 'boom', p_now => %(now)s)",
             "fail_fatal": "select anchor.fail_v2(%(id)s, %(fence)s, 'w', 'boom', fatal => true, p_now => %(now)s)",
-            "hand_back": "select anchor.hand_back_v2(array[%(id)s]::bigint[], array[%(fence)s]::bigint[], 'w', %(now)s)",
+            "hand_back": hand_back,
             "snooze": "select anchor.snooze(%(id)s, %(fence)s, 'w', '1 hour', %(now)s)",
-            "cancel": "select anchor.cancel(%(id)s); select anchor.hand_back_v2(array[%(id)s]::bigint[], array[%(fence)s]::bigint[], 'w', %(now)s)",
+            "cancel": "select anchor.cancel(%(id)s); " + hand_back,
             "rescue": "select anchor.rescue(heartbeat_timeout => '1 second', p_now => %(now)s + interval '1 hour')",
         }
         for way, statement in ways.items():
@@ -218,8 +232,9 @@ def test_a_running_hook_does_not_hold_the_slot(db: Conn) -> None:
     first, second = enqueue(db, "One"), enqueue(db, "One")
     (row,) = [r for r in claim_v2(db, max_tasks=5) if r["kind"] == "execute"]
     assert row["id"] == first
-    assert db.execute("select anchor.fail_v2(%s, %s, 'worker-1', 'boom', fatal => true) as o",
-                      (first, row["fence"])).fetchone() == {"o": "failing"}
+    assert db.execute(
+        "select anchor.fail_v2(%s, %s, 'worker-1', 'boom', fatal => true) as o", (first, row["fence"])
+    ).fetchone() == {"o": "failing"}
     # the failing task's hook is leased to the worker, yet the next task starts
     assert [r["id"] for r in claim_v2(db, max_tasks=5) if r["kind"] == "execute"] == [second]
 

@@ -36,8 +36,9 @@ def test_a_paused_queue_starts_nothing_runs_its_hooks_and_resumes_at_once(db: Co
     # nothing of the paused queue starts, other queues go on
     assert executed(claim_v2(db, max_tasks=10)) == [other]
     # the running task finishes; it fails finally, and its hook still runs in the paused queue
-    assert db.execute("select anchor.fail_v2(%s, %s, 'worker-1', 'boom', fatal => true) as o",
-                      (first, running["fence"])).fetchone() == {"o": "failing"}
+    assert db.execute(
+        "select anchor.fail_v2(%s, %s, 'worker-1', 'boom', fatal => true) as o", (first, running["fence"])
+    ).fetchone() == {"o": "failing"}
     db.execute("select anchor.deregister_worker('worker-1')")  # its worker stops and lets the hook's lease go
     rows = claim_v2(db, max_tasks=10)
     assert [(r["kind"], r["id"]) for r in rows if r["kind"] != "wake"] == [("hook", first)]
@@ -61,8 +62,12 @@ def test_a_queue_paused_before_it_is_known_holds_its_first_tasks(db: Conn) -> No
     register_v2(db, [definition("Job", queue="later")], [])
     enqueue(db, "Job")
     assert executed(claim_v2(db, max_tasks=10)) == []
-    rows = db.execute("select name, paused, concurrency, pending, held, running, failing from anchor.queues()").fetchall()
-    assert rows == [{"name": "later", "paused": True, "concurrency": None, "pending": 1, "held": 0, "running": 0, "failing": 0}]
+    rows = db.execute(
+        "select name, paused, concurrency, pending, held, running, failing from anchor.queues()"
+    ).fetchall()
+    assert rows == [
+        {"name": "later", "paused": True, "concurrency": None, "pending": 1, "held": 0, "running": 0, "failing": 0}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -70,11 +75,26 @@ def test_a_queue_paused_before_it_is_known_holds_its_first_tasks(db: Conn) -> No
     [
         ("select anchor.pause_queue('')", "pause_queue: queue must be a non-empty name, got ''"),
         ("select anchor.pause_queue(null)", "pause_queue: queue must be a non-empty name, got NULL"),
-        ("select anchor.resume_queue(repeat('q', 300))", "resume_queue: queue 'qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq'... of 300 bytes"),
-        ("select anchor.snooze(1, 1, 'w', '0 seconds')", "snooze: task 1: delay must be above zero and at most 100000 hours, got 00:00:00"),
-        ("select anchor.snooze(7, 1, 'w', '-5 seconds')", "snooze: task 7: delay must be above zero and at most 100000 hours, got -00:00:05"),
-        ("select anchor.snooze(7, 1, 'w', '100001 hours')", "snooze: task 7: delay must be above zero and at most 100000 hours, got 100001:00:00"),
-        ("select anchor.snooze(7, 1, 'w', null)", "snooze: task 7: delay must be above zero and at most 100000 hours, got null"),
+        (
+            "select anchor.resume_queue(repeat('q', 300))",
+            "resume_queue: queue 'qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq'... of 300 bytes",
+        ),
+        (
+            "select anchor.snooze(1, 1, 'w', '0 seconds')",
+            "snooze: task 1: delay must be above zero and at most 100000 hours, got 00:00:00",
+        ),
+        (
+            "select anchor.snooze(7, 1, 'w', '-5 seconds')",
+            "snooze: task 7: delay must be above zero and at most 100000 hours, got -00:00:05",
+        ),
+        (
+            "select anchor.snooze(7, 1, 'w', '100001 hours')",
+            "snooze: task 7: delay must be above zero and at most 100000 hours, got 100001:00:00",
+        ),
+        (
+            "select anchor.snooze(7, 1, 'w', null)",
+            "snooze: task 7: delay must be above zero and at most 100000 hours, got null",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(db: Conn, call: str, message: str) -> None:
@@ -88,17 +108,22 @@ def test_snooze_gives_the_attempt_back_and_records_the_delay(db: Conn) -> None:
     register_v2(db, [definition("Poll", max_attempts=1)], [])
     task_id = enqueue(db, "Poll")
     now = db_now(db)
-    for round_ in range(3):
+    for _ in range(3):
         (row,) = [r for r in claim_v2(db, "w", 1, now) if r["kind"] == "execute"]
         assert row["attempt"] == 1  # max_attempts 1, yet each wake-up is the first attempt again
-        assert db.execute("select anchor.snooze(%s, %s, 'w', '30 seconds', %s) as o",
-                          (task_id, row["fence"], now)).fetchone() == {"o": "snoozed"}
+        assert db.execute(
+            "select anchor.snooze(%s, %s, 'w', '30 seconds', %s) as o", (task_id, row["fence"], now)
+        ).fetchone() == {"o": "snoozed"}
         # a second report with the same fence is stale
-        assert db.execute("select anchor.snooze(%s, %s, 'w', '30 seconds', %s) as o",
-                          (task_id, row["fence"], now)).fetchone() == {"o": "stale"}
+        assert db.execute(
+            "select anchor.snooze(%s, %s, 'w', '30 seconds', %s) as o", (task_id, row["fence"], now)
+        ).fetchone() == {"o": "stale"}
         after = task(db, task_id)
         assert (after["state"], after["attempts"], after["run_at"], after["locked_by"]) == (
-            "pending", 0, now + timedelta(seconds=30), None
+            "pending",
+            0,
+            now + timedelta(seconds=30),
+            None,
         )
         assert executed(claim_v2(db, "w", 1, now + timedelta(seconds=29))) == []
         now += timedelta(seconds=30)
@@ -109,7 +134,9 @@ def test_snooze_gives_the_attempt_back_and_records_the_delay(db: Conn) -> None:
     (row,) = [r for r in claim_v2(db, "w", 1, now) if r["kind"] == "execute"]
     assert complete_v2(db, [row], "w") == ["succeeded"]
     # another worker's, or a finished task's, snooze is stale
-    assert db.execute("select anchor.snooze(%s, %s, 'w', '1 second') as o", (task_id, row["fence"])).fetchone() == {"o": "stale"}
+    assert db.execute("select anchor.snooze(%s, %s, 'w', '1 second') as o", (task_id, row["fence"])).fetchone() == {
+        "o": "stale"
+    }
 
 
 def test_snoozing_a_task_whose_cancel_was_requested_cancels_it(db: Conn) -> None:
@@ -117,7 +144,9 @@ def test_snoozing_a_task_whose_cancel_was_requested_cancels_it(db: Conn) -> None
     task_id = enqueue(db, "Poll")
     (row,) = [r for r in claim_v2(db, "w", 1) if r["kind"] == "execute"]
     db.execute("select anchor.cancel(%s)", (task_id,))
-    assert db.execute("select anchor.snooze(%s, %s, 'w', '1 minute') as o", (task_id, row["fence"])).fetchone() == {"o": "cancelled"}
+    assert db.execute("select anchor.snooze(%s, %s, 'w', '1 minute') as o", (task_id, row["fence"])).fetchone() == {
+        "o": "cancelled"
+    }
     assert task(db, task_id)["state"] == "cancelled"
 
 
@@ -134,8 +163,14 @@ def fail_all(db: Conn, name: str, count: int) -> list[timedelta]:
 
 
 def test_jittered_retries_fall_within_their_bounds(db: Conn) -> None:
-    register_v2(db, [definition("Jit", retry_interval="100s", max_attempts=5, retry_jitter=0.2),
-                     definition("Exact", retry_interval="100s", max_attempts=5)], [])
+    register_v2(
+        db,
+        [
+            definition("Jit", retry_interval="100s", max_attempts=5, retry_jitter=0.2),
+            definition("Exact", retry_interval="100s", max_attempts=5),
+        ],
+        [],
+    )
     waits = fail_all(db, "Jit", 200)
     assert all(timedelta(seconds=80) <= w <= timedelta(seconds=120) for w in waits), (min(waits), max(waits))
     # spread across the range, not bunched

@@ -13,7 +13,9 @@ def insert(db: Conn, n: int, name: str, params: str = "'{}'::jsonb") -> None:
     """n due pending tasks in one statement (the insert trigger groups and holds the limited ones)."""
     db.execute(
         f"""
-        insert into anchor.tasks (name, params, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at)
+        insert into anchor.tasks (
+            name, params, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at
+        )
         select %(name)s, {params}, 'default', 0, 1, '{{}}', interval '1 hour',
             now() - interval '1 minute' + g * interval '1 millisecond', now()
         from generate_series(1, %(n)s) as g

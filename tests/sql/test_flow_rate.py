@@ -31,11 +31,12 @@ def busiest_window(starts: list[datetime], period: timedelta) -> int:
     return max((sum(1 for s in starts if t <= s < t + period) for t in starts), default=0)
 
 
-def step_through(db: Conn, t0: datetime, seconds: int, *, step: float = 0.5, fail: Any = None,
-                 dead_every: int = 0) -> list[tuple[datetime, dict[str, Any]]]:
-    """Claims at t0, t0 + step, ... for `seconds`, as worker 'w' (heartbeating) and now and then as a worker
-    that dies ('dead': it never heartbeats, so the next step's rescue takes its tasks back); completes or, when `fail(row)` says so, fails each execution.
-    Returns every start with its row."""
+def step_through(
+    db: Conn, t0: datetime, seconds: int, *, step: float = 0.5, fail: Any = None, dead_every: int = 0
+) -> list[tuple[datetime, dict[str, Any]]]:
+    """Claims at t0, t0 + step, ... for `seconds`, as worker 'w' (heartbeating) and every `dead_every` steps
+    as a worker that dies ('dead': it never heartbeats, so the next step's rescue takes its tasks back);
+    completes or, when `fail(row)` says so, fails each execution. Returns every start with its row."""
     starts: list[tuple[datetime, dict[str, Any]]] = []
     for i in range(int(seconds / step)):
         now = t0 + timedelta(seconds=i * step)
@@ -68,7 +69,9 @@ def test_a_rate_of_3_per_10s_is_never_exceeded_and_is_reached(db: Conn) -> None:
 
 
 def test_retries_and_rescued_tasks_count_as_starts(db: Conn) -> None:
-    register_v2(db, [definition("Api", rate_limit={"limit": 4, "period": "5s"}, retry_interval="1s", max_attempts=-1)], [])
+    register_v2(
+        db, [definition("Api", rate_limit={"limit": 4, "period": "5s"}, retry_interval="1s", max_attempts=-1)], []
+    )
     for n in range(40):
         enqueue(db, "Api", {"n": n})
     t0 = db_now(db)
@@ -95,8 +98,11 @@ def test_a_keyed_rate_limits_each_key_alone(db: Conn) -> None:
 
 
 def test_a_queue_rate_counts_every_name_and_the_wake_row_tells_when(db: Conn) -> None:
-    register_v2(db, [definition("A", queue="q"), definition("B", queue="q")],
-                [{"name": "q", "rate_limit": {"limit": 4, "period": "1m"}}])
+    register_v2(
+        db,
+        [definition("A", queue="q"), definition("B", queue="q")],
+        [{"name": "q", "rate_limit": {"limit": 4, "period": "1m"}}],
+    )
     for n in range(5):
         enqueue(db, "A", {"n": n})
         enqueue(db, "B", {"n": n})
@@ -129,12 +135,15 @@ def test_a_rate_holds_against_concurrent_claimers_in_real_time(db: Conn, dsn: st
                 while time.monotonic() < deadline:
                     rows = [r for r in claim_v2(conn, worker, 3) if r["kind"] == "execute"]
                     if rows:
-                        got = conn.execute("select locked_at from anchor.tasks where id = any(%s)",
-                                           ([r["id"] for r in rows],)).fetchall()
+                        got = conn.execute(
+                            "select locked_at from anchor.tasks where id = any(%s)", ([r["id"] for r in rows],)
+                        ).fetchall()
                         with lock:
                             starts.extend(r["locked_at"] for r in got)
                         complete_v2(conn, rows, worker)
-                    elif conn.execute("select count(*) as n from anchor.tasks where state = 'pending'").fetchone() == {"n": 0}:
+                    elif conn.execute("select count(*) as n from anchor.tasks where state = 'pending'").fetchone() == {
+                        "n": 0
+                    }:
                         return
                     else:
                         time.sleep(0.01)

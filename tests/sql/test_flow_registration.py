@@ -30,13 +30,31 @@ BAD_DEFINITIONS = [
     ({"concurrency": 3}, "definitions[0] (A).concurrency: 3 must be an object"),
     ({"concurrency": {"limit": 1, "per": "x"}}, "definitions[0] (A).concurrency.per: unknown key"),
     ({"concurrency": {"limit": 1, "period": "1s"}}, "definitions[0] (A).concurrency.period: unknown key"),
-    ({"concurrency": {"limit": 1, "key": "nope"}}, 'definitions[0] (A).concurrency.key: "nope" is not a top-level parameter'),
-    ({"concurrency": {"limit": 1, "key": ""}}, 'definitions[0] (A).concurrency.key: "" must be the name of a top-level parameter'),
-    ({"concurrency": {"limit": 1, "key": "tags"}}, 'definitions[0] (A).concurrency.key: parameter "tags" has type "array"'),
-    ({"rate_limit": {"limit": 5}}, "definitions[0] (A).rate_limit.period: missing must be a duration from 1s to 100000h"),
-    ({"rate_limit": {"limit": 5, "period": "500ms"}}, 'definitions[0] (A).rate_limit.period: "500ms" must be a duration'),
+    (
+        {"concurrency": {"limit": 1, "key": "nope"}},
+        'definitions[0] (A).concurrency.key: "nope" is not a top-level parameter',
+    ),
+    (
+        {"concurrency": {"limit": 1, "key": ""}},
+        'definitions[0] (A).concurrency.key: "" must be the name of a top-level parameter',
+    ),
+    (
+        {"concurrency": {"limit": 1, "key": "tags"}},
+        'definitions[0] (A).concurrency.key: parameter "tags" has type "array"',
+    ),
+    (
+        {"rate_limit": {"limit": 5}},
+        "definitions[0] (A).rate_limit.period: missing must be a duration from 1s to 100000h",
+    ),
+    (
+        {"rate_limit": {"limit": 5, "period": "500ms"}},
+        'definitions[0] (A).rate_limit.period: "500ms" must be a duration',
+    ),
     ({"rate_limit": {"limit": 5, "period": "0s"}}, 'definitions[0] (A).rate_limit.period: "0s" must be a duration'),
-    ({"rate_limit": {"limit": 5, "period": "100001h"}}, 'definitions[0] (A).rate_limit.period: "100001h" must be a duration'),
+    (
+        {"rate_limit": {"limit": 5, "period": "100001h"}},
+        'definitions[0] (A).rate_limit.period: "100001h" must be a duration',
+    ),
     ({"rate_limit": {"limit": 5, "period": 60}}, "definitions[0] (A).rate_limit.period: 60 must be a duration"),
     ({"rate_limit": {"limit": -1, "period": "1m"}}, "definitions[0] (A).rate_limit.limit: -1 must be a whole number"),
     (
@@ -60,10 +78,14 @@ def bad_register(db: Conn, definitions: list[dict[str, Any]], queues: Any = None
 
 
 @pytest.mark.parametrize(("fields", "message"), BAD_DEFINITIONS)
-def test_bad_flow_keys_of_a_definition_are_refused_with_their_path(db: Conn, fields: dict[str, Any], message: str) -> None:
+def test_bad_flow_keys_of_a_definition_are_refused_with_their_path(
+    db: Conn, fields: dict[str, Any], message: str
+) -> None:
     register(db, definition("Keep"))
-    parameters = {"type": "object", "properties": {"account": {"type": "string"}, "n": {"type": "integer"},
-                                                   "tags": {"type": "array"}}}
+    parameters = {
+        "type": "object",
+        "properties": {"account": {"type": "string"}, "n": {"type": "integer"}, "tags": {"type": "array"}},
+    }
     got = bad_register(db, [definition("Keep"), {"name": "A", "parameters": parameters, **fields}][1:])
     assert got.startswith("register_tasks: " + message), got
     # nothing half-written: the registry and the definitions are as before
@@ -74,8 +96,14 @@ def test_bad_flow_keys_of_a_definition_are_refused_with_their_path(db: Conn, fie
 BAD_QUEUES = [
     ([{"name": "q", "concurrency": 0}], "queues[0] (q).concurrency: 0 must be a whole number from 1 to 1000000"),
     ([{"name": "q", "concurrency": "5"}], 'queues[0] (q).concurrency: "5" must be a whole number'),
-    ([{"name": "q", "rate_limit": {"limit": 10, "period": "0.5s"}}], 'queues[0] (q).rate_limit.period: "0.5s" must be a duration'),
-    ([{"name": "q", "rate_limit": {"limit": 10, "period": "1s", "key": "n"}}], "queues[0] (q).rate_limit.key: unknown key"),
+    (
+        [{"name": "q", "rate_limit": {"limit": 10, "period": "0.5s"}}],
+        'queues[0] (q).rate_limit.period: "0.5s" must be a duration',
+    ),
+    (
+        [{"name": "q", "rate_limit": {"limit": 10, "period": "1s", "key": "n"}}],
+        "queues[0] (q).rate_limit.key: unknown key",
+    ),
     ([{"name": "q", "paused": True}], "queues[0] (q).paused: unknown key"),
     ([{"name": "ok"}, {"concurrency": 1}], 'queues[1] must be an object with a non-empty "name"'),
     ([{"name": "q"}, {"name": "q"}], "queue 'q' is listed more than once"),
@@ -94,8 +122,11 @@ def test_bad_queue_settings_are_refused_with_their_path(db: Conn, queues: Any, m
 def test_settings_are_stored_and_v1_registration_leaves_queue_settings_alone(db: Conn) -> None:
     definitions = [
         keyed_definition(
-            "Sync", queue="emails", concurrency={"limit": 1, "key": "account"},
-            rate_limit={"limit": 10, "period": "1s", "key": "account"}, retry_jitter=0.2,
+            "Sync",
+            queue="emails",
+            concurrency={"limit": 1, "key": "account"},
+            rate_limit={"limit": 10, "period": "1s", "key": "account"},
+            retry_jitter=0.2,
         )
     ]
     queues = [{"name": "emails", "concurrency": 5, "rate_limit": {"limit": 100, "period": "1m"}}]
@@ -105,8 +136,14 @@ def test_settings_are_stored_and_v1_registration_leaves_queue_settings_alone(db:
         "select concurrency_limit, concurrency_key, rate_limit, rate_period::text, rate_key, retry_jitter"
         " from anchor.task_definitions where name = 'Sync'"
     ).fetchone()
-    assert stored == {"concurrency_limit": 1, "concurrency_key": "account", "rate_limit": 10,
-                      "rate_period": "00:00:01", "rate_key": "account", "retry_jitter": 0.2}
+    assert stored == {
+        "concurrency_limit": 1,
+        "concurrency_key": "account",
+        "rate_limit": 10,
+        "rate_period": "00:00:01",
+        "rate_key": "account",
+        "retry_jitter": 0.2,
+    }
     db.execute("select anchor.pause_queue('emails')")
     # the 0.1 function: same definitions, queue settings untouched (it knows nothing of them)
     assert register(db, *definitions, version=2) == "applied"
@@ -124,7 +161,9 @@ def test_adding_and_removing_limits_regroups_live_tasks(db: Conn) -> None:
     assert {task(db, i)["flow_key"] for i in ids} == {None}
     register_v2(db, [keyed_definition("Sync", concurrency={"limit": 1, "key": "account"})], [], version=2)
     assert [(task(db, i)["flow_key"], task(db, i)["waiting_for"]) for i in ids] == [
-        ('"a"', "limit"), ('"a"', "limit"), ('"b"', "limit")
+        ('"a"', "limit"),
+        ('"a"', "limit"),
+        ('"b"', "limit"),
     ]
     # the limit holds for the tasks enqueued before it
     started = [r for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute"]
@@ -136,7 +175,9 @@ def test_adding_and_removing_limits_regroups_live_tasks(db: Conn) -> None:
 
 
 def test_a_queue_limit_groups_every_task_of_the_queue(db: Conn) -> None:
-    register_v2(db, [definition("A", queue="q"), definition("B", queue="q"), definition("C")], [{"name": "q", "concurrency": 1}])
+    register_v2(
+        db, [definition("A", queue="q"), definition("B", queue="q"), definition("C")], [{"name": "q", "concurrency": 1}]
+    )
     a, b, c = enqueue(db, "A"), enqueue(db, "B"), enqueue(db, "C")
     assert [task(db, i)["flow_key"] for i in (a, b, c)] == ["", "", None]
     started = sorted(r["id"] for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute")

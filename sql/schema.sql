@@ -1488,6 +1488,35 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.flow_forget(p_now timestamp with time zone, p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_count integer;
+begin
+    with stale as (
+        select k.id, k.owner from anchor.flow_scopes k
+        left join anchor.task_definitions d on d.name = k.owner
+        where k.kind = 'key'
+            and not exists (
+                select 1 from anchor.flow_starts f
+                where f.scope_id = k.id and f.at > p_now - coalesce(d.rate_period, interval '0')
+            )
+        limit p_limit
+    ), owners as (
+        -- the name's lock, as claimers take it: a claim using one of these rings right now keeps it
+        select o.owner from anchor.flow_scopes o
+        where o.kind = 'task' and o.key = '' and o.owner in (select stale.owner from stale)
+        for update skip locked
+    )
+    delete from anchor.flow_scopes k using stale
+    where k.id = stale.id and stale.owner in (select owners.owner from owners);
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.flow_group(p_params jsonb, p_key text)
  RETURNS text
  LANGUAGE sql
@@ -2449,6 +2478,7 @@ begin
     delete from anchor.tasks t using locked
     where t.id = locked.id;
     get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
     return v_deleted;
 end;
 $function$;
@@ -3355,6 +3385,7 @@ grant execute on function anchor.finish_failure(bigint,integer,text,timestamp wi
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.flow_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.flow_forget(timestamp with time zone,integer) to anchor_admin;
 grant execute on function anchor.flow_group(jsonb,text) to anchor_admin;
 grant execute on function anchor.flow_in_use() to anchor_admin;
 grant execute on function anchor.flow_key_of(text,text,jsonb) to anchor_admin;

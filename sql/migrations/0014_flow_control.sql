@@ -802,6 +802,100 @@ begin
 end;
 $$;
 
+-- Forgets up to p_limit keyed rate rings whose every start is at least their period old (such a ring allows
+-- every start, as a missing one does), so keys seen once do not keep rows forever. Skips the names whose scope a
+-- claimer holds right now. Returns how many it forgot.
+create function anchor.flow_forget(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+as $$
+declare
+    v_count integer;
+begin
+    with stale as (
+        select k.id, k.owner from anchor.flow_scopes k
+        left join anchor.task_definitions d on d.name = k.owner
+        where k.kind = 'key'
+            and not exists (
+                select 1 from anchor.flow_starts f
+                where f.scope_id = k.id and f.at > p_now - coalesce(d.rate_period, interval '0')
+            )
+        limit p_limit
+    ), owners as (
+        -- the name's lock, as claimers take it: a claim using one of these rings right now keeps it
+        select o.owner from anchor.flow_scopes o
+        where o.kind = 'task' and o.key = '' and o.owner in (select stale.owner from stale)
+        for update skip locked
+    )
+    delete from anchor.flow_scopes k using stale
+    where k.id = stale.id and stale.owner in (select owners.owner from owners);
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+-- As 0010's prune (deletes finished tasks past their retention, batch_size at a time), and forgets stale keyed
+-- rate rings (anchor.flow_forget) in the same pass.
+create or replace function anchor.prune(
+    succeeded_after interval default '7 days',
+    failed_after interval default '30 days',
+    batch_size integer default 1000,
+    p_now timestamptz default null
+)
+returns bigint
+language plpgsql
+set jit = off
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(prune.p_now);
+    v_succeeded_after interval := anchor.at_least_unless_admin(prune.succeeded_after, anchor.interval_setting('worker_min_retention'));
+    v_failed_after interval := anchor.at_least_unless_admin(prune.failed_after, anchor.interval_setting('worker_min_retention'));
+    v_deleted bigint;
+begin
+    if prune.succeeded_after is null or prune.succeeded_after < interval '0'
+        or prune.failed_after is null or prune.failed_after < interval '0' then
+        raise exception using errcode = 'AT003',
+            message = format('prune: retention periods must not be negative, got succeeded_after %s, failed_after %s',
+                prune.succeeded_after, prune.failed_after);
+    end if;
+    if prune.batch_size is null or prune.batch_size < 1 then
+        raise exception using errcode = 'AT003',
+            message = format('prune: batch_size must be at least 1, got %s', prune.batch_size);
+    end if;
+
+    with doomed as (
+        select d.id from (
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after
+                order by t.finished_at
+                limit prune.batch_size)
+            union all
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after
+                order by t.finished_at
+                limit prune.batch_size)
+        ) as d
+        order by d.finished_at
+        limit prune.batch_size
+    ), locked as (
+        -- re-checked under the row lock: a task retried (retry_now) since the scan is live again, or newer
+        select t.id from anchor.tasks t
+        where t.id in (select doomed.id from doomed)
+            and (
+                (t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after)
+                or (t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after)
+            )
+        for update skip locked
+    )
+    delete from anchor.tasks t using locked
+    where t.id = locked.id;
+    get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
+    return v_deleted;
+end;
+$$;
+
 -- Puts a running execution back to sleep (running → pending at now + delay, or → cancelled when a cancel was
 -- requested), fenced like complete_v2; the attempt is given back (attempts - 1), so a snooze never uses up the
 -- retry budget, and a 'snoozed' event records the delay. Its limit slot frees as it stops running.

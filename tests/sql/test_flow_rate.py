@@ -158,3 +158,27 @@ def test_a_rate_holds_against_concurrent_claimers_in_real_time(db: Conn, dsn: st
     assert errors == []
     assert len(starts) == 25
     assert busiest_window(starts, timedelta(seconds=1)) == 5
+
+
+def test_prune_forgets_keyed_rate_rings_once_their_period_has_passed(db: Conn) -> None:
+    register_v2(db, [keyed_definition("Sync", rate_limit={"limit": 2, "period": "1m", "key": "account"})], [])
+    for account in ("a", "b", "c"):
+        enqueue(db, "Sync", {"account": account})
+    t0 = db_now(db)
+    assert len([r for r in claim_v2(db, "w", 10, t0) if r["kind"] == "execute"]) == 3
+
+    def rings() -> int:
+        row = db.execute("select count(*) as n from anchor.flow_scopes where kind = 'key'").fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    assert rings() == 3
+    db.execute("select anchor.prune(p_now => %s)", (t0 + timedelta(seconds=59),))
+    assert rings() == 3  # still within their window: they are what limits the next starts
+    db.execute("select anchor.prune(p_now => %s)", (t0 + timedelta(minutes=1),))
+    assert rings() == 0
+    assert db.execute("select count(*) as n from anchor.flow_starts").fetchone() == {"n": 0}
+    # a key seen again starts a new ring
+    enqueue(db, "Sync", {"account": "a"})
+    assert len([r for r in claim_v2(db, "w", 10, t0 + timedelta(minutes=2)) if r["kind"] == "execute"]) == 1
+    assert rings() == 1

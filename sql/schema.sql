@@ -1683,6 +1683,19 @@ begin
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
+        -- Tasks of this pair found in the ready set join their group: a task enqueued in a transaction that
+        -- committed after the registration that gave its name or queue a first limit was neither grouped by the
+        -- insert trigger (no limit yet in its snapshot) nor by the registration's re-grouping (not committed
+        -- yet). One probe of the ready index when there is none.
+        update anchor.tasks t set flow_key = anchor.flow_key_of(t.name, t.queue, t.params), waiting_for = 'limit'
+        where t.id = any(array(
+            select r.id from anchor.tasks r
+            where r.state = 'pending' and r.waiting_for is null and r.rescues = 0
+                and r.queue = v_pair.queue and r.name = v_pair.name
+            order by r.priority, r.run_at, r.id
+            limit 1000
+            for update skip locked
+        ));
         -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
         -- held rows still reads the index rather than the table)
         continue when (

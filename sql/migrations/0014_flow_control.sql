@@ -8,9 +8,11 @@
 -- How it fits the claim's ready set (0013). A task is "limited" when its definition or its queue has a limit;
 -- it then carries flow_key, its group: the JSON text of its key parameter's value, or '' when the task has no
 -- key. Pending limited tasks that are due wait with waiting_for = 'limit' (never in the ready index) in
--- tasks_limit_idx, by (queue, name, flow_key, priority, run_at, id). Tasks that use no limit keep flow_key null:
--- no trigger with a WHEN clause on flow_key ever runs for them, and the claim reads no flow table for them
--- unless some limit or pause exists.
+-- tasks_limit_idx, by (queue, name, flow_key, priority, run_at, id). An insert trigger sets both, and is skipped
+-- by its WHEN clause while no limit exists at all; any later move to pending (retry, hand-back, snooze, rescue,
+-- retry_now, a workflow's release) goes through set_waiting_for, which holds a task that has a flow_key. Tasks
+-- that use no limit keep flow_key null: the triggers' WHEN clauses keep every flow function away from them, and
+-- the claim runs no extra statement for them (its pairs query tells limited pairs apart in the same statement).
 --
 -- The claim starts limited tasks itself, under locks on the scope rows of the limits involved (anchor.flow_scopes:
 -- one per limited queue and per limited task name), taken in one order by every claimer, so two claimers never
@@ -28,7 +30,8 @@
 -- of groups it looks at, not with the tasks they hold.
 --
 -- Paused queues (anchor.queue_settings.paused) are left out of the claim's (queue, name) pairs before any task
--- index is read; their failing tasks' hooks still run. Snooze gives the attempt back; jitter spreads retries.
+-- index is read; their failing tasks' hooks still run. Snooze gives the attempt back. Jitter spreads retries:
+-- fail_v2 and rescue take their retry wait from anchor.retry_wait. prune also forgets stale keyed rate rings.
 
 -- Queue settings: limits come from registration, the pause from operators (registration never touches it).
 create table anchor.queue_settings (
@@ -1178,6 +1181,19 @@ begin
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
+        -- Tasks of this pair found in the ready set join their group: a task enqueued in a transaction that
+        -- committed after the registration that gave its name or queue a first limit was neither grouped by the
+        -- insert trigger (no limit yet in its snapshot) nor by the registration's re-grouping (not committed
+        -- yet). One probe of the ready index when there is none.
+        update anchor.tasks t set flow_key = anchor.flow_key_of(t.name, t.queue, t.params), waiting_for = 'limit'
+        where t.id = any(array(
+            select r.id from anchor.tasks r
+            where r.state = 'pending' and r.waiting_for is null and r.rescues = 0
+                and r.queue = v_pair.queue and r.name = v_pair.name
+            order by r.priority, r.run_at, r.id
+            limit 1000
+            for update skip locked
+        ));
         -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
         -- held rows still reads the index rather than the table)
         continue when (

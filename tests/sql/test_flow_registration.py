@@ -13,6 +13,7 @@ import pytest
 from tests.sql.factories import (
     Conn,
     claim_v2,
+    complete_v2,
     definition,
     enqueue,
     keyed_definition,
@@ -182,3 +183,20 @@ def test_a_queue_limit_groups_every_task_of_the_queue(db: Conn) -> None:
     assert [task(db, i)["flow_key"] for i in (a, b, c)] == ["", "", None]
     started = sorted(r["id"] for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute")
     assert started == [a, c]
+
+
+def test_a_task_enqueued_while_its_first_limit_is_registered_still_obeys_it(db: Conn, dsn: str) -> None:
+    """The enqueue's transaction starts before the registration and commits after it: neither the insert
+    trigger (no limit in its snapshot) nor the registration's regrouping (the task not committed) can see the
+    other; the claim picks the task up into its group."""
+    register_v2(db, [definition("Api")], [])
+    first = enqueue(db, "Api")
+    with psycopg.connect(dsn, autocommit=False) as late:
+        late.execute("select anchor.enqueue('Api', '{\"n\": 2}')")
+        register_v2(db, [definition("Api", concurrency={"limit": 1})], [], version=2)
+        late.commit()
+    rows = [r for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute"]
+    assert [r["id"] for r in rows] == [first]
+    assert db.execute("select count(*) as n from anchor.tasks where waiting_for = 'limit'").fetchone() == {"n": 1}
+    complete_v2(db, rows)
+    assert [r["id"] for r in claim_v2(db, max_tasks=10) if r["kind"] == "execute"] == [first + 1]

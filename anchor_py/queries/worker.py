@@ -1,7 +1,12 @@
 """The worker's statements: registration, heartbeat, the claim and every call that finishes a claim."""
 
-# Registers the generated definitions; an older version than the stored one is ignored.
-REGISTER_TASKS = "SELECT anchor.register_tasks(definitions => %(definitions)s::jsonb, version => %(version)s::bigint)"
+# Registers the generated definitions and the task file's queue settings (TaskSet.registration()); an older
+# version than the stored one is ignored. Queue pauses are not settings: registering keeps them.
+REGISTER_TASKS = """
+SELECT anchor.register_tasks_v2(
+    definitions => %(definitions)s::jsonb, queues => %(queues)s::jsonb, version => %(version)s::bigint
+)
+"""
 
 # Registers or refreshes the worker; returns ids of its running tasks whose cancel was requested.
 # Refreshes the worker, hands back what it no longer holds (a claim whose reply was lost), and returns the

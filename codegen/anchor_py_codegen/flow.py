@@ -21,8 +21,7 @@ RATE_LIMIT_KEYS = ("limit", "period", "key")
 QUEUE_RATE_LIMIT_KEYS = ("limit", "period")
 # Limits beyond these are typos, not configurations; the SQL core bounds them alike.
 MAX_LIMIT = 1_000_000
-MIN_PERIOD = timedelta(seconds=1)
-MAX_PERIOD = timedelta(days=1)
+MIN_PERIOD = timedelta(seconds=1)  # the longest is the longest duration (100000h)
 MAX_QUEUE_BYTES = 255  # queue names go into btree index entries (as in anchor.register_tasks)
 # A key's values name groups: only a scalar parameter has one plain value per task.
 KEY_TYPES = ("string", "integer", "number", "boolean")
@@ -134,6 +133,17 @@ class FlowChecker:
             return None
         return RateLimit(limit=data["limit"], period=period.strip(), key=key)
 
+    def check_one_key(self, concurrency: ConcurrencyLimit | None, rate_limit: RateLimit | None, path: KeyPath) -> None:
+        """A task has one group key: its concurrency and its rate limit, when both are keyed, use the same one."""
+        if concurrency is None or rate_limit is None or concurrency.key is None or rate_limit.key is None:
+            return
+        if concurrency.key != rate_limit.key:
+            self.reporter.error(
+                path + ("rateLimit", "key"),
+                f"{show(rate_limit.key)} differs from concurrency.key ({quote(concurrency.key)}): a task's tasks are "
+                "grouped by one parameter, so both limits must use the same key",
+            )
+
     def jitter(self, value: object, path: KeyPath) -> float | None:
         """``retryPolicy.jitter``: a number from 0 to 1 (each wait is interval x (1 +/- up to jitter))."""
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
@@ -169,8 +179,8 @@ class FlowChecker:
         except InvalidDuration as error:
             self.reporter.error(path, f"{show(value)} {error.reason} (e.g. 1s, 1m, 1h)")
             return
-        if not MIN_PERIOD <= period <= MAX_PERIOD:
-            self.reporter.error(path, f"{show(value)} must be from 1s to 24h")
+        if period < MIN_PERIOD:
+            self.reporter.error(path, f"{show(value)} is shorter than 1s, the shortest period")
 
     def _key(self, data: dict[str, Any], parameters: ParamSchema | None, path: KeyPath) -> str | None:
         """The parameter whose value names a group: a required top-level parameter of a scalar type."""

@@ -149,6 +149,7 @@ class _TaskFileChecker:
         rate_limit = (
             self.flow.rate_limit(data["rateLimit"], parameters, path + ("rateLimit",)) if "rateLimit" in data else None
         )
+        self.flow.check_one_key(concurrency, rate_limit, path)
         priority = data.get("priority", 0)
         if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
             self.reporter.error(path + ("priority",), f"{show(priority)} is not an integer (lower runs first)")

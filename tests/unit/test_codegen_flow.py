@@ -57,7 +57,7 @@ def test_valid_flow_control_reaches_the_definitions_and_queue_settings() -> None
         """
         queue: emails
         concurrency: {limit: 1, key: accountId}
-        rateLimit: {limit: 10, period: 1s, key: region}
+        rateLimit: {limit: 10, period: 1s, key: accountId}
         retryPolicy: {interval: "1m,2m", maxAttempts: 5, jitter: 0.2}
         """,
     )
@@ -69,7 +69,7 @@ def test_valid_flow_control_reaches_the_definitions_and_queue_settings() -> None
     tasks = tasks_of(text).tasks
     definition = tasks.by_name("SyncAccount").definition
     assert definition["concurrency"] == {"limit": 1, "key": "accountId"}
-    assert definition["rate_limit"] == {"limit": 10, "period": "1s", "key": "region"}
+    assert definition["rate_limit"] == {"limit": 10, "period": "1s", "key": "accountId"}
     assert definition["retry_jitter"] == 0.2
     assert tasks.queues == (
         {"name": "bulk", "rate_limit": {"limit": 1, "period": "1h"}},
@@ -123,8 +123,11 @@ def test_a_key_may_be_any_required_scalar_parameter(key: str) -> None:
         ("rateLimit: {period: 1s}", "tasks[0] (SyncAccount).rateLimit: limit is required in rateLimit"),
         ("rateLimit: {limit: 10}", "tasks[0] (SyncAccount).rateLimit: period is required in rateLimit"),
         ("rateLimit: {limit: -1, period: 1s}", "rateLimit.limit: -1 must be an integer from 1 to 1,000,000"),
-        ("rateLimit: {limit: 10, period: 500ms}", 'rateLimit.period: "500ms" must be from 1s to 24h'),
-        ("rateLimit: {limit: 10, period: 25h}", 'rateLimit.period: "25h" must be from 1s to 24h'),
+        ("rateLimit: {limit: 10, period: 500ms}", 'rateLimit.period: "500ms" is shorter than 1s, the shortest period'),
+        ("rateLimit: {limit: 10, period: 100001h}", 'rateLimit.period: "100001h" is longer than 100000h'),
+        ("concurrency: {limit: 1, key: accountId}\nrateLimit: {limit: 10, period: 1s, key: region}",
+         'api/tasks.yaml:16: tasks[0] (SyncAccount).rateLimit.key: "region" differs from concurrency.key (accountId): '
+         "a task's tasks are grouped by one parameter, so both limits must use the same key"),
         ("rateLimit: {limit: 10, period: 1 minute}", 'rateLimit.period: "1 minute" is not a duration'),
         ("rateLimit: {limit: 10, period: 60}", "rateLimit.period: 60 is not a duration (write it with a unit"),
         ("rateLimit: {limit: 10, period: 1s, key: tags}", "rateLimit.key: parameter tags is of type array"),
@@ -174,8 +177,8 @@ def test_a_key_on_a_task_without_parameters_names_none() -> None:
         ("- name: emails\n  concurrency: {limit: 5}", 'queues[0].concurrency: {"limit": 5} must be an integer'),
         ("- name: emails\n  rateLimit: {limit: 5, period: 1m, key: accountId}", "api/tasks.yaml:3: "
          "queues[0].rateLimit.key: unknown key; expected one of limit, period"),
-        ("- name: emails\n  rateLimit: {limit: 5, period: 0.5s}", 'queues[0].rateLimit.period: "0.5s" must be from '
-         "1s to 24h"),
+        ("- name: emails\n  rateLimit: {limit: 5, period: 0.5s}", 'queues[0].rateLimit.period: "0.5s" is shorter '
+         "than 1s"),
         ("- name: emails\n  ratelimit: {limit: 5, period: 1s}", 'api/tasks.yaml:3: queues[0].ratelimit: unknown key '
          '(did you mean "rateLimit"?); expected one of name, concurrency, rateLimit'),
         ("- name: emails\n- name: emails", 'api/tasks.yaml:3: queues[1].name: "emails" is declared twice (first at '

@@ -74,6 +74,14 @@ SELECT anchor.fail_v2(
 )
 """
 
+# The executor raised SnoozeTask: pending again at now + delay, the attempt given back; fenced like COMPLETE.
+# Returns snoozed, stale, or cancelled (a cancel was requested while it ran).
+SNOOZE = """
+SELECT anchor.snooze(
+    id => %(id)s::bigint, fence => %(fence)s::bigint, worker_id => %(worker_id)s::text, delay => %(delay)s::interval
+)
+"""
+
 # Run inside the hook's transaction: failing -> failed, committed together with the hook's writes.
 FINISH_FAILURE = """
 SELECT anchor.finish_failure_v2(

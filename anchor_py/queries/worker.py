@@ -130,13 +130,19 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# Whether any work is due now for these task names (Worker.run_until_empty).
+# Whether any work is due now for these task names (Worker.run_until_empty). Tasks held back by a limit count
+# (they start when a slot or a rate window frees); those of a paused queue do not (nothing starts them until an
+# operator resumes it), but a paused queue's hooks still run.
 DUE_COUNT = """
-SELECT count(*) FROM anchor.tasks
+SELECT count(*) FROM anchor.tasks AS t
 WHERE
-    name = any(%(task_names)s::text[])
-    AND run_at <= now()
-    AND (state = 'pending' OR (state = 'failing' AND locked_by IS NULL))
+    t.name = any(%(task_names)s::text[])
+    AND t.run_at <= now()
+    AND (t.state = 'pending' OR (t.state = 'failing' AND t.locked_by IS NULL))
+    AND NOT (
+        t.state = 'pending'
+        AND EXISTS (SELECT FROM anchor.queue_settings AS q WHERE q.name = t.queue AND q.paused)
+    )
 """
 
 # The results of a completion batch, sent ahead of COMPLETE in its transaction (only when some task of the

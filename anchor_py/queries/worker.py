@@ -141,7 +141,10 @@ WHERE
     AND (t.state = 'pending' OR (t.state = 'failing' AND t.locked_by IS NULL))
     AND NOT (
         t.state = 'pending'
-        AND EXISTS (SELECT FROM anchor.queue_settings AS q WHERE q.name = t.queue AND q.paused)
+        AND EXISTS (
+            SELECT FROM anchor.queue_settings AS q
+            WHERE q.name = t.queue AND q.paused
+        )
     )
 """
 

@@ -4,14 +4,13 @@ times) and on what the executor recorded (start and end of each execution, by th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,43 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from anchor_py.worker import Worker, WorkerConfig
-from tests.worker.flowapp import TASKS, FlowExecutor, register
+from anchor_py.worker import WorkerConfig
+from tests.worker.conftest import NO_POLL, Db, flow_enqueue, run_worker_until, states, wait_until_done
 
 REPO = Path(__file__).resolve().parents[2]
 ANCHOR = str(Path(sys.executable).parent / "anchor")
-Db = psycopg.Connection[dict[str, Any]]
-# a poll this long never finds anything within a test: whatever starts, a notification or a wake time started
-NO_POLL = WorkerConfig(poll_interval=timedelta(seconds=60), concurrency=10, services=[])
-
-
-@pytest.fixture
-def flow_db(db: Db) -> Db:
-    register(db)
-    return db
-
-
-def enqueue(db: Db, name: str, keys: list[str], **params: Any) -> list[int]:
-    """One task of ``name`` per key, in one statement, in the order given."""
-    rows = db.execute(
-        "select anchor.enqueue(%s, jsonb_build_object('key', k) || %s::jsonb) as id"
-        " from unnest(%s::text[]) with ordinality as u(k, n) order by n",
-        (name, psycopg.types.json.Jsonb(params), keys),
-    ).fetchall()
-    return [row["id"] for row in rows]
-
-
-def states(db: Db, ids: list[int]) -> dict[str, int]:
-    rows = db.execute("select state, count(*) as n from anchor.tasks where id = any(%s) group by state",
-                      (ids,)).fetchall()
-    return {row["state"]: row["n"] for row in rows}
-
-
-def wait_until_done(db: Db, ids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while states(db, ids) != {"succeeded": len(ids)}:
-        assert time.monotonic() < deadline, f"not all succeeded within {timeout}s: {states(db, ids)}"
-        time.sleep(0.05)
 
 
 def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -67,27 +34,6 @@ def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
         current += step
         most = max(most, current)
     return most
-
-
-def run_worker_until(dsn: str, config: WorkerConfig, done: Callable[[], bool], timeout: float) -> float:
-    """Run an in-process Worker over the flow tasks until ``done()``; the seconds that took."""
-
-    async def scenario() -> float:
-        executor = FlowExecutor(dsn)
-        worker = Worker(dsn, executor, TASKS, config)
-        running = asyncio.create_task(worker.run())
-        started = time.monotonic()
-        try:
-            while not done():
-                assert time.monotonic() - started < timeout, f"not done within {timeout}s"
-                await asyncio.sleep(0.05)
-            return time.monotonic() - started
-        finally:
-            await worker.stop()
-            await running
-            await executor.close()
-
-    return asyncio.run(scenario())
 
 
 def recorded(db: Db, name: str) -> list[dict[str, Any]]:
@@ -148,7 +94,7 @@ class RunningSampler:
 def test_a_queue_limit_of_3_holds_across_two_worker_processes_of_10(
     dsn: str, flow_db: Db, worker_processes: list[subprocess.Popen[str]]
 ) -> None:
-    ids = enqueue(flow_db, "QueueLimited", [f"k{n}" for n in range(30)], sleep=0.15)
+    ids = flow_enqueue(flow_db, "QueueLimited", [f"k{n}" for n in range(30)], sleep=0.15)
     with RunningSampler(dsn, "select count(*) from anchor.tasks where queue = 'limited' and state = 'running'",
                         ()) as sampler:
         wait_until_done(flow_db, ids, 60)
@@ -165,7 +111,7 @@ def test_a_per_key_limit_of_1_runs_each_key_alone_and_keys_side_by_side(
     flow_db: Db, worker_processes: list[subprocess.Popen[str]]
 ) -> None:
     keys = [f"account-{n}" for n in range(4)]
-    ids = enqueue(flow_db, "PerKey", [key for _ in range(5) for key in keys], sleep=0.1)
+    ids = flow_enqueue(flow_db, "PerKey", [key for _ in range(5) for key in keys], sleep=0.1)
     wait_until_done(flow_db, ids, 60)
     runs = recorded(flow_db, "PerKey")
     assert len(runs) == 20
@@ -179,8 +125,8 @@ def test_a_per_key_limit_of_1_runs_each_key_alone_and_keys_side_by_side(
 def test_a_later_key_is_not_held_up_by_an_earlier_keys_backlog(dsn: str, flow_db: Db) -> None:
     """1,000 due tasks of key A, then 10 of key B (limit 5 per key, one worker of 10 slots): B's ten all start
     before more than 25 of A's have started (2.5% of A's backlog). Without fairness they would start last."""
-    a_ids = enqueue(flow_db, "Fair", ["A"] * 1000, sleep=0.02)
-    b_ids = enqueue(flow_db, "Fair", ["B"] * 10, sleep=0.02)
+    a_ids = flow_enqueue(flow_db, "Fair", ["A"] * 1000, sleep=0.02)
+    b_ids = flow_enqueue(flow_db, "Fair", ["B"] * 10, sleep=0.02)
     run_worker_until(dsn, WorkerConfig(concurrency=10, services=[]),
                      lambda: states(flow_db, b_ids).get("succeeded") == 10, 60)
     row = flow_db.execute(
@@ -197,7 +143,7 @@ def test_a_rate_limit_is_never_exceeded_in_any_window_and_the_worker_wakes_for_t
     """5 starts per second, 17 tasks due at once, a worker of 10 slots that never polls: every sliding window of
     1 s holds at most 5 claim times, and the held tasks start when their window opens (the claim's wake time),
     so the 17 take about 3 s, not a poll interval."""
-    ids = enqueue(flow_db, "Rated", [f"r{n}" for n in range(17)])
+    ids = flow_enqueue(flow_db, "Rated", [f"r{n}" for n in range(17)])
     elapsed = run_worker_until(dsn, NO_POLL, lambda: states(flow_db, ids).get("succeeded") == 17, 20)
     starts = [row["locked_at"] for row in flow_db.execute(
         "select locked_at from anchor.tasks where id = any(%s) order by locked_at", (ids,)).fetchall()]
@@ -212,7 +158,7 @@ def test_a_rate_limit_is_never_exceeded_in_any_window_and_the_worker_wakes_for_t
 def test_a_slot_freed_by_another_claimer_wakes_a_waiting_worker_at_once(dsn: str, flow_db: Db) -> None:
     """Single allows one running task. Another claimer (here: the SQL API, as another worker would) holds the
     slot; this worker, which never polls, starts the next task within 1.5 s of the slot being freed."""
-    first, second = enqueue(flow_db, "Single", ["first", "second"])
+    first, second = flow_enqueue(flow_db, "Single", ["first", "second"])
     flow_db.execute("select anchor.heartbeat_v2('other-worker', '{}'::bigint[], '{}'::jsonb, '1 hour')")
     held = flow_db.execute("select id, fence from anchor.claim_v2('other-worker', 5, array['Single'])"
                            " where kind = 'execute'").fetchall()

@@ -170,7 +170,7 @@ class QueueInfo:
     rate_limit: int | None  # executions started in any window of rate_period
     rate_period: timedelta | None
     pending: int
-    held: int  # pending tasks waiting for a concurrency slot or a rate window (part of pending)
+    held: int  # due pending tasks a limit governs: they start as its slots and rate windows allow (part of pending)
     running: int
     failing: int
 

@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser(
         "list", help="every queue: paused, limits, pending (held by a limit), running, failing",
         description="Every queue that has settings, is a registered task's queue, or holds live tasks. HELD counts "
-        "the pending tasks waiting for a concurrency slot or a rate-limit window.",
+        "the due pending tasks a limit governs: they start as its slots and rate windows allow.",
     )
     listing.add_argument("--json", action="store_true", help="a JSON array of queues on stdout")
     add_dsn_option(listing)

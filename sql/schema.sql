@@ -201,8 +201,8 @@ CREATE INDEX task_events_task_idx ON anchor.task_events USING btree (task_id, id
 CREATE UNIQUE INDEX task_registry_pkey ON anchor.task_registry USING btree (singleton);
 CREATE INDEX tasks_claim_idx ON anchor.tasks USING btree (queue, name, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for IS NULL) AND (rescues = 0));
 CREATE INDEX tasks_finished_idx ON anchor.tasks USING btree (state, finished_at) WHERE (state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]));
-CREATE INDEX tasks_flow_queue_running_idx ON anchor.tasks USING btree (queue) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL));
-CREATE INDEX tasks_flow_running_idx ON anchor.tasks USING btree (name, flow_key) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL));
+CREATE INDEX tasks_flow_queue_running_idx ON anchor.tasks USING btree (queue) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (queue > ''::text));
+CREATE INDEX tasks_flow_running_idx ON anchor.tasks USING btree (name, flow_key) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (name > ''::text));
 CREATE INDEX tasks_held_idx ON anchor.tasks USING btree (locked_by) WHERE (state = ANY (ARRAY['running'::text, 'failing'::text]));
 CREATE INDEX tasks_hook_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE (state = 'failing'::text);
 CREATE INDEX tasks_limit_idx ON anchor.tasks USING btree (queue, name, flow_key, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for = 'limit'::text));
@@ -218,7 +218,7 @@ CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 
 CREATE TRIGGER cron_schedules_notify AFTER INSERT OR UPDATE OF next_fire_at, paused ON anchor.cron_schedules FOR EACH ROW WHEN (new.next_fire_at IS NULL AND NOT new.paused) EXECUTE FUNCTION anchor.notify_cron_change();
 CREATE TRIGGER task_definitions_sync_cron AFTER INSERT OR DELETE OR UPDATE ON anchor.task_definitions FOR EACH ROW EXECUTE FUNCTION anchor.sync_cron_schedule();
-CREATE TRIGGER tasks_flow_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.flow_mark_inserted();
+CREATE TRIGGER tasks_flow_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT WHEN (anchor.flow_in_use()) EXECUTE FUNCTION anchor.flow_mark_inserted();
 CREATE TRIGGER tasks_flow_slot_freed AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (old.state = 'running'::text AND new.state <> 'running'::text AND new.flow_key IS NOT NULL) EXECUTE FUNCTION anchor.notify_flow_slot();
 CREATE TRIGGER tasks_notify_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.notify_due_tasks();
 CREATE TRIGGER tasks_notify_outcome AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.waited AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.notify_task_outcome();
@@ -1488,6 +1488,35 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.flow_forget(p_now timestamp with time zone, p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_count integer;
+begin
+    with stale as (
+        select k.id, k.owner from anchor.flow_scopes k
+        left join anchor.task_definitions d on d.name = k.owner
+        where k.kind = 'key'
+            and not exists (
+                select 1 from anchor.flow_starts f
+                where f.scope_id = k.id and f.at > p_now - coalesce(d.rate_period, interval '0')
+            )
+        limit p_limit
+    ), owners as (
+        -- the name's lock, as claimers take it: a claim using one of these rings right now keeps it
+        select o.owner from anchor.flow_scopes o
+        where o.kind = 'task' and o.key = '' and o.owner in (select stale.owner from stale)
+        for update skip locked
+    )
+    delete from anchor.flow_scopes k using stale
+    where k.id = stale.id and stale.owner in (select owners.owner from owners);
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.flow_group(p_params jsonb, p_key text)
  RETURNS text
  LANGUAGE sql
@@ -1499,6 +1528,15 @@ AS $function$
             then 'md5:' || md5(coalesce(p_params -> p_key, 'null')::text)
         else coalesce(p_params -> p_key, 'null')::text
     end
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_in_use()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.flow_key_of(p_name text, p_queue text, p_params jsonb)
@@ -1520,10 +1558,6 @@ CREATE OR REPLACE FUNCTION anchor.flow_mark_inserted()
  LANGUAGE plpgsql
 AS $function$
 begin
-    if not exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
-        and not exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null) then
-        return null;
-    end if;
     update anchor.tasks t set
         flow_key = f.flow_key,
         waiting_for = case when t.state = 'pending' and t.waiting_for is null then 'limit' else t.waiting_for end
@@ -1584,7 +1618,9 @@ begin
     from (
         select x.id, anchor.flow_key_of(x.name, x.queue, x.params) as flow_key
         from anchor.tasks as x
-        where x.state in ('pending', 'running') and (x.name = any(p_names) or x.queue = any(p_queues))
+        -- every task not finished: whatever state a task waits in, it becomes pending with the right group
+        where x.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+            and (x.name = any(p_names) or x.queue = any(p_queues))
     ) as f
     where t.id = f.id and t.flow_key is distinct from f.flow_key;
 end;
@@ -1630,8 +1666,7 @@ begin
     where s.key = '' and ((s.kind = 'queue' and s.owner = any(p_queues)) or (s.kind = 'task' and s.owner = any(p_names)))
     order by s.id
     for update;
-    -- start times in lock order across claimers (the rate rings rely on it); tests pass their own clock
-    started_at := case when p_fixed_clock then p_now else greatest(p_now, clock_timestamp()) end;
+    started_at := p_now;
 
     for v_pair in
         select c.queue, c.name, s.concurrency as q_limit, s.rate_limit as q_rate, s.rate_period as q_period, qs.id as q_scope,
@@ -1641,23 +1676,54 @@ begin
         left join anchor.flow_scopes qs on qs.kind = 'queue' and qs.owner = c.queue and qs.key = ''
         left join anchor.task_definitions d on d.name = c.name
         left join anchor.flow_scopes ts on ts.kind = 'task' and ts.owner = c.name and ts.key = ''
-        order by c.queue, c.name
+        -- the names of a limited queue round robin too: those after the one served last come first
+        order by c.queue, c.name <= coalesce(qs.cursor, ''), c.name
     loop
         exit when v_want <= 0;
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
-        -- nothing held for this pair: one probe
-        continue when not exists (
-            select 1 from anchor.tasks t
+        -- Tasks of this pair found in the ready set join their group: a task enqueued in a transaction that
+        -- committed after the registration that gave its name or queue a first limit was neither grouped by the
+        -- insert trigger (no limit yet in its snapshot) nor by the registration's re-grouping (not committed
+        -- yet). One probe of the ready index when there is none.
+        update anchor.tasks t set flow_key = anchor.flow_key_of(t.name, t.queue, t.params), waiting_for = 'limit'
+        where t.id = any(array(
+            select r.id from anchor.tasks r
+            where r.state = 'pending' and r.waiting_for is null and r.rescues = 0
+                and r.queue = v_pair.queue and r.name = v_pair.name
+            order by r.priority, r.run_at, r.id
+            limit 1000
+            for update skip locked
+        ));
+        -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
+        -- held rows still reads the index rather than the table)
+        continue when (
+            select t.flow_key from anchor.tasks t
             where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-        );
+            order by t.flow_key
+            limit 1
+        ) is null;
 
         v_cap := v_want;
         if v_pair.q_limit is not null then
             v_cap := least(v_cap, v_pair.q_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null and t.queue > ''
             ));
+        end if;
+        -- the name's unkeyed limits (a keyed limit is per group, below)
+        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
+            v_cap := least(v_cap, v_pair.concurrency_limit - (
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
+            ));
+        end if;
+        -- Start times are read after the counts, under the lock: a task that stopped running before the count
+        -- saw it stopped before this start, and start times follow lock order across claimers (the rate rings
+        -- rely on both). Tests pass their own clock.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
         end if;
         if v_pair.q_rate is not null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, started_at, v_cap);
@@ -1665,12 +1731,6 @@ begin
                 v_cap := v_tokens;
                 wake := least(wake, anchor.flow_next_token(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, v_tokens, started_at));
             end if;
-        end if;
-        -- the name's unkeyed limits (a keyed limit is per group, below)
-        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
-            v_cap := least(v_cap, v_pair.concurrency_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
-            ));
         end if;
         if v_pair.rate_limit is not null and v_pair.rate_key is null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.t_scope, v_pair.rate_limit, v_pair.rate_period, started_at, v_cap);
@@ -1696,7 +1756,7 @@ begin
                 v_next := (
                     select t.flow_key from anchor.tasks t
                     where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-                        and (v_group is null or t.flow_key > v_group)
+                        and t.flow_key > coalesce(v_group, '')  -- '' sorts first; keyed groups are never ''
                     order by t.flow_key
                     limit 1
                 );
@@ -1714,8 +1774,11 @@ begin
                 if v_pair.concurrency_key is not null then
                     v_group_cap := least(v_group_cap, v_pair.concurrency_limit - (
                         select count(*) from anchor.tasks t
-                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group
+                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
                     ));
+                    if not p_fixed_clock then
+                        started_at := greatest(started_at, clock_timestamp());
+                    end if;
                 end if;
                 v_key_scope := null;
                 if v_pair.rate_key is not null and v_group_cap > 0 then
@@ -1752,8 +1815,14 @@ begin
             end loop;
             if v_last is not null then
                 update anchor.flow_scopes s set cursor = v_last where s.id = v_pair.t_scope;
+                if v_pair.q_scope is not null then
+                    update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
+                end if;
             end if;
             continue;
+        end if;
+        if cardinality(v_ids) > 0 and v_pair.q_scope is not null then
+            update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
         end if;
         v_want := v_want - cardinality(v_ids);
         started := started || v_ids;
@@ -2422,6 +2491,7 @@ begin
     delete from anchor.tasks t using locked
     where t.id = locked.id;
     get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
     return v_deleted;
 end;
 $function$;
@@ -3328,7 +3398,9 @@ grant execute on function anchor.finish_failure(bigint,integer,text,timestamp wi
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.flow_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.flow_forget(timestamp with time zone,integer) to anchor_admin;
 grant execute on function anchor.flow_group(jsonb,text) to anchor_admin;
+grant execute on function anchor.flow_in_use() to anchor_admin;
 grant execute on function anchor.flow_key_of(text,text,jsonb) to anchor_admin;
 grant execute on function anchor.flow_mark_inserted() to anchor_admin;
 grant execute on function anchor.flow_next_token(bigint,integer,interval,integer,timestamp with time zone) to anchor_admin;
@@ -3473,6 +3545,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('queues', 'anchor_admin')
 --   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
+--   ('register_tasks_v2', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
 --   ('result_oversize', 'anchor_worker')
 --   ('resume_queue', 'anchor_admin')

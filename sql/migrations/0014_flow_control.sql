@@ -8,9 +8,11 @@
 -- How it fits the claim's ready set (0013). A task is "limited" when its definition or its queue has a limit;
 -- it then carries flow_key, its group: the JSON text of its key parameter's value, or '' when the task has no
 -- key. Pending limited tasks that are due wait with waiting_for = 'limit' (never in the ready index) in
--- tasks_limit_idx, by (queue, name, flow_key, priority, run_at, id). Tasks that use no limit keep flow_key null:
--- no trigger with a WHEN clause on flow_key ever runs for them, and the claim reads no flow table for them
--- unless some limit or pause exists.
+-- tasks_limit_idx, by (queue, name, flow_key, priority, run_at, id). An insert trigger sets both, and is skipped
+-- by its WHEN clause while no limit exists at all; any later move to pending (retry, hand-back, snooze, rescue,
+-- retry_now, a workflow's release) goes through set_waiting_for, which holds a task that has a flow_key. Tasks
+-- that use no limit keep flow_key null: the triggers' WHEN clauses keep every flow function away from them, and
+-- the claim runs no extra statement for them (its pairs query tells limited pairs apart in the same statement).
 --
 -- The claim starts limited tasks itself, under locks on the scope rows of the limits involved (anchor.flow_scopes:
 -- one per limited queue and per limited task name), taken in one order by every claimer, so two claimers never
@@ -28,7 +30,8 @@
 -- of groups it looks at, not with the tasks they hold.
 --
 -- Paused queues (anchor.queue_settings.paused) are left out of the claim's (queue, name) pairs before any task
--- index is read; their failing tasks' hooks still run. Snooze gives the attempt back; jitter spreads retries.
+-- index is read; their failing tasks' hooks still run. Snooze gives the attempt back. Jitter spreads retries:
+-- fail_v2 and rescue take their retry wait from anchor.retry_wait. prune also forgets stale keyed rate rings.
 
 -- Queue settings: limits come from registration, the pause from operators (registration never touches it).
 create table anchor.queue_settings (
@@ -56,7 +59,8 @@ create table anchor.flow_scopes (
     -- rate ring: starts recorded so far, and the ring's size (the rate limit it was built for)
     pos bigint not null default 0,
     ring_size integer,
-    -- 'task' scopes: the keyed group served last, where the next claim's round starts
+    -- where the next claim's round starts: for a 'task' scope the keyed group served last, for a 'queue'
+    -- scope the task name served last
     cursor text,
     constraint flow_scopes_scope_key unique (kind, owner, key)
 );
@@ -90,10 +94,12 @@ create index tasks_limit_idx on anchor.tasks (queue, name, flow_key, priority, r
 where state = 'pending' and waiting_for = 'limit';
 
 -- What runs, per name and group and per queue: the counts a limit is checked against (limited tasks only).
+-- Each predicate carries a term only its own counts state (names and queues are never empty, so `> ''` holds
+-- for every row): with the same predicate, a generic plan may count a group by reading the whole queue index.
 create index tasks_flow_running_idx on anchor.tasks (name, flow_key)
-where state = 'running' and flow_key is not null;
+where state = 'running' and flow_key is not null and name > '';
 create index tasks_flow_queue_running_idx on anchor.tasks (queue)
-where state = 'running' and flow_key is not null;
+where state = 'running' and flow_key is not null and queue > '';
 
 -- A task's group from its params: the JSON text of the key parameter's value (so 1 and "1" differ, and a missing
 -- value is 'null'), hashed when long so it stays a small index entry; '' for a task without a key.
@@ -313,9 +319,10 @@ begin
 end;
 $$;
 
--- Recomputes flow_key (and 'limit' holding) of the live tasks of the given names and queues after their limits
--- changed: tasks that gained a limit are held, tasks that lost every limit go back to the ready set. No state
--- changes. Reads every live task (a registration that changes limits is rare; one that changes none skips this).
+-- Recomputes flow_key (and 'limit' holding) of the unfinished tasks of the given names and queues after their
+-- limits changed: tasks that gained a limit are held, tasks that lost every limit go back to the ready set. No
+-- state changes. Reads the whole table (a registration that changes limits is rare; one that changes none skips
+-- this).
 create function anchor.flow_reflow(p_names text[], p_queues text[])
 returns void
 language plpgsql
@@ -332,7 +339,9 @@ begin
     from (
         select x.id, anchor.flow_key_of(x.name, x.queue, x.params) as flow_key
         from anchor.tasks as x
-        where x.state in ('pending', 'running') and (x.name = any(p_names) or x.queue = any(p_queues))
+        -- every task not finished: whatever state a task waits in, it becomes pending with the right group
+        where x.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+            and (x.name = any(p_names) or x.queue = any(p_queues))
     ) as f
     where t.id = f.id and t.flow_key is distinct from f.flow_key;
 end;
@@ -568,17 +577,23 @@ begin
 end;
 $$;
 
--- After each insert statement, the new tasks that use a limit get their group and, when due and pending, are
--- held. Without any limit registered it is two probes of the small settings tables per statement.
+-- Whether any task name or queue has a limit: while none has, inserts call no flow-control trigger at all.
+create function anchor.flow_in_use()
+returns boolean
+language sql
+stable
+as $$
+    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
+$$;
+
+-- After an insert statement (while some limit exists), the new tasks that use a limit get their group and, when
+-- due and pending, are held.
 create function anchor.flow_mark_inserted()
 returns trigger
 language plpgsql
 as $$
 begin
-    if not exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
-        and not exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null) then
-        return null;
-    end if;
     update anchor.tasks t set
         flow_key = f.flow_key,
         waiting_for = case when t.state = 'pending' and t.waiting_for is null then 'limit' else t.waiting_for end
@@ -590,9 +605,12 @@ begin
 end;
 $$;
 
+-- the WHEN clause runs in the executor: without limits an insert pays one probe of each small settings table
+-- and no trigger function call
 create trigger tasks_flow_insert after insert on anchor.tasks
 referencing new table as new_rows
-for each statement execute function anchor.flow_mark_inserted();
+for each statement when (anchor.flow_in_use())
+execute function anchor.flow_mark_inserted();
 
 -- NOTIFY anchor_tasks (payload: the queue) when a limited task stops running: its slot is free, so the
 -- claimers of its queue look again at once instead of at their next poll.
@@ -784,6 +802,100 @@ begin
         outcome := v_outcome;
         return next;
     end loop;
+end;
+$$;
+
+-- Forgets up to p_limit keyed rate rings whose every start is at least their period old (such a ring allows
+-- every start, as a missing one does), so keys seen once do not keep rows forever. Skips the names whose scope a
+-- claimer holds right now. Returns how many it forgot.
+create function anchor.flow_forget(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+as $$
+declare
+    v_count integer;
+begin
+    with stale as (
+        select k.id, k.owner from anchor.flow_scopes k
+        left join anchor.task_definitions d on d.name = k.owner
+        where k.kind = 'key'
+            and not exists (
+                select 1 from anchor.flow_starts f
+                where f.scope_id = k.id and f.at > p_now - coalesce(d.rate_period, interval '0')
+            )
+        limit p_limit
+    ), owners as (
+        -- the name's lock, as claimers take it: a claim using one of these rings right now keeps it
+        select o.owner from anchor.flow_scopes o
+        where o.kind = 'task' and o.key = '' and o.owner in (select stale.owner from stale)
+        for update skip locked
+    )
+    delete from anchor.flow_scopes k using stale
+    where k.id = stale.id and stale.owner in (select owners.owner from owners);
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$$;
+
+-- As 0010's prune (deletes finished tasks past their retention, batch_size at a time), and forgets stale keyed
+-- rate rings (anchor.flow_forget) in the same pass.
+create or replace function anchor.prune(
+    succeeded_after interval default '7 days',
+    failed_after interval default '30 days',
+    batch_size integer default 1000,
+    p_now timestamptz default null
+)
+returns bigint
+language plpgsql
+set jit = off
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(prune.p_now);
+    v_succeeded_after interval := anchor.at_least_unless_admin(prune.succeeded_after, anchor.interval_setting('worker_min_retention'));
+    v_failed_after interval := anchor.at_least_unless_admin(prune.failed_after, anchor.interval_setting('worker_min_retention'));
+    v_deleted bigint;
+begin
+    if prune.succeeded_after is null or prune.succeeded_after < interval '0'
+        or prune.failed_after is null or prune.failed_after < interval '0' then
+        raise exception using errcode = 'AT003',
+            message = format('prune: retention periods must not be negative, got succeeded_after %s, failed_after %s',
+                prune.succeeded_after, prune.failed_after);
+    end if;
+    if prune.batch_size is null or prune.batch_size < 1 then
+        raise exception using errcode = 'AT003',
+            message = format('prune: batch_size must be at least 1, got %s', prune.batch_size);
+    end if;
+
+    with doomed as (
+        select d.id from (
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after
+                order by t.finished_at
+                limit prune.batch_size)
+            union all
+            (select t.id, t.finished_at from anchor.tasks t
+                where t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after
+                order by t.finished_at
+                limit prune.batch_size)
+        ) as d
+        order by d.finished_at
+        limit prune.batch_size
+    ), locked as (
+        -- re-checked under the row lock: a task retried (retry_now) since the scan is live again, or newer
+        select t.id from anchor.tasks t
+        where t.id in (select doomed.id from doomed)
+            and (
+                (t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after)
+                or (t.state in ('failed', 'hook_failed', 'cancelled') and t.finished_at < v_now - v_failed_after)
+            )
+        for update skip locked
+    )
+    delete from anchor.tasks t using locked
+    where t.id = locked.id;
+    get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
+    return v_deleted;
 end;
 $$;
 
@@ -1052,8 +1164,7 @@ begin
     where s.key = '' and ((s.kind = 'queue' and s.owner = any(p_queues)) or (s.kind = 'task' and s.owner = any(p_names)))
     order by s.id
     for update;
-    -- start times in lock order across claimers (the rate rings rely on it); tests pass their own clock
-    started_at := case when p_fixed_clock then p_now else greatest(p_now, clock_timestamp()) end;
+    started_at := p_now;
 
     for v_pair in
         select c.queue, c.name, s.concurrency as q_limit, s.rate_limit as q_rate, s.rate_period as q_period, qs.id as q_scope,
@@ -1063,23 +1174,54 @@ begin
         left join anchor.flow_scopes qs on qs.kind = 'queue' and qs.owner = c.queue and qs.key = ''
         left join anchor.task_definitions d on d.name = c.name
         left join anchor.flow_scopes ts on ts.kind = 'task' and ts.owner = c.name and ts.key = ''
-        order by c.queue, c.name
+        -- the names of a limited queue round robin too: those after the one served last come first
+        order by c.queue, c.name <= coalesce(qs.cursor, ''), c.name
     loop
         exit when v_want <= 0;
         -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
         continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
         continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
-        -- nothing held for this pair: one probe
-        continue when not exists (
-            select 1 from anchor.tasks t
+        -- Tasks of this pair found in the ready set join their group: a task enqueued in a transaction that
+        -- committed after the registration that gave its name or queue a first limit was neither grouped by the
+        -- insert trigger (no limit yet in its snapshot) nor by the registration's re-grouping (not committed
+        -- yet). One probe of the ready index when there is none.
+        update anchor.tasks t set flow_key = anchor.flow_key_of(t.name, t.queue, t.params), waiting_for = 'limit'
+        where t.id = any(array(
+            select r.id from anchor.tasks r
+            where r.state = 'pending' and r.waiting_for is null and r.rescues = 0
+                and r.queue = v_pair.queue and r.name = v_pair.name
+            order by r.priority, r.run_at, r.id
+            limit 1000
+            for update skip locked
+        ));
+        -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
+        -- held rows still reads the index rather than the table)
+        continue when (
+            select t.flow_key from anchor.tasks t
             where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-        );
+            order by t.flow_key
+            limit 1
+        ) is null;
 
         v_cap := v_want;
         if v_pair.q_limit is not null then
             v_cap := least(v_cap, v_pair.q_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null and t.queue > ''
             ));
+        end if;
+        -- the name's unkeyed limits (a keyed limit is per group, below)
+        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
+            v_cap := least(v_cap, v_pair.concurrency_limit - (
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
+            ));
+        end if;
+        -- Start times are read after the counts, under the lock: a task that stopped running before the count
+        -- saw it stopped before this start, and start times follow lock order across claimers (the rate rings
+        -- rely on both). Tests pass their own clock.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
         end if;
         if v_pair.q_rate is not null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, started_at, v_cap);
@@ -1087,12 +1229,6 @@ begin
                 v_cap := v_tokens;
                 wake := least(wake, anchor.flow_next_token(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, v_tokens, started_at));
             end if;
-        end if;
-        -- the name's unkeyed limits (a keyed limit is per group, below)
-        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
-            v_cap := least(v_cap, v_pair.concurrency_limit - (
-                select count(*) from anchor.tasks t where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null
-            ));
         end if;
         if v_pair.rate_limit is not null and v_pair.rate_key is null and v_cap > 0 then
             v_tokens := anchor.flow_tokens(v_pair.t_scope, v_pair.rate_limit, v_pair.rate_period, started_at, v_cap);
@@ -1118,7 +1254,7 @@ begin
                 v_next := (
                     select t.flow_key from anchor.tasks t
                     where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
-                        and (v_group is null or t.flow_key > v_group)
+                        and t.flow_key > coalesce(v_group, '')  -- '' sorts first; keyed groups are never ''
                     order by t.flow_key
                     limit 1
                 );
@@ -1136,8 +1272,11 @@ begin
                 if v_pair.concurrency_key is not null then
                     v_group_cap := least(v_group_cap, v_pair.concurrency_limit - (
                         select count(*) from anchor.tasks t
-                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group
+                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
                     ));
+                    if not p_fixed_clock then
+                        started_at := greatest(started_at, clock_timestamp());
+                    end if;
                 end if;
                 v_key_scope := null;
                 if v_pair.rate_key is not null and v_group_cap > 0 then
@@ -1174,8 +1313,14 @@ begin
             end loop;
             if v_last is not null then
                 update anchor.flow_scopes s set cursor = v_last where s.id = v_pair.t_scope;
+                if v_pair.q_scope is not null then
+                    update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
+                end if;
             end if;
             continue;
+        end if;
+        if cardinality(v_ids) > 0 and v_pair.q_scope is not null then
+            update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
         end if;
         v_want := v_want - cardinality(v_ids);
         started := started || v_ids;
@@ -1453,6 +1598,7 @@ end;
 $$;
 
 insert into anchor.function_roles (function_name, role_name) values
+('register_tasks_v2', 'anchor_worker'),
 ('snooze', 'anchor_worker'),
 ('pause_queue', 'anchor_admin'),
 ('resume_queue', 'anchor_admin'),

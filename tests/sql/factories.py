@@ -163,3 +163,50 @@ def nested_plans(db: Conn, statement: str) -> tuple[list[dict[str, Any]], str]:
     finally:
         db.remove_notice_handler(collect)
     return rows, "\n".join(notices)
+
+
+def keyed_definition(name: str, **fields: Any) -> dict[str, Any]:
+    """A definition whose parameters are an `account` string (a group key) and an int `n`."""
+    return {
+        "name": name,
+        "parameters": {"type": "object", "properties": {"account": {"type": "string"}, "n": {"type": "integer"}}},
+        **fields,
+    }
+
+
+def register_v2(
+    db: Conn, definitions: list[dict[str, Any]], queues: list[dict[str, Any]] | None = None, version: int = 1
+) -> str:
+    """register_tasks_v2; queues None passes SQL null (leave the queue settings as they are)."""
+    row = db.execute(
+        "select anchor.register_tasks_v2(%s::jsonb, %s::jsonb, %s) as outcome",
+        (json.dumps(definitions), None if queues is None else json.dumps(queues), version),
+    ).fetchone()
+    assert row is not None
+    return str(row["outcome"])
+
+
+def claim_v2(
+    db: Conn, worker: str = WORKER, max_tasks: int = 10, now: datetime | None = None, **kw: Any
+) -> list[dict[str, Any]]:
+    """claim_v2's rows, the trailing wake row included (it has kind 'wake'); no heartbeat."""
+    args = "".join(f", {key} => %({key})s" for key in kw)
+    return db.execute(
+        f"select * from anchor.claim_v2(%(worker)s, %(max)s, p_now => %(now)s{args})",
+        {"worker": worker, "max": max_tasks, "now": now, **kw},
+    ).fetchall()
+
+
+def complete_v2(db: Conn, rows: list[dict[str, Any]], worker: str = WORKER) -> list[str]:
+    done = db.execute(
+        "select outcome from anchor.complete_v2(%s::bigint[], %s::bigint[], %s)",
+        ([r["id"] for r in rows], [r["fence"] for r in rows], worker),
+    ).fetchall()
+    return [str(r["outcome"]) for r in done]
+
+
+def running_count(db: Conn, **where: Any) -> int:
+    clause = "".join(f" and {key} = %({key})s" for key in where)
+    row = db.execute(f"select count(*) as n from anchor.tasks where state = 'running'{clause}", where).fetchone()
+    assert row is not None
+    return int(row["n"])

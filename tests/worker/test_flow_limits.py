@@ -63,7 +63,7 @@ def worker_processes(dsn: str) -> Iterator[list[subprocess.Popen[str]]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 raise
-            assert process.returncode == 0, stderr
+            assert process.returncode == 0, stderr[-3000:]
 
 
 class RunningSampler:

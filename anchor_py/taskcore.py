@@ -77,7 +77,7 @@ class SnoozeTask(Exception):
             self.delay = _duration(delay)
         except InvalidDuration as error:
             raise ValueError(f"SnoozeTask({delay!r}): {error.reason}") from None
-        super().__init__(f"snooze for {delay if isinstance(delay, str) else self.delay}")
+        super().__init__(f"snooze for {delay.strip() if isinstance(delay, str) else self.delay}")
 
 
 def snooze_of(exc: BaseException) -> SnoozeTask | None:

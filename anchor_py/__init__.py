@@ -3,6 +3,7 @@
 from anchor_py.taskcore import (
     FatalTaskError,
     RetryTaskWithoutErrorEvent,
+    SnoozeTask,
     TaskContext,
     current_task,
 )
@@ -12,6 +13,7 @@ from anchor_py.worker import Worker, WorkerConfig
 __all__ = [
     "FatalTaskError",
     "RetryTaskWithoutErrorEvent",
+    "SnoozeTask",
     "TaskCancelled",
     "TaskContext",
     "TaskFailed",

@@ -1,9 +1,10 @@
-"""The operator's side of anchor-py: what the queue holds and the actions on single tasks.
+"""The operator's side of anchor-py: what the queue holds, the actions on single tasks and on queues.
 
 Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers`, the
 dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
 through the SQL core's own functions (anchor.retry_now, anchor.cancel, anchor.retry_hook, anchor.prune,
-anchor.cron_pause, anchor.cron_resume), so the same rules hold as for any other client.
+anchor.cron_pause, anchor.cron_resume, anchor.pause_queue, anchor.resume_queue), so the same rules hold as
+for any other client.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from anchor_py.admin_records import (
     STATES,
     CronSchedule,
     PruneResult,
+    QueueInfo,
     QueueStats,
     StateCount,
     Stats,
@@ -39,10 +41,11 @@ from anchor_py.waiting import TaskOutcome, WaitTimeout
 
 # the records come from anchor_py.admin_records; callers take them from here, with the functions
 __all__ = [
-    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueStats", "StateCount", "Stats", "TaskDetail",
-    "TaskEvent", "TaskFilter", "TaskNotFound", "TaskPage", "TaskSummary", "ThroughputPoint", "WorkerInfo",
-    "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_tasks", "list_workers",
-    "pause_cron", "prune", "prune_count", "prune_periods", "resume_cron", "retry_hook", "retry_task", "to_json",
+    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueInfo", "QueueNotFound", "QueueStats", "StateCount",
+    "Stats", "TaskDetail", "TaskEvent", "TaskFilter", "TaskNotFound", "TaskPage", "TaskSummary", "ThroughputPoint",
+    "WorkerInfo", "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_queues",
+    "list_tasks", "list_workers", "pause_cron", "pause_queue", "prune", "prune_count", "prune_periods",
+    "resume_cron", "resume_queue", "retry_hook", "retry_task", "to_json",
 ]
 
 Conn = psycopg.Connection[Any]
@@ -54,6 +57,14 @@ class TaskNotFound(LookupError):
     def __init__(self, task_id: int) -> None:
         super().__init__(f"task {task_id} does not exist")
         self.task_id = task_id
+
+
+class QueueNotFound(LookupError):
+    """No queue has this name: nothing is on it, no task definition names it and it has no settings."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"queue {name!r} does not exist (known queues: {', '.join(known) or 'none'})")
+        self.name = name
 
 
 # Reading -----------------------------------------------------------------------------------------------
@@ -142,6 +153,12 @@ def list_workers(conn: Conn, *, heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT
         return [WorkerInfo(**r) for r in cur.execute(queries.ADMIN_WORKERS, {"timeout": heartbeat_timeout})]
 
 
+def list_queues(conn: Conn) -> list[QueueInfo]:
+    """Every known queue, by name: paused or not, its limits and its live tasks (anchor.queues())."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [QueueInfo(**r) for r in cur.execute(queries.ADMIN_QUEUE_LIST)]
+
+
 def list_cron(conn: Conn) -> list[CronSchedule]:
     with conn.cursor(row_factory=dict_row) as cur:
         return [CronSchedule(**r) for r in cur.execute(queries.CRON_LIST)]
@@ -177,6 +194,25 @@ def pause_cron(conn: Conn, name: str) -> str:
 
 def resume_cron(conn: Conn, name: str) -> str:
     return _call(conn, queries.CRON_RESUME, {"name": name})
+
+
+def pause_queue(conn: Conn, name: str) -> str:
+    """anchor.pause_queue: no new executions of the queue start, on any worker ('paused' or 'unchanged');
+    QueueNotFound for a name no task, definition or setting uses (a typo would otherwise pause nothing)."""
+    return _queue_action(conn, queries.ADMIN_PAUSE_QUEUE, name)
+
+
+def resume_queue(conn: Conn, name: str) -> str:
+    """anchor.resume_queue: the queue's tasks start again at once ('resumed' or 'unchanged')."""
+    return _queue_action(conn, queries.ADMIN_RESUME_QUEUE, name)
+
+
+def _queue_action(conn: Conn, sql: str, name: str) -> str:
+    with conn.transaction():
+        known = [queue.name for queue in list_queues(conn)]
+        if name not in known:
+            raise QueueNotFound(name, known)
+        return str(_scalar(conn, sql, {"name": name}))
 
 
 def prune_count(conn: Conn, *, succeeded_after: timedelta | None, failed_after: timedelta | None) -> int:

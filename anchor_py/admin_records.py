@@ -11,6 +11,7 @@ __all__ = [
     "STATES",
     "CronSchedule",
     "PruneResult",
+    "QueueInfo",
     "QueueStats",
     "StateCount",
     "Stats",
@@ -156,6 +157,22 @@ class QueueStats:
     # age of the oldest pending task that is due (how long work has been waiting); None when none is due
     oldest_due_seconds: float | None
     running: int
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue as anchor.queues() reports it: paused or not, its limits (None: none), its live tasks."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    concurrency: int | None  # executions running at once, all workers together
+    rate_limit: int | None  # executions started in any window of rate_period
+    rate_period: timedelta | None
+    pending: int
+    held: int  # due pending tasks a limit governs: they start as its slots and rate windows allow (part of pending)
+    running: int
+    failing: int
 
 
 @dataclass(frozen=True)

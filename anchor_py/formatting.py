@@ -1,14 +1,16 @@
 """Human text for the operator surfaces: durations, ages, times, attempts, states, one-line cells, and the
 period strings ("7d", "1d12h", "30m") an operator types.
 
-The CLI (`anchor tasks|stats|workers|cron`) and the dashboard both render through these, so a task reads
+The CLI (`anchor tasks|stats|workers|cron|queues`) and the dashboard both render through these, so a task reads
 the same in a terminal and in a browser. Nothing here knows about terminals or HTML.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 
@@ -26,6 +28,7 @@ __all__ = [
     "one_line",
     "parse_period",
     "plural",
+    "snooze_text",
     "state_label",
 ]
 
@@ -73,6 +76,19 @@ def format_ago(value: datetime | None, now: datetime) -> str:
         return "-"
     seconds = (now - value).total_seconds()
     return f"{format_age(seconds)} ago" if seconds >= 0 else f"in {format_age(-seconds)}"
+
+
+def snooze_text(details: dict[str, Any] | None) -> str | None:
+    """How a ``snoozed`` event reads: 'for 30s, until 2026-03-01 14:05:39'; None without its delay."""
+    seconds = (details or {}).get("delay_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    text = f"for {format_age(seconds)}"
+    run_at = (details or {}).get("run_at")
+    if isinstance(run_at, str):
+        with contextlib.suppress(ValueError):
+            text += f", until {format_time(datetime.fromisoformat(run_at))}"
+    return text
 
 
 def format_attempts(attempts: int, max_attempts: int) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "FatalTaskError",
     "InvalidOverride",
     "RetryTaskWithoutErrorEvent",
+    "SnoozeTask",
     "TaskContext",
     "TaskOverride",
     "current_task",
@@ -31,6 +32,7 @@ __all__ = [
     "is_retry_without_event",
     "reset_current_task",
     "set_current_task",
+    "snooze_of",
     "with_delay",
     "with_priority",
     "with_queue",
@@ -57,6 +59,30 @@ class RetryTaskWithoutErrorEvent(Exception):
     The attempt is spent as with any failure; use it for expected, transient refusals
     such as rate limits.
     """
+
+
+class SnoozeTask(Exception):
+    """Raise from an executor to put the task back for ``delay`` without spending its attempt.
+
+    ``delay`` is a duration string (``"30s"``, ``"5m"``) or a positive ``timedelta``, at most 100000h. The
+    task goes back to ``pending`` and runs again ``delay`` from now (by the database clock); the attempt
+    is given back and a ``snoozed`` event records the delay. For waiting on something busy (a lock, a
+    resource, a partner's quota) that is not a failure. A bad ``delay`` raises ValueError right here, so
+    the attempt fails with that error. Raised from an onFailed hook it is that hook run's failure: a
+    failed task cannot be snoozed.
+    """
+
+    def __init__(self, delay: str | timedelta) -> None:
+        try:
+            self.delay = _duration(delay)
+        except InvalidDuration as error:
+            raise ValueError(f"SnoozeTask({delay!r}): {error.reason}") from None
+        super().__init__(f"snooze for {delay.strip() if isinstance(delay, str) else self.delay}")
+
+
+def snooze_of(exc: BaseException) -> SnoozeTask | None:
+    """The SnoozeTask that ``exc`` is or has in its ``__cause__`` chain, if any."""
+    return next((link for link in _cause_chain(exc) if isinstance(link, SnoozeTask)), None)
 
 
 def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -115,17 +141,32 @@ def _setting(description: str, **values: Any) -> TaskOverride:
     return TaskOverride(description, lambda arguments: arguments.update(values))
 
 
-def _positive_duration(override: str, value: object) -> timedelta:
+# The longest duration the SQL core accepts (anchor.parse_duration), for timedelta values too.
+_LONGEST = timedelta(hours=100_000)
+
+
+def _duration(value: object) -> timedelta:
+    """A positive duration from a string (``"30s"``) or a timedelta, at most 100000h; InvalidDuration saying why
+    not."""
     if isinstance(value, timedelta):
         if value <= timedelta(0):
-            raise InvalidOverride(override, value, "must be a positive duration")
+            raise InvalidDuration(value, "must be a positive duration")
+        if value > _LONGEST:
+            raise InvalidDuration(value, "is longer than 100000h")
         return value
     if isinstance(value, str):
         try:
             return parse_duration(value)
         except InvalidDuration as error:
-            raise InvalidOverride(override, value, f"{error.reason} (expected e.g. '30s', '5m', '1h30m')") from None
-    raise InvalidOverride(override, value, "must be a duration string such as '5m' or a timedelta")
+            raise InvalidDuration(value, f"{error.reason} (expected e.g. '30s', '5m', '1h30m')") from None
+    raise InvalidDuration(value, "must be a duration string such as '5m' or a timedelta")
+
+
+def _positive_duration(override: str, value: object) -> timedelta:
+    try:
+        return _duration(value)
+    except InvalidDuration as error:
+        raise InvalidOverride(override, value, error.reason) from None
 
 
 def _int32(override: str, value: object) -> int:

@@ -117,9 +117,15 @@ class TaskSpec:
 
 
 class TaskSet:
-    """All tasks of one task file, sorted by name: what a worker runs and registers."""
+    """All tasks of one task file, sorted by name: what a worker runs and registers.
 
-    def __init__(self, specs: Iterable[TaskSpec], version: int = 1) -> None:
+    ``queues`` are the file's ``queues:`` entries as registered (``{"name", "concurrency", "rate_limit"}``):
+    limits shared by every task on each queue, enforced by the SQL core.
+    """
+
+    def __init__(
+        self, specs: Iterable[TaskSpec], version: int = 1, queues: Iterable[dict[str, Any]] = ()
+    ) -> None:
         ordered = tuple(sorted(specs, key=lambda spec: spec.name))
         names = [spec.name for spec in ordered]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -127,9 +133,15 @@ class TaskSet:
             raise ValueError(f"task names must be unique, repeated: {', '.join(duplicates)}")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"version must be a positive integer, got {version!r}")
+        queue_list = tuple(sorted(queues, key=lambda queue: str(queue.get("name"))))
+        queue_names = [queue.get("name") for queue in queue_list]
+        repeated = sorted({str(name) for name in queue_names if queue_names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"queue names must be unique, repeated: {', '.join(repeated)}")
         self._specs = ordered
         self._by_name = {spec.name: spec for spec in ordered}
         self._version = version
+        self._queues = queue_list
 
     @property
     def specs(self) -> tuple[TaskSpec, ...]:
@@ -151,15 +163,28 @@ class TaskSet:
         except KeyError:
             raise KeyError(f"no task named {name!r}; known tasks: {', '.join(self._by_name)}") from None
 
+    @property
+    def queues(self) -> tuple[dict[str, Any], ...]:
+        """The file's ``queues:`` entries, sorted by name."""
+        return self._queues
+
     def definitions_json(self) -> str:
-        """The definitions for ``anchor.register_tasks`` as canonical JSON (sorted keys, compact)."""
-        definitions = [spec.definition for spec in self._specs]
-        return json.dumps(definitions, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The definitions for ``anchor.register_tasks_v2`` as canonical JSON (sorted keys, compact)."""
+        return _canonical([spec.definition for spec in self._specs])
+
+    def queues_json(self) -> str:
+        """The queue settings for ``anchor.register_tasks_v2`` as canonical JSON."""
+        return _canonical(list(self._queues))
+
+    def registration(self) -> dict[str, Any]:
+        """The arguments of ``queries.REGISTER_TASKS``: definitions, queue settings and version."""
+        return {"definitions": self.definitions_json(), "queues": self.queues_json(), "version": self._version}
 
     @property
     def content_hash(self) -> str:
-        """sha256 (hex) of ``definitions_json()``: equal hashes, equal definitions."""
-        return hashlib.sha256(self.definitions_json().encode("utf-8")).hexdigest()
+        """sha256 (hex) of the definitions and queue settings: equal hashes, equal registrations."""
+        text = self.definitions_json() + "\n" + self.queues_json()
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def __iter__(self) -> Iterator[TaskSpec]:
         return iter(self._specs)
@@ -172,3 +197,7 @@ class TaskSet:
 
     def __repr__(self) -> str:
         return f"TaskSet(version={self._version}, tasks=[{', '.join(self._by_name)}])"
+
+
+def _canonical(data: object) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -1,6 +1,7 @@
 """One benchmark worker process: the real anchor_py Worker running the Noop executor.
 
-    python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] [--metrics] --out result.json
+    python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] [--metrics] [--soak | --flow]
+        --out result.json
 
 Runs until SIGTERM, or until it has executed N tasks; then writes what it measured (executions,
 the wall-clock time of the N-th execution, enqueue -> start latencies, peak RSS) as JSON to --out.
@@ -27,6 +28,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         from benchmarks.soak import SOAK_TASKS, SoakExecutor
 
         tasks, executor = SOAK_TASKS, SoakExecutor()
+    elif args.flow:
+        from benchmarks.flow import FLOW_TASKS
+
+        tasks = FLOW_TASKS
     config = WorkerConfig(concurrency=args.concurrency, poll_interval=timedelta(seconds=args.poll_interval))
     metrics = None
     if args.metrics:
@@ -63,6 +68,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", action="store_true", help="record Prometheus metrics (as --metrics-port does)")
     parser.add_argument("--soak", action="store_true", help="run the soak task set (Noop + a cron task)")
+    parser.add_argument("--flow", action="store_true", help="run the flow task set (Noop + a per-key limited twin)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(run(args))

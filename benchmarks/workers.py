@@ -38,7 +38,8 @@ class WorkerProcess:
 
 
 def start_workers(
-    dsn: str, count: int, *, concurrency: int = 100, stop_after: int = 0, soak: bool = False, metrics: bool = False
+    dsn: str, count: int, *, concurrency: int = 100, stop_after: int = 0, soak: bool = False, metrics: bool = False,
+    flow: bool = False,
 ) -> list[WorkerProcess]:
     """Starts `count` worker processes and returns once all have registered (heartbeat row present)."""
     procs = []
@@ -46,7 +47,7 @@ def start_workers(
         out = Path(tempfile.mkstemp(prefix="anchor-bench-", suffix=".json")[1])
         command = [sys.executable, "-m", "benchmarks.workerproc", dsn, "--concurrency", str(concurrency),
                    "--stop-after", str(stop_after), "--out", str(out), *(["--soak"] if soak else []),
-                   *(["--metrics"] if metrics else [])]
+                   *(["--metrics"] if metrics else []), *(["--flow"] if flow else [])]
         procs.append(WorkerProcess(subprocess.Popen(command, cwd=REPO), out))
     with psycopg.connect(dsn, autocommit=True) as conn:
         def registered() -> bool:
@@ -81,12 +82,13 @@ DRAIN_LIMIT_S = 90.0
 
 
 def drain_with_workers(
-    dsn: str, n: int, processes: int, concurrency: int = 100, metrics: bool = False
+    dsn: str, n: int, processes: int, concurrency: int = 100, metrics: bool = False, flow: bool = False
 ) -> dict[str, Any]:
-    """n pending Noop tasks are in the table (vacuumed, analysed); start the workers and time until all succeeded."""
+    """n pending Noop tasks are in the table (vacuumed, analysed); start the workers and time until all succeeded.
+    ``flow``: the workers run benchmarks.flow's task set (Noop and its per-key limited twin)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         since = conn.execute("select now()").fetchone()[0]  # type: ignore[index]
-        procs = start_workers(dsn, processes, concurrency=concurrency, metrics=metrics)
+        procs = start_workers(dsn, processes, concurrency=concurrency, metrics=metrics, flow=flow)
         try:
             finished = wait_until(lambda: nothing_left(conn), DRAIN_LIMIT_S, 0.1)
         finally:

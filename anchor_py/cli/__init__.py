@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "anchor_py.cli.enqueue",
     "anchor_py.cli.worker",
     "anchor_py.cli.cron",
+    "anchor_py.cli.queues",
     "anchor_py.cli.tasks",
     "anchor_py.cli.stats",
     "anchor_py.cli.dashboard",

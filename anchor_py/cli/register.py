@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "register",
         help="store the generated task definitions (so apps can enqueue before any worker runs)",
-        description="Register TASKS from the generated module with anchor.register_tasks. A version older "
+        description="Register TASKS from the generated module, and its queue settings, with "
+        "anchor.register_tasks_v2. A version older "
         "than the stored one is ignored, so an old deploy cannot roll the definitions back.",
     )
     add_taskgen_option(parser)
@@ -56,9 +57,7 @@ def add_taskgen_option(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tasks = load_task_set(args.taskgen)
     with psycopg.connect(dsn_from(args), autocommit=True) as conn:
-        row = conn.execute(
-            queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version}
-        ).fetchone()
+        row = conn.execute(queries.REGISTER_TASKS, tasks.registration()).fetchone()
     outcome = row[0] if row else None
     print(f"anchor: {plural(len(tasks), 'task definition')}, version {tasks.version}: {outcome}")
     return 0

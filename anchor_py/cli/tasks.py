@@ -31,7 +31,15 @@ from anchor_py.cli.common import (
     split_values,
 )
 from anchor_py.cli.output import Column, Progress, pipe_safe, print_json, print_table
-from anchor_py.formatting import database_message, format_ago, format_attempts, format_duration, format_time, plural
+from anchor_py.formatting import (
+    database_message,
+    format_ago,
+    format_attempts,
+    format_duration,
+    format_time,
+    plural,
+    snooze_text,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -229,6 +237,9 @@ def run_show(args: argparse.Namespace) -> int:
                 head += f"  on {event.worker_id}"
             if event.details and event.details.get("outcome"):
                 head += f"  -> {event.details['outcome']}"
+            snoozed = snooze_text(event.details) if event.kind == "snoozed" else None
+            if snoozed:
+                head += f"  {snoozed} (attempt given back)"
             lines.append(head)
             if event.error_type or event.message:
                 error = f"{event.error_type}: {event.message}" if event.error_type else str(event.message)

@@ -113,8 +113,7 @@ class AnchorFastAPI(Generic[RunnerT]):
             self._pool = pool
             if self.register_tasks:
                 async with pool.connection() as conn:
-                    await conn.execute(queries.REGISTER_TASKS, {
-                        "definitions": self.task_set.definitions_json(), "version": self.task_set.version})
+                    await conn.execute(queries.REGISTER_TASKS, self.task_set.registration())
             running: asyncio.Task[None] | None = None
             if self.executor is not None:
                 self.worker = Worker(self.dsn, self.executor, self.task_set, self.worker_config)

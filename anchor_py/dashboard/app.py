@@ -4,10 +4,11 @@
     app = create_app("postgresql://...", token="s3cret")        # serve it alone (anchor dashboard), or
     your_starlette_app.mount("/anchor", create_app(pool))        # mount it inside your own app
 
-Pages: overview, task list, task detail (event timeline, tracebacks), cron schedules, pruning, and the
-Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a random per-session value in
-a cookie, echoed in a hidden form field, compared server-side) and go through the SQL core's functions
-(anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.cron_pause, anchor.cron_resume, anchor.prune).
+Pages: overview, task list, task detail (event timeline, tracebacks), queues (limits, pause and resume), cron
+schedules, pruning, and the Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a
+random per-session value in a cookie, echoed in a hidden form field, compared server-side) and go through the
+SQL core's functions (anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.pause_queue,
+anchor.resume_queue, anchor.cron_pause, anchor.cron_resume, anchor.prune).
 Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
 auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
@@ -231,6 +232,30 @@ def create_app(
 
         return endpoint
 
+    async def queues_page(request: Request) -> Response:
+        queues: list[admin.QueueInfo] = await read(admin.list_queues)
+        now = await read(admin.db_now)
+        return render(request, "queues.html", {"page": "queues", "queues": queues, "now": now})
+
+    def queue_action(fn: Callable[[Any, str], str]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            form = await checked_form(request)
+            if isinstance(form, Response):
+                return form
+            # in the form, not the path: a queue name may hold any character, slashes included
+            name = form.get("queue", "")
+            try:
+                outcome = await read(fn, name)
+            except admin.QueueNotFound as exc:
+                return back(request, "/queues", err=str(exc))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                return back(request, "/queues", err=database_message(exc))
+            return back(request, "/queues", msg=f"queue {name}: {outcome}")
+
+        return endpoint
+
     async def cron_page(request: Request) -> Response:
         try:
             schedules: list[admin.CronSchedule] = await read(admin.list_cron)
@@ -302,6 +327,9 @@ def create_app(
         Route("/tasks/{task_id}/retry", action(admin.retry_task, "retried"), methods=["POST"]),
         Route("/tasks/{task_id}/retry-hook", action(admin.retry_hook, "hook retried"), methods=["POST"]),
         Route("/tasks/{task_id}/cancel", action(admin.cancel_task, "cancelled"), methods=["POST"]),
+        Route("/queues", queues_page, name="queues"),
+        Route("/queues/pause", queue_action(admin.pause_queue), methods=["POST"]),
+        Route("/queues/resume", queue_action(admin.resume_queue), methods=["POST"]),
         Route("/cron", cron_page, name="cron"),
         Route("/cron/{name}/pause", cron_action(admin.pause_cron), methods=["POST"]),
         Route("/cron/{name}/resume", cron_action(admin.resume_cron), methods=["POST"]),

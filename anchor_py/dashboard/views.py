@@ -16,6 +16,7 @@ from anchor_py.formatting import (
     format_attempts,
     format_duration,
     format_time,
+    snooze_text,
     state_label,
 )
 
@@ -36,6 +37,7 @@ def page_templates() -> Jinja2Templates:
     env.filters["duration"] = format_duration
     env.filters["state_class"] = state_class
     env.filters["state_label"] = state_label
+    env.filters["snooze"] = snooze_text
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
     env.globals["attempts"] = format_attempts
     env.globals["STATES"] = admin.STATES

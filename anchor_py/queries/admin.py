@@ -186,3 +186,24 @@ SELECT
             AND t.finished_at < now() - %(failed_after)s::interval
     ) AS n
 """
+
+# Every known queue (with settings, an active definition's, or holding live tasks): paused, limits, counts.
+ADMIN_QUEUE_LIST = """
+SELECT
+    q.name,
+    q.paused,
+    q.paused_at,
+    q.concurrency,
+    q.rate_limit,
+    q.rate_period,
+    q.pending,
+    q.held,
+    q.running,
+    q.failing
+FROM anchor.queues() AS q
+ORDER BY q.name
+"""
+
+# Pausing stops new executions of the queue on every worker at once; running ones finish, hooks still run.
+ADMIN_PAUSE_QUEUE = "SELECT anchor.pause_queue(queue => %(name)s::text) AS outcome"
+ADMIN_RESUME_QUEUE = "SELECT anchor.resume_queue(queue => %(name)s::text) AS outcome"

@@ -1,7 +1,12 @@
 """The worker's statements: registration, heartbeat, the claim and every call that finishes a claim."""
 
-# Registers the generated definitions; an older version than the stored one is ignored.
-REGISTER_TASKS = "SELECT anchor.register_tasks(definitions => %(definitions)s::jsonb, version => %(version)s::bigint)"
+# Registers the generated definitions and the task file's queue settings (TaskSet.registration()); an older
+# version than the stored one is ignored. Queue pauses are not settings: registering keeps them.
+REGISTER_TASKS = """
+SELECT anchor.register_tasks_v2(
+    definitions => %(definitions)s::jsonb, queues => %(queues)s::jsonb, version => %(version)s::bigint
+)
+"""
 
 # Registers or refreshes the worker; returns ids of its running tasks whose cancel was requested.
 # Refreshes the worker, hands back what it no longer holds (a claim whose reply was lost), and returns the
@@ -69,6 +74,14 @@ SELECT anchor.fail_v2(
 )
 """
 
+# The executor raised SnoozeTask: pending again at now + delay, the attempt given back; fenced like COMPLETE.
+# Returns snoozed, stale, or cancelled (a cancel was requested while it ran).
+SNOOZE = """
+SELECT anchor.snooze(
+    id => %(id)s::bigint, fence => %(fence)s::bigint, worker_id => %(worker_id)s::text, delay => %(delay)s::interval
+)
+"""
+
 # Run inside the hook's transaction: failing -> failed, committed together with the hook's writes.
 FINISH_FAILURE = """
 SELECT anchor.finish_failure_v2(
@@ -117,13 +130,22 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend(%(pid)s::int)"
 LISTEN_TASKS = "LISTEN anchor_tasks"
 LISTEN_CANCEL = "LISTEN anchor_cancel"
 
-# Whether any work is due now for these task names (Worker.run_until_empty).
+# Whether any work is due now for these task names (Worker.run_until_empty). Tasks held back by a limit count
+# (they start when a slot or a rate window frees); those of a paused queue do not (nothing starts them until an
+# operator resumes it), but a paused queue's hooks still run.
 DUE_COUNT = """
-SELECT count(*) FROM anchor.tasks
+SELECT count(*) FROM anchor.tasks AS t
 WHERE
-    name = any(%(task_names)s::text[])
-    AND run_at <= now()
-    AND (state = 'pending' OR (state = 'failing' AND locked_by IS NULL))
+    t.name = any(%(task_names)s::text[])
+    AND t.run_at <= now()
+    AND (t.state = 'pending' OR (t.state = 'failing' AND t.locked_by IS NULL))
+    AND NOT (
+        t.state = 'pending'
+        AND EXISTS (
+            SELECT FROM anchor.queue_settings AS q
+            WHERE q.name = t.queue AND q.paused
+        )
+    )
 """
 
 # The results of a completion batch, sent ahead of COMPLETE in its transaction (only when some task of the

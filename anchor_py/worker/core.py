@@ -238,10 +238,7 @@ class Worker:
 
     async def _register_tasks(self) -> None:
         async with self._pool.connection() as conn:
-            row = await fetch_one(
-                conn, queries.REGISTER_TASKS,
-                {"definitions": self.tasks.definitions_json(), "version": self.tasks.version},
-            )
+            row = await fetch_one(conn, queries.REGISTER_TASKS, self.tasks.registration())
         log.info("task definitions (version %s): %s", self.tasks.version, row[0] if row else None)
 
     async def _start_services(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:

@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from anchor_py import queries
 from anchor_py.db import retrying
-from anchor_py.taskcore import is_fatal, is_retry_without_event
+from anchor_py.taskcore import is_fatal, is_retry_without_event, snooze_of
 from anchor_py.taskspec import TaskSpec
 from anchor_py.tracing import WorkerSpans
 from anchor_py.worker.completions import CompletionBuffer
@@ -103,6 +103,10 @@ class Executions:
         except USER_CODE_ERRORS as exc:
             if self._progress.pending:
                 await self._progress.finish(job)
+            snooze = snooze_of(exc)
+            if snooze is not None:
+                await self._snooze(job, snooze.delay)
+                return
             await self._report_failure(
                 job, error_details(exc), fatal=is_fatal(exc), record_event=not is_retry_without_event(exc),
                 params=params,
@@ -168,6 +172,48 @@ class Executions:
             log.info("task %s %s attempt %s handed back at shutdown -> %s", job.id, job.name, job.attempt, outcome,
                      extra=job.log_fields(self._worker_id, f"handed_back_{outcome}"))
 
+    async def _snooze(self, job: Job, delay: timedelta) -> None:
+        """The executor raised SnoozeTask: back to pending for ``delay``, the attempt given back (fenced)."""
+        arguments = {"id": job.id, "fence": job.fence, "worker_id": self._worker_id, "delay": delay}
+        outcome = await self._record(job, "snooze", queries.SNOOZE, arguments,
+                                     {"error_type": "anchor_py.SnoozeTask", "error_message": f"snooze for {delay}"})
+        if outcome is None:
+            return
+        if job.span is not None:
+            job.span.end(outcome)
+            job.span = None
+        if self._metrics is not None:
+            self._metrics.record_execution(job.name, outcome, time.monotonic() - job.started)
+        if outcome == "stale":
+            log.warning("task %s snoozed, but it had moved on (rescued or cancelled): stale", job.id,
+                        extra=job.log_fields(self._worker_id, "stale"))
+        else:
+            log.info("task %s %s attempt %s -> %s for %s (the attempt is given back)", job.id, job.name, job.attempt,
+                     outcome, delay, extra=job.log_fields(self._worker_id, outcome))
+        self._inflight.release(job)
+        if outcome == "snoozed":
+            self._inflight.claim_soon()  # its wake row sets the timer for the new run_at
+
+    async def _record(self, job: Job, what: str, query: str, arguments: dict[str, Any],
+                      details: dict[str, Any]) -> str | None:
+        """How the SQL core recorded the end of this execution (``query``); None when it refused to, after
+        freeing the slot: the heartbeat then stops holding the task, which goes back to the queue."""
+        try:
+            return str(await retrying(f"report a {what}", self._pool.fetch_value, query, arguments))
+        except asyncio.CancelledError:
+            self._inflight.release(job)
+            raise
+        except psycopg.Error as exc:
+            log.error("task %s %s attempt %s: could not record its %s (%s): %s", job.id, job.name, job.attempt,
+                      what, details["error_type"], one_line(exc),
+                      extra=job.log_fields(self._worker_id, "unrecorded", error=one_line(exc)))
+            self._inflight.release(job)
+            if job.span is not None:
+                job.span.record_failure(details)
+                job.span.end("unrecorded")
+                job.span = None
+            return None
+
     async def _report_failure(
         self,
         job: Job,
@@ -186,29 +232,15 @@ class Executions:
             "hook_timeout": self._hook_timeout,
             **details,
         }
-        try:
-            outcome = await retrying("report a failure", self._pool.fetch_value, queries.FAIL, arguments)
-        except asyncio.CancelledError:
-            self._inflight.release(job)
-            raise
-        except psycopg.Error as exc:
-            # the SQL core refused to record it: free the slot and stop holding the task, so the heartbeat
-            # lets it go back to the queue (and the worker goes on with other work)
-            log.error("task %s %s attempt %s: could not record its failure (%s): %s", job.id, job.name, job.attempt,
-                      details["error_type"], one_line(exc),
-                      extra=job.log_fields(self._worker_id, "unrecorded", error=one_line(exc)))
-            self._inflight.release(job)
-            if job.span is not None:
-                job.span.record_failure(details)
-                job.span.end("unrecorded")
-                job.span = None
+        outcome = await self._record(job, "failure", queries.FAIL, arguments, details)
+        if outcome is None:
             return
         if job.span is not None:
             job.span.record_failure(details)
-            job.span.end(str(outcome))
+            job.span.end(outcome)
             job.span = None  # the hook, if any, has a span of its own
         if self._metrics is not None:
-            self._metrics.record_execution(job.name, str(outcome), time.monotonic() - job.started)
+            self._metrics.record_execution(job.name, outcome, time.monotonic() - job.started)
         level = logging.INFO if outcome == "retry" else logging.WARNING
         log.log(
             level, "task %s %s attempt %s failed in %.3fs -> %s: %s%s",

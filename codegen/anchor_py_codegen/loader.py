@@ -10,14 +10,15 @@ from croniter import croniter
 
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
 from anchor_py.taskspec import INT32_MAX, INT32_MIN
+from anchor_py_codegen.flow import FlowChecker, queue_name_problem
 from anchor_py_codegen.naming import TASK_NAME, did_you_mean, pascal_case, snake_case
 from anchor_py_codegen.problems import KeyPath, Problem, TaskFileError, quote
-from anchor_py_codegen.report import Reporter, show
+from anchor_py_codegen.report import Reporter, check_keys, is_int, show
 from anchor_py_codegen.schema import check_schema, value_violations
 from anchor_py_codegen.spec import Cronjob, ParamSchema, RetryPolicy, TaskDecl, TaskFile
 from anchor_py_codegen.yamlsource import SourceDocument
 
-FILE_KEYS = ("version", "tasks")
+FILE_KEYS = ("version", "queues", "tasks")
 TASK_KEYS = (
     "name",
     "description",
@@ -29,8 +30,10 @@ TASK_KEYS = (
     "timeout",
     "queue",
     "priority",
+    "concurrency",
+    "rateLimit",
 )
-RETRY_POLICY_KEYS = ("interval", "maxAttempts")
+RETRY_POLICY_KEYS = ("interval", "maxAttempts", "jitter")
 CRONJOB_KEYS = ("cronExpression", "parameters", "timezone", "catchUp", "overlap")
 EVENTS = ("onFailed",)
 OVERLAP_POLICIES = ("skip", "allow")
@@ -50,29 +53,18 @@ def load_task_file(document: SourceDocument, source_name: str) -> tuple[TaskFile
     return task_file, reporter.warnings
 
 
-def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], path: KeyPath, reporter: Reporter) -> None:
-    for key in data:
-        if key not in allowed:
-            reporter.error(
-                path + (key,), f"unknown key{did_you_mean(key, allowed)}; expected one of {', '.join(allowed)}"
-            )
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class _TaskFileChecker:
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
+        self.flow = FlowChecker(reporter)
 
     def check(self, data: object, source_name: str) -> TaskFile | None:
         if not isinstance(data, dict):
             self.reporter.error((), f"the task file must be a mapping with a tasks: list, not {show(data)}")
             return None
-        _check_keys(data, FILE_KEYS, (), self.reporter)
+        check_keys(data, FILE_KEYS, (), self.reporter)
         version = data.get("version", 1)
-        if not _int(version) or version < 1:
+        if not is_int(version) or version < 1:
             self.reporter.error(("version",), f"{show(version)} is not a positive integer")
         tasks = data.get("tasks")
         if "tasks" not in data:
@@ -82,12 +74,14 @@ class _TaskFileChecker:
             self.reporter.error(("tasks",), "tasks must be a non-empty list of task definitions")
             return None
         self._record_names(tasks)
+        queues = self.flow.queues(data["queues"]) if "queues" in data else ()
         checked = [self._task(task, ("tasks", index)) for index, task in enumerate(tasks)]
         self._check_distinct_names()
-        if self.reporter.errors:
+        if self.reporter.errors or queues is None:
             return None
         declared = sorted((task for task in checked if task is not None), key=lambda task: task.name)
-        return TaskFile(source_name=source_name, version=version, tasks=tuple(declared))
+        self.flow.warn_unused_queues(queues, declared)
+        return TaskFile(source_name=source_name, version=version, tasks=tuple(declared), queues=queues)
 
     def _record_names(self, tasks: list[object]) -> None:
         for index, task in enumerate(tasks):
@@ -119,7 +113,7 @@ class _TaskFileChecker:
             self.reporter.error(path, f"a task must be a mapping with at least a name, not {show(data)}")
             return None
         errors_before = len(self.reporter.errors)
-        _check_keys(data, TASK_KEYS, path, self.reporter)
+        check_keys(data, TASK_KEYS, path, self.reporter)
         name = data.get("name")
         if "name" not in data:
             self.reporter.error(path, "name is required")
@@ -145,10 +139,19 @@ class _TaskFileChecker:
         timeout = data.get("timeout", DEFAULT_TIMEOUT)
         self._duration(timeout, path + ("timeout",))
         queue = data.get("queue", DEFAULT_QUEUE)
-        if not isinstance(queue, str) or not queue or queue != queue.strip():
-            self.reporter.error(path + ("queue",), f"{show(queue)} is not a queue name (a non-empty string)")
+        queue_problem = queue_name_problem(queue)
+        if queue_problem is not None:
+            self.reporter.error(path + ("queue",), queue_problem)
+        concurrency = (
+            self.flow.concurrency(data["concurrency"], parameters, path + ("concurrency",))
+            if "concurrency" in data else None
+        )
+        rate_limit = (
+            self.flow.rate_limit(data["rateLimit"], parameters, path + ("rateLimit",)) if "rateLimit" in data else None
+        )
+        self.flow.check_one_key(concurrency, rate_limit, path)
         priority = data.get("priority", 0)
-        if not _int(priority) or not INT32_MIN <= priority <= INT32_MAX:
+        if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
             self.reporter.error(path + ("priority",), f"{show(priority)} is not an integer (lower runs first)")
         if len(self.reporter.errors) > errors_before or parameters is None or not isinstance(name, str):
             return None
@@ -171,6 +174,8 @@ class _TaskFileChecker:
             timeout=timeout.strip(),
             queue=queue,
             priority=priority,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
         )
 
     def _result(self, data: dict[str, Any], path: KeyPath) -> ParamSchema | None:
@@ -196,7 +201,7 @@ class _TaskFileChecker:
         if not isinstance(data, dict):
             self.reporter.error(path, "retryPolicy must be a mapping with interval and maxAttempts")
             return None
-        _check_keys(data, RETRY_POLICY_KEYS, path, self.reporter)
+        check_keys(data, RETRY_POLICY_KEYS, path, self.reporter)
         interval = data.get("interval")
         intervals = None
         if "interval" not in data:
@@ -209,16 +214,17 @@ class _TaskFileChecker:
             except InvalidDuration as error:
                 reason = "is not a duration" if error.reason == "is not a duration" else error.reason
                 self.reporter.error(path + ("interval",), f"{show(interval)} {reason}")
+        jitter = self.flow.jitter(data["jitter"], path + ("jitter",)) if "jitter" in data else 0.0
         max_attempts = data.get("maxAttempts", -1)
-        if not _int(max_attempts) or not (max_attempts == -1 or 1 <= max_attempts <= INT32_MAX):
+        if not is_int(max_attempts) or not (max_attempts == -1 or 1 <= max_attempts <= INT32_MAX):
             self.reporter.error(
                 path + ("maxAttempts",), f"{show(max_attempts)} must be -1 (unlimited) or a positive number of attempts"
             )
             return None
-        if intervals is None or not isinstance(interval, str):
+        if intervals is None or not isinstance(interval, str) or jitter is None:
             return None
         normalized = ",".join(part.strip() for part in interval.split(","))
-        return RetryPolicy(interval=normalized, intervals=tuple(intervals), max_attempts=max_attempts)
+        return RetryPolicy(interval=normalized, intervals=tuple(intervals), max_attempts=max_attempts, jitter=jitter)
 
     def _events(self, data: object, path: KeyPath) -> bool:
         if not isinstance(data, list):
@@ -239,7 +245,7 @@ class _TaskFileChecker:
             self.reporter.error(path, "cronjob must be a mapping with a cronExpression")
             return None
         errors_before = len(self.reporter.errors)
-        _check_keys(data, CRONJOB_KEYS, path, self.reporter)
+        check_keys(data, CRONJOB_KEYS, path, self.reporter)
         expression = data.get("cronExpression")
         if "cronExpression" not in data:
             self.reporter.error(path, "cronExpression is required in a cronjob")
@@ -256,7 +262,7 @@ class _TaskFileChecker:
         if not _is_time_zone(time_zone):
             self.reporter.error(path + ("timezone",), f"{show(time_zone)} is not a time zone name (e.g. Europe/Paris)")
         catch_up = data.get("catchUp", 0)
-        if not _int(catch_up) or not 0 <= catch_up <= INT32_MAX:
+        if not is_int(catch_up) or not 0 <= catch_up <= INT32_MAX:
             self.reporter.error(
                 path + ("catchUp",), f"{show(catch_up)} must be an integer >= 0 (missed runs to catch up)"
             )

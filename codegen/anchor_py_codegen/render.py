@@ -13,7 +13,7 @@ import jinja2
 
 from anchor_py_codegen.pysource import INDENT, docstring, fit, literal, string_literal
 from anchor_py_codegen.report import Reporter
-from anchor_py_codegen.spec import TaskDecl, TaskFile
+from anchor_py_codegen.spec import QueueDecl, RateLimit, TaskDecl, TaskFile
 from anchor_py_codegen.typemap import ModelClass, TypeMapper, TypeNames
 
 _ENVIRONMENT = jinja2.Environment(
@@ -81,6 +81,9 @@ def render_module(task_file: TaskFile, reporter: Reporter) -> str:
         dispatch_async=_join(_dispatcher("async def dispatch_failure_hook(", "ExecutorInterface", _ASYNC_TX)),
         dispatch_sync=_join(_dispatcher("def dispatch_failure_hook_sync(", "SyncExecutorInterface", _SYNC_TX)),
         version=task_file.version,
+        queues=_join(literal([queue_definition(queue) for queue in task_file.queues], INDENT, "queues=", ","))
+        if task_file.queues
+        else None,
     )
 
 
@@ -286,9 +289,10 @@ def _spec(task: TaskDecl) -> list[str]:
 
 
 def definition(task: TaskDecl) -> dict[str, object]:
-    """The task's entry for ``anchor.register_tasks`` (keys as in docs/sql-api.md)."""
+    """The task's entry for ``anchor.register_tasks_v2`` (keys as in docs/sql-api.md). The flow-control keys
+    are there only when the task sets them, so a task without them registers exactly as before."""
     cron = task.cronjob
-    return {
+    entry: dict[str, object] = {
         "name": task.name,
         "description": task.description,
         "parameters": task.parameters_json,
@@ -308,3 +312,27 @@ def definition(task: TaskDecl) -> dict[str, object]:
             "overlap": cron.overlap,
         },
     }
+    if task.retry_policy is not None and task.retry_policy.jitter:
+        entry["retry_jitter"] = task.retry_policy.jitter
+    if task.concurrency is not None:
+        entry["concurrency"] = _without_none({"limit": task.concurrency.limit, "key": task.concurrency.key})
+    if task.rate_limit is not None:
+        entry["rate_limit"] = _rate_limit(task.rate_limit)
+    return entry
+
+
+def queue_definition(queue: QueueDecl) -> dict[str, object]:
+    """A ``queues:`` entry for ``anchor.register_tasks_v2``: its name and the limits it sets."""
+    return _without_none({
+        "name": queue.name,
+        "concurrency": queue.concurrency,
+        "rate_limit": None if queue.rate_limit is None else _rate_limit(queue.rate_limit),
+    })
+
+
+def _rate_limit(rate_limit: RateLimit) -> dict[str, object]:
+    return _without_none({"limit": rate_limit.limit, "period": rate_limit.period, "key": rate_limit.key})
+
+
+def _without_none(entry: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in entry.items() if value is not None}

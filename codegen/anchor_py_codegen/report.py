@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any, TypeGuard
 
+from anchor_py_codegen.naming import did_you_mean
 from anchor_py_codegen.problems import KeyPath, Problem, escape, format_path
 from anchor_py_codegen.yamlsource import SourceDocument
 
@@ -37,3 +39,17 @@ class Reporter:
             format_path(path, self.task_names),
             message,
         )
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """An integer as YAML writes one (``true`` is a bool, not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_keys(data: dict[str, Any], allowed: tuple[str, ...], path: KeyPath, reporter: Reporter) -> None:
+    """Report each key of ``data`` that is not one of ``allowed``."""
+    for key in data:
+        if key not in allowed:
+            reporter.error(
+                path + (key,), f"unknown key{did_you_mean(key, allowed)}; expected one of {', '.join(allowed)}"
+            )

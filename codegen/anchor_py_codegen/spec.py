@@ -40,6 +40,31 @@ class RetryPolicy(_Frozen):
     interval: str
     intervals: tuple[timedelta, ...]
     max_attempts: int
+    jitter: float = 0.0  # each wait is interval x (1 +/- up to jitter); 0: exact waits
+
+
+class ConcurrencyLimit(_Frozen):
+    """At most ``limit`` executions running at once, per value of parameter ``key`` when it is set."""
+
+    limit: int
+    key: str | None = None
+
+
+class RateLimit(_Frozen):
+    """At most ``limit`` executions started in any window of ``period``, per value of ``key`` when set."""
+
+    limit: int
+    period: str  # as written (trimmed), a duration of at least 1s
+    key: str | None = None
+
+
+class QueueDecl(_Frozen):
+    """One entry of the top-level ``queues:``: limits shared by every task on that queue."""
+
+    index: int  # position in the file's queues: list, for messages
+    name: str
+    concurrency: int | None
+    rate_limit: RateLimit | None
 
 
 class Cronjob(_Frozen):
@@ -67,9 +92,12 @@ class TaskDecl(_Frozen):
     timeout: str
     queue: str
     priority: int
+    concurrency: ConcurrencyLimit | None = None
+    rate_limit: RateLimit | None = None
 
 
 class TaskFile(_Frozen):
     source_name: str
     version: int
     tasks: tuple[TaskDecl, ...]
+    queues: tuple[QueueDecl, ...] = ()

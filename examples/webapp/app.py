@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from anchor_py import queries
 from anchor_py.database import resolve_dsn
 from anchor_py.migrate import install
 from anchor_py.runner import AutocommitConnectionError
@@ -211,10 +212,7 @@ def create_app(dsn: str | None = None, *, worker_config: WorkerConfig | None = N
             await conn.execute(SCHEMA)
             # the definitions before the first request: a handler's enqueue must not race the worker's
             # own registration (in production `anchor register` runs in the deploy, before the app starts)
-            await conn.execute(
-                "select anchor.register_tasks(%s::jsonb, %s)",
-                (taskgen.TASKS.definitions_json(), taskgen.TASKS.version),
-            )
+            await conn.execute(queries.REGISTER_TASKS, taskgen.TASKS.registration())
         app.state.dsn = target
         async with AsyncConnectionPool(target, kwargs={"autocommit": True}, open=False) as pool:
             await pool.open()

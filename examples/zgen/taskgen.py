@@ -27,6 +27,16 @@ from anchor_py.taskspec import (
 from anchor_py.waiting import WaitTimeout
 
 
+class CallPartnerApiParameters(pydantic.BaseModel):
+    """Parameters of CallPartnerApi: 调用合作方 API（每次最多 5 个，每分钟 100 次）"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    endpoint: str
+
+
 class DailyCleanupParameters(pydantic.BaseModel):
     """Parameters of DailyCleanup: 运行每日清理任务"""
 
@@ -61,6 +71,17 @@ class GenerateReportResult(pydantic.BaseModel):
     total_bytes: int | None = pydantic.Field(
         default=None, alias="totalBytes", ge=INT64_MIN, le=INT64_MAX
     )
+
+
+class ImportTenantDataParameters(pydantic.BaseModel):
+    """Parameters of ImportTenantData: 导入租户数据（每个租户同时最多 2 个）"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    tenant_id: str = pydantic.Field(alias="tenantId")
+    file: str
 
 
 class LongRunningTaskParameters(pydantic.BaseModel):
@@ -129,6 +150,16 @@ class SendNotificationParameters(pydantic.BaseModel):
     priority: SendNotificationPriority | None = None
 
 
+class SyncAccountParameters(pydantic.BaseModel):
+    """Parameters of SyncAccount: 同步一个账户（每个账户同时只运行一个）"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    account_id: int = pydantic.Field(alias="accountId", ge=INT64_MIN, le=INT64_MAX)
+
+
 class TaskNameParameters(pydantic.BaseModel):
     """Parameters of TaskName: 任务描述"""
 
@@ -155,6 +186,11 @@ class DeleteOpaqueKeyParameters(pydantic.BaseModel):
 class ExecutorInterface(Protocol):
     """Runs the tasks (async methods); give an implementation to anchor_py.Worker."""
 
+    async def execute_call_partner_api(
+        self, ctx: TaskContext, params: CallPartnerApiParameters
+    ) -> None:
+        """调用合作方 API（每次最多 5 个，每分钟 100 次）"""
+
     async def execute_daily_cleanup(
         self, ctx: TaskContext, params: DailyCleanupParameters
     ) -> None:
@@ -164,6 +200,11 @@ class ExecutorInterface(Protocol):
         self, ctx: TaskContext, params: GenerateReportParameters
     ) -> GenerateReportResult | dict[str, Any]:
         """生成报告并返回摘要（汇报进度）"""
+
+    async def execute_import_tenant_data(
+        self, ctx: TaskContext, params: ImportTenantDataParameters
+    ) -> None:
+        """导入租户数据（每个租户同时最多 2 个）"""
 
     async def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
@@ -231,6 +272,11 @@ class ExecutorInterface(Protocol):
         it failed (tx may execute statements; it must not commit or roll back).
         """
 
+    async def execute_sync_account(
+        self, ctx: TaskContext, params: SyncAccountParameters
+    ) -> None:
+        """同步一个账户（每个账户同时只运行一个）"""
+
     async def execute_task_name(
         self, ctx: TaskContext, params: TaskNameParameters
     ) -> None:
@@ -269,6 +315,11 @@ class ExecutorInterface(Protocol):
 class SyncExecutorInterface(Protocol):
     """Runs the tasks with plain methods, which the worker calls in its thread pool."""
 
+    def execute_call_partner_api(
+        self, ctx: TaskContext, params: CallPartnerApiParameters
+    ) -> None:
+        """调用合作方 API（每次最多 5 个，每分钟 100 次）"""
+
     def execute_daily_cleanup(
         self, ctx: TaskContext, params: DailyCleanupParameters
     ) -> None:
@@ -278,6 +329,11 @@ class SyncExecutorInterface(Protocol):
         self, ctx: TaskContext, params: GenerateReportParameters
     ) -> GenerateReportResult | dict[str, Any]:
         """生成报告并返回摘要（汇报进度）"""
+
+    def execute_import_tenant_data(
+        self, ctx: TaskContext, params: ImportTenantDataParameters
+    ) -> None:
+        """导入租户数据（每个租户同时最多 2 个）"""
 
     def execute_long_running_task(
         self, ctx: TaskContext, params: LongRunningTaskParameters
@@ -343,6 +399,11 @@ class SyncExecutorInterface(Protocol):
         it failed (tx may execute statements; it must not commit or roll back).
         """
 
+    def execute_sync_account(
+        self, ctx: TaskContext, params: SyncAccountParameters
+    ) -> None:
+        """同步一个账户（每个账户同时只运行一个）"""
+
     def execute_task_name(self, ctx: TaskContext, params: TaskNameParameters) -> None:
         """任务描述"""
 
@@ -378,6 +439,51 @@ class SyncExecutorInterface(Protocol):
 
 class TaskRunner(TaskRunnerBase):
     """Enqueues tasks through a psycopg Connection or ConnectionPool."""
+
+    def run_call_partner_api(
+        self, params: CallPartnerApiParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue CallPartnerApi and commit it; returns the task id."""
+        return self.enqueue("CallPartnerApi", params, *overrides)
+
+    def run_call_partner_api_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: CallPartnerApiParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue CallPartnerApi in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "CallPartnerApi", params, *overrides)
+
+    def run_call_partner_api_many(
+        self, params_list: Sequence[CallPartnerApiParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one CallPartnerApi per params in one round trip; returns their ids.
+        """
+        return self.enqueue_many("CallPartnerApi", params_list, *overrides)
+
+    def wait_call_partner_api(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until CallPartnerApi task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_call_partner_api_and_wait(
+        self,
+        params: CallPartnerApiParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue CallPartnerApi, commit it and wait for it as wait_call_partner_api does.
+        """
+        task_id = self.run_call_partner_api(params, *overrides)
+        self.wait_call_partner_api(task_id, timeout)
 
     def run_daily_cleanup(
         self, params: DailyCleanupParameters, *overrides: TaskOverride
@@ -468,6 +574,56 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_generate_report(params, *overrides)
         return self.wait_generate_report(task_id, timeout)
+
+    def run_import_tenant_data(
+        self, params: ImportTenantDataParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue ImportTenantData and commit it; returns the task id."""
+        return self.enqueue("ImportTenantData", params, *overrides)
+
+    def run_import_tenant_data_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: ImportTenantDataParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue ImportTenantData in the transaction open (or about to open) on tx;
+        returns the task id.
+        """
+        return self.enqueue_with_tx(tx, "ImportTenantData", params, *overrides)
+
+    def run_import_tenant_data_many(
+        self,
+        params_list: Sequence[ImportTenantDataParameters],
+        *overrides: TaskOverride,
+    ) -> list[int]:
+        """
+        Enqueue one ImportTenantData per params in one round trip; returns their ids.
+        """
+        return self.enqueue_many("ImportTenantData", params_list, *overrides)
+
+    def wait_import_tenant_data(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ImportTenantData task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_import_tenant_data_and_wait(
+        self,
+        params: ImportTenantDataParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ImportTenantData, commit it and wait for it as wait_import_tenant_data
+        does.
+        """
+        task_id = self.run_import_tenant_data(params, *overrides)
+        self.wait_import_tenant_data(task_id, timeout)
 
     def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
@@ -742,6 +898,47 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_send_notification(params, *overrides)
         self.wait_send_notification(task_id, timeout)
 
+    def run_sync_account(
+        self, params: SyncAccountParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue SyncAccount and commit it; returns the task id."""
+        return self.enqueue("SyncAccount", params, *overrides)
+
+    def run_sync_account_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: SyncAccountParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue SyncAccount in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "SyncAccount", params, *overrides)
+
+    def run_sync_account_many(
+        self, params_list: Sequence[SyncAccountParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one SyncAccount per params in one round trip; returns their ids."""
+        return self.enqueue_many("SyncAccount", params_list, *overrides)
+
+    def wait_sync_account(self, task_id: int, timeout: WaitTimeout = None) -> None:
+        """
+        Wait until SyncAccount task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        self.wait_result(task_id, None, timeout)
+
+    def run_sync_account_and_wait(
+        self,
+        params: SyncAccountParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue SyncAccount, commit it and wait for it as wait_sync_account does."""
+        task_id = self.run_sync_account(params, *overrides)
+        self.wait_sync_account(task_id, timeout)
+
     def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -832,6 +1029,53 @@ class TaskRunner(TaskRunnerBase):
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
     """Enqueues tasks through a psycopg AsyncConnection or AsyncConnectionPool."""
+
+    async def run_call_partner_api(
+        self, params: CallPartnerApiParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue CallPartnerApi and commit it; returns the task id."""
+        return await self.enqueue("CallPartnerApi", params, *overrides)
+
+    async def run_call_partner_api_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: CallPartnerApiParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue CallPartnerApi in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "CallPartnerApi", params, *overrides)
+
+    async def run_call_partner_api_many(
+        self, params_list: Sequence[CallPartnerApiParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """
+        Enqueue one CallPartnerApi per params in one round trip; returns their ids.
+        """
+        return await self.enqueue_many("CallPartnerApi", params_list, *overrides)
+
+    async def wait_call_partner_api(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until CallPartnerApi task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_call_partner_api_and_wait(
+        self,
+        params: CallPartnerApiParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue CallPartnerApi, commit it and wait for it as wait_call_partner_api does.
+        """
+        task_id = await self.run_call_partner_api(params, *overrides)
+        await self.wait_call_partner_api(task_id, timeout)
 
     async def run_daily_cleanup(
         self, params: DailyCleanupParameters, *overrides: TaskOverride
@@ -924,6 +1168,56 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_generate_report(params, *overrides)
         return await self.wait_generate_report(task_id, timeout)
+
+    async def run_import_tenant_data(
+        self, params: ImportTenantDataParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue ImportTenantData and commit it; returns the task id."""
+        return await self.enqueue("ImportTenantData", params, *overrides)
+
+    async def run_import_tenant_data_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: ImportTenantDataParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue ImportTenantData in the transaction open (or about to open) on tx;
+        returns the task id.
+        """
+        return await self.enqueue_with_tx(tx, "ImportTenantData", params, *overrides)
+
+    async def run_import_tenant_data_many(
+        self,
+        params_list: Sequence[ImportTenantDataParameters],
+        *overrides: TaskOverride,
+    ) -> list[int]:
+        """
+        Enqueue one ImportTenantData per params in one round trip; returns their ids.
+        """
+        return await self.enqueue_many("ImportTenantData", params_list, *overrides)
+
+    async def wait_import_tenant_data(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until ImportTenantData task task_id has finished: its result, or
+        TaskFailed, TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_import_tenant_data_and_wait(
+        self,
+        params: ImportTenantDataParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """
+        Enqueue ImportTenantData, commit it and wait for it as wait_import_tenant_data
+        does.
+        """
+        task_id = await self.run_import_tenant_data(params, *overrides)
+        await self.wait_import_tenant_data(task_id, timeout)
 
     async def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
@@ -1206,6 +1500,49 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_send_notification(params, *overrides)
         await self.wait_send_notification(task_id, timeout)
 
+    async def run_sync_account(
+        self, params: SyncAccountParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue SyncAccount and commit it; returns the task id."""
+        return await self.enqueue("SyncAccount", params, *overrides)
+
+    async def run_sync_account_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: SyncAccountParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue SyncAccount in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "SyncAccount", params, *overrides)
+
+    async def run_sync_account_many(
+        self, params_list: Sequence[SyncAccountParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one SyncAccount per params in one round trip; returns their ids."""
+        return await self.enqueue_many("SyncAccount", params_list, *overrides)
+
+    async def wait_sync_account(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> None:
+        """
+        Wait until SyncAccount task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        await self.wait_result(task_id, None, timeout)
+
+    async def run_sync_account_and_wait(
+        self,
+        params: SyncAccountParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> None:
+        """Enqueue SyncAccount, commit it and wait for it as wait_sync_account does."""
+        task_id = await self.run_sync_account(params, *overrides)
+        await self.wait_sync_account(task_id, timeout)
+
     async def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -1365,6 +1702,30 @@ def dispatch_failure_hook_sync(
 TASKS = TaskSet(
     [
         TaskSpec(
+            name="CallPartnerApi",
+            description="调用合作方 API（每次最多 5 个，每分钟 100 次）",
+            params_model=CallPartnerApiParameters,
+            execute_method="execute_call_partner_api",
+            hook_method=None,
+            definition={
+                "name": "CallPartnerApi",
+                "description": "调用合作方 API（每次最多 5 个，每分钟 100 次）",
+                "parameters": {
+                    "type": "object",
+                    "required": ["endpoint"],
+                    "properties": {"endpoint": {"type": "string"}},
+                },
+                "retry_interval": "10s,1m",
+                "max_attempts": 5,
+                "timeout": "1h",
+                "queue": "partner-api",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+                "retry_jitter": 0.2,
+            },
+        ),
+        TaskSpec(
             name="DailyCleanup",
             description="运行每日清理任务",
             params_model=DailyCleanupParameters,
@@ -1416,6 +1777,33 @@ TASKS = TaskSet(
                 "priority": 0,
                 "on_failed": False,
                 "cron": None,
+            },
+        ),
+        TaskSpec(
+            name="ImportTenantData",
+            description="导入租户数据（每个租户同时最多 2 个）",
+            params_model=ImportTenantDataParameters,
+            execute_method="execute_import_tenant_data",
+            hook_method=None,
+            definition={
+                "name": "ImportTenantData",
+                "description": "导入租户数据（每个租户同时最多 2 个）",
+                "parameters": {
+                    "type": "object",
+                    "required": ["tenantId", "file"],
+                    "properties": {
+                        "tenantId": {"type": "string"},
+                        "file": {"type": "string"},
+                    },
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+                "concurrency": {"limit": 2, "key": "tenantId"},
             },
         ),
         TaskSpec(
@@ -1573,6 +1961,30 @@ TASKS = TaskSet(
             },
         ),
         TaskSpec(
+            name="SyncAccount",
+            description="同步一个账户（每个账户同时只运行一个）",
+            params_model=SyncAccountParameters,
+            execute_method="execute_sync_account",
+            hook_method=None,
+            definition={
+                "name": "SyncAccount",
+                "description": "同步一个账户（每个账户同时只运行一个）",
+                "parameters": {
+                    "type": "object",
+                    "required": ["accountId"],
+                    "properties": {"accountId": {"type": "integer", "format": "int64"}},
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+                "concurrency": {"limit": 1, "key": "accountId"},
+            },
+        ),
+        TaskSpec(
             name="TaskName",
             description="任务描述",
             params_model=TaskNameParameters,
@@ -1635,4 +2047,11 @@ TASKS = TaskSet(
         ),
     ],
     version=1,
+    queues=[
+        {
+            "name": "partner-api",
+            "concurrency": 5,
+            "rate_limit": {"limit": 100, "period": "1m"},
+        },
+    ],
 )

@@ -52,6 +52,8 @@ import psycopg
 import pytest
 import yaml
 
+from anchor_py import queries
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 BIN = Path(sys.executable).parent
@@ -150,9 +152,7 @@ def _register_tasks(dsn: str) -> None:
     from examples.zgen import taskgen
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "select anchor.register_tasks(%s::jsonb, %s)", (taskgen.TASKS.definitions_json(), taskgen.TASKS.version)
-        )
+        conn.execute(queries.REGISTER_TASKS, taskgen.TASKS.registration())
 
 
 def _run_python(block: Block, namespace: dict[str, Any]) -> None:

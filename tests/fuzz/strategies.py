@@ -153,9 +153,14 @@ def task_definitions(draw: st.DrawFn, hostile: bool = True) -> dict[str, Any]:
     ))))
     task.update(draw(_maybe("retryPolicy", st.one_of(
         st.fixed_dictionaries({}, optional={"interval": st.one_of(DURATION_LIST_LIKE, ANY_SCALAR),
-                                            "maxAttempts": st.one_of(st.integers(-3, 10), ANY_SCALAR)}),
+                                            "maxAttempts": st.one_of(st.integers(-3, 10), ANY_SCALAR),
+                                            "jitter": st.one_of(st.floats(-0.5, 1.5), ANY_SCALAR)}),
         ANY_VALUE,
     ))))
+    keys = st.one_of(st.sampled_from(["p", "id"]), SHORT_TEXT, NASTY_TEXT, ANY_SCALAR)
+    task.update(draw(_maybe("concurrency", st.one_of(
+        st.fixed_dictionaries({}, optional={"limit": _LIMITS, "key": keys}), ANY_VALUE))))
+    task.update(draw(_maybe("rateLimit", st.one_of(_rate_limits(keys), ANY_VALUE))))
     task.update(draw(_maybe("cronjob", st.one_of(
         st.fixed_dictionaries({"cronExpression": st.one_of(CRON_LIKE, ANY_SCALAR)}, optional={
             "timezone": st.one_of(st.sampled_from(["UTC", "Asia/Shanghai", "Mars/Base", ""]), ANY_SCALAR),
@@ -172,6 +177,26 @@ def task_definitions(draw: st.DrawFn, hostile: bool = True) -> dict[str, Any]:
     return task
 
 
+_LIMITS = st.one_of(st.integers(-2, 5), st.integers(999_999, 1_000_001), ANY_SCALAR)
+
+
+def _rate_limits(keys: st.SearchStrategy[Any] | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    optional = {"limit": _LIMITS, "period": st.one_of(DURATION_LIKE, ANY_SCALAR)}
+    if keys is not None:
+        optional["key"] = keys
+    return st.fixed_dictionaries({}, optional=optional)
+
+
+QUEUE_LISTS = st.one_of(
+    st.lists(st.fixed_dictionaries({}, optional={
+        "name": st.one_of(st.sampled_from(["default", "emails"]), SHORT_TEXT, NASTY_TEXT, ANY_SCALAR),
+        "concurrency": _LIMITS,
+        "rateLimit": st.one_of(_rate_limits(), ANY_VALUE),
+    }), max_size=3),
+    ANY_VALUE,
+)
+
+
 def _yaml_text(document: Any) -> str:
     return yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
 
@@ -180,7 +205,7 @@ TASK_FILES = st.one_of(
     # plausible documents with random, often wrong, values
     st.lists(task_definitions(), max_size=4).map(lambda tasks: _yaml_text({"tasks": tasks})),
     st.fixed_dictionaries({"tasks": st.one_of(st.lists(task_definitions(), max_size=2), ANY_VALUE)},
-                          optional={"version": ANY_SCALAR, "extra": ANY_VALUE}).map(_yaml_text),
+                          optional={"version": ANY_SCALAR, "queues": QUEUE_LISTS, "extra": ANY_VALUE}).map(_yaml_text),
     ANY_VALUE.map(_yaml_text),
     # raw text: broken YAML, tags, anchors, duplicate keys, tabs, odd encodings
     st.text(max_size=200),

@@ -652,6 +652,9 @@ TASKS = TaskSet(
                 "priority": -10,
                 "on_failed": True,
                 "cron": None,
+                "retry_jitter": 0.25,
+                "concurrency": {"limit": 1, "key": "supplierId"},
+                "rate_limit": {"limit": 10, "period": "1s", "key": "supplierId"},
             },
         ),
         TaskSpec(
@@ -712,8 +715,17 @@ TASKS = TaskSet(
                     "catch_up": 2,
                     "overlap": "allow",
                 },
+                "concurrency": {"limit": 2},
+                "rate_limit": {"limit": 5, "period": "1m"},
             },
         ),
     ],
     version=3,
+    queues=[
+        {
+            "name": "imports",
+            "concurrency": 4,
+            "rate_limit": {"limit": 100, "period": "1m"},
+        },
+    ],
 )

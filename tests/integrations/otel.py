@@ -32,5 +32,4 @@ def reset_global_provider() -> None:
 
 def registered(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(queries.REGISTER_TASKS, {"definitions": taskgen.TASKS.definitions_json(),
-                                              "version": taskgen.TASKS.version})
+        conn.execute(queries.REGISTER_TASKS, taskgen.TASKS.registration())

@@ -33,7 +33,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def register(db: Conn, tasks: TaskSet) -> None:
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ REPORT = taskgen.GenerateReportParameters.model_validate({"date": "2026-01-02"})
 @pytest.fixture
 def guide_db(db: Conn) -> Conn:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     return db
 
 

@@ -72,7 +72,8 @@ def test_bad_file_prints_one_line_per_problem_and_writes_nothing(
     assert capsys.readouterr().err.splitlines() == [
         'api/tasks.yaml:4: tasks[0] (SendEmail).retryPolicy.interval: "5x" is not a duration',
         'api/tasks.yaml:5: tasks[0] (SendEmail).timout: unknown key (did you mean "timeout"?); expected one of '
-        "name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
+        "name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority, concurrency, "
+        "rateLimit",
     ]
     assert (project / "zgen" / "taskgen.py").read_text() == before
     assert sorted(path.name for path in (project / "zgen").iterdir()) == ["__init__.py", "taskgen.py"]

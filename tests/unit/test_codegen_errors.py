@@ -162,11 +162,14 @@ def test_unknown_keys_suggest_the_closest_known_one() -> None:
     found = problems(task("retrypolicy:\n  interval: 5m\ntimout: 1h\nevent: [onFailed]\nqueue: q"))
     assert found == [
         'api/tasks.yaml:3: tasks[0] (SendEmail).retrypolicy: unknown key (did you mean "retryPolicy"?); '
-        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, "
+        "priority, concurrency, rateLimit",
         'api/tasks.yaml:5: tasks[0] (SendEmail).timout: unknown key (did you mean "timeout"?); '
-        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, "
+        "priority, concurrency, rateLimit",
         'api/tasks.yaml:6: tasks[0] (SendEmail).event: unknown key (did you mean "events"?); '
-        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
+        "expected one of name, description, parameters, result, retryPolicy, cronjob, events, timeout, queue, "
+        "priority, concurrency, rateLimit",
     ]
     assert "did you mean" not in only_problem("tasks:\n  - name: A\nzzzzzz: 1\n")
 
@@ -378,7 +381,7 @@ def test_a_character_yaml_forbids_is_one_clean_problem(text: str, expected: str)
                 "keyword; supported: type, description, properties, required, additionalProperties, items, enum, "
                 "format, minimum, maximum, minLength, maxLength",
                 'api/tasks.yaml:4: tasks[0] (SendEmail)."x\\u2028y": unknown key; expected one of name, description, '
-                "parameters, result, retryPolicy, cronjob, events, timeout, queue, priority",
+                "parameters, result, retryPolicy, cronjob, events, timeout, queue, priority, concurrency, rateLimit",
             ],
         ),
         (
@@ -465,7 +468,7 @@ def test_a_recursive_alias_is_one_clean_problem_at_the_alias(text: str, expected
 
 def test_an_alias_used_twice_side_by_side_is_no_cycle() -> None:
     text = "x: &s {type: string}\ntasks:\n  - name: A\n    parameters: {type: object, properties: {a: *s, b: *s}}\n"
-    assert problems(text) == ["api/tasks.yaml:1: x: unknown key; expected one of version, tasks"]
+    assert problems(text) == ["api/tasks.yaml:1: x: unknown key; expected one of version, queues, tasks"]
 
 
 def test_alias_expansion_past_the_limit_is_refused() -> None:

@@ -183,7 +183,7 @@ def payment_has_no_result(tasks: TaskSet) -> bool:
 def test_tasks_carry_the_registration_definitions(guide: ModuleType, every_type: ModuleType) -> None:
     tasks: TaskSet = guide.TASKS
     assert list(tasks.names) == sorted(tasks.names)
-    assert len(tasks) == 10
+    assert len(tasks) == 13
     report = tasks.by_name("GenerateReport")
     assert report.result_model is guide.GenerateReportResult and payment_has_no_result(tasks)
     payment = tasks.by_name("ProcessPayment")
@@ -209,6 +209,12 @@ def test_tasks_carry_the_registration_definitions(guide: ModuleType, every_type:
         5,
     )
     assert every_type.TASKS.by_name("nightly_digest").definition["cron"]["timezone"] == "Asia/Shanghai"
+    assert (catalog["concurrency"], catalog["rate_limit"], catalog["retry_jitter"]) == (
+        {"limit": 1, "key": "supplierId"},
+        {"limit": 10, "period": "1s", "key": "supplierId"},
+        0.25,
+    )
+    assert tasks.queues == ({"name": "partner-api", "concurrency": 5, "rate_limit": {"limit": 100, "period": "1m"}},)
     assert tasks.content_hash != every_type.TASKS.content_hash
 
 

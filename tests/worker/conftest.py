@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,10 @@ import psycopg
 import pytest
 
 from anchor_py.worker import Worker, WorkerConfig
+from tests.worker import flowapp
 from tests.worker.app import TASKS, TEST_TABLES, Executor
+
+Db = psycopg.Connection[dict[str, Any]]
 
 
 def seconds(value: float) -> timedelta:
@@ -23,6 +27,10 @@ def seconds(value: float) -> timedelta:
 # fast enough for tests; heartbeat_timeout/rescue_interval are tuned per test where rescue matters
 FAST = WorkerConfig(poll_interval=seconds(0.5), heartbeat_interval=seconds(0.5), heartbeat_timeout=seconds(3),
                     rescue_interval=seconds(0.5), shutdown_grace=seconds(2), hook_timeout=seconds(5), concurrency=8)
+
+
+# a poll this long never finds anything within a test: whatever starts, a notification or a wake time started
+NO_POLL = WorkerConfig(poll_interval=seconds(60), concurrency=10, services=[])
 
 
 @pytest.fixture
@@ -78,3 +86,56 @@ async def running_worker(dsn: str, config: WorkerConfig = FAST, executor: Any = 
     finally:
         await worker.stop()
         await runner
+
+
+# Flow control (tests/worker/flowapp.py) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def flow_db(db: Db) -> Db:
+    flowapp.register(db)
+    return db
+
+
+def flow_enqueue(db: Db, name: str, keys: list[str], **params: Any) -> list[int]:
+    """One task of ``name`` per key, in one statement, in the order given."""
+    rows = db.execute(
+        "select anchor.enqueue(%s, jsonb_build_object('key', k) || %s::jsonb) as id"
+        " from unnest(%s::text[]) with ordinality as u(k, n) order by n",
+        (name, psycopg.types.json.Jsonb(params), keys),
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
+def states(db: Db, ids: list[int]) -> dict[str, int]:
+    rows = db.execute("select state, count(*) as n from anchor.tasks where id = any(%s) group by state",
+                      (ids,)).fetchall()
+    return {row["state"]: row["n"] for row in rows}
+
+
+def wait_until_done(db: Db, ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while states(db, ids) != {"succeeded": len(ids)}:
+        assert time.monotonic() < deadline, f"not all succeeded within {timeout}s: {states(db, ids)}"
+        time.sleep(0.05)
+
+
+def run_worker_until(dsn: str, config: WorkerConfig, done: Callable[[], bool], timeout: float) -> float:
+    """Run an in-process Worker over the flow tasks until ``done()``; the seconds that took."""
+
+    async def scenario() -> float:
+        executor = flowapp.FlowExecutor(dsn)
+        worker = Worker(dsn, executor, flowapp.TASKS, config)
+        running = asyncio.create_task(worker.run())
+        started = time.monotonic()
+        try:
+            while not done():
+                assert time.monotonic() - started < timeout, f"not done within {timeout}s"
+                await asyncio.sleep(0.05)
+            return time.monotonic() - started
+        finally:
+            await worker.stop()
+            await running
+            await executor.close()
+
+    return asyncio.run(scenario())

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         tasks = task_set()
         conn = connection(alias)
         with conn.transaction():
-            conn.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+            conn.execute(queries.REGISTER_TASKS, tasks.registration())
         count = len(list(tasks))
         self.stdout.write(f"registered {count} task definition{'' if count == 1 else 's'} "
                           f"(version {tasks.version}) on database {alias!r}")

@@ -652,7 +652,6 @@ declare
     v_ids bigint[] := array[cancel_tree.id]
         || anchor.lock_subtree(cancel_tree.id, array['pending', 'blocked', 'paused', 'running']);
     v_changed bigint;
-    v_more bigint;
 begin
     return query
     with cancelled as (
@@ -661,37 +660,34 @@ begin
         returning t.id, t.attempts
     ),
 
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, details)
-        select c.id, v_now, 'cancelled', c.attempts,
-            case when c.id <> cancel_tree.id then jsonb_build_object('ancestor', cancel_tree.id) end
-        from cancelled as c
-    )
-
-    select c.id, 'cancelled'::text from cancelled as c;
-    get diagnostics v_changed = row_count;
-
-    return query
-    with requested as (
+    requested as (
         update anchor.tasks t set cancel_requested = true
         where t.id = any(v_ids) and t.state = 'running' and not t.cancel_requested
         returning t.id, t.attempts, t.locked_by
     ),
 
+    changed as (
+        select c.id, 'cancelled' as outcome, c.attempts, null as worker_id from cancelled as c
+        union all
+        select r.id, 'cancel_requested', r.attempts, r.locked_by from requested as r
+    ),
+
     recorded as (
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select r.id, v_now, 'cancel_requested', r.attempts, r.locked_by,
-            case when r.id <> cancel_tree.id then jsonb_build_object('ancestor', cancel_tree.id) end
-        from requested as r
+        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
+            case when c.id <> cancel_tree.id then jsonb_build_object('ancestor', cancel_tree.id) end
+        from changed as c
     )
 
-    select r.id, 'cancel_requested'::text from requested as r
-    -- the root's cancel was already requested: its worker is notified again, as cancel always did
-    union all
-    select cancel_tree.id, 'cancel_requested'::text
-    where v_root.state = 'running' and v_root.cancel_requested;
-    get diagnostics v_more = row_count;
-    v_changed := v_changed + v_more;
+    select c.id, c.outcome from (
+        select c.id, c.outcome from changed as c
+        -- the root's cancel was already requested: reported (and its worker notified) again, as cancel did
+        union all
+        select cancel_tree.id, 'cancel_requested'
+        where v_root.state = 'running' and v_root.cancel_requested
+    ) as c
+    order by c.id <> cancel_tree.id, c.id;
+    get diagnostics v_changed = row_count;
 
     perform pg_notify('anchor_cancel', t.id::text)
     from anchor.tasks t
@@ -734,7 +730,6 @@ declare
     v_ids bigint[] := array[pause_task.id]
         || anchor.lock_subtree(pause_task.id, array['pending', 'blocked', 'running']);
     v_changed bigint;
-    v_more bigint;
 begin
     return query
     with paused as (
@@ -744,34 +739,29 @@ begin
         returning t.id, t.attempts, before_pause.state as from_state
     ),
 
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, details)
-        select p.id, v_now, 'paused', p.attempts,
-            jsonb_build_object('from_state', p.from_state)
-            || case when p.id <> pause_task.id then jsonb_build_object('ancestor', pause_task.id) else '{}' end
-        from paused as p
-    )
-
-    select p.id, 'paused'::text from paused as p;
-    get diagnostics v_changed = row_count;
-
-    return query
-    with requested as (
+    requested as (
         update anchor.tasks t set pause_requested = true
         where t.id = any(v_ids) and t.state = 'running' and not t.pause_requested
         returning t.id, t.attempts, t.locked_by
     ),
 
+    changed as (
+        select p.id, 'paused' as outcome, p.attempts, null as worker_id, jsonb_build_object('from_state', p.from_state) as details
+        from paused as p
+        union all
+        select r.id, 'pause_requested', r.attempts, r.locked_by, '{}'::jsonb from requested as r
+    ),
+
     recorded as (
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select r.id, v_now, 'pause_requested', r.attempts, r.locked_by,
-            case when r.id <> pause_task.id then jsonb_build_object('ancestor', pause_task.id) end
-        from requested as r
+        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
+            nullif(c.details || case when c.id <> pause_task.id then jsonb_build_object('ancestor', pause_task.id) else '{}' end, '{}')
+        from changed as c
     )
 
-    select r.id, 'pause_requested'::text from requested as r;
-    get diagnostics v_more = row_count;
-    v_changed := v_changed + v_more;
+    select c.id, c.outcome from changed as c
+    order by c.id <> pause_task.id, c.id;
+    get diagnostics v_changed = row_count;
 
     if v_changed = 0 and v_root.state not in ('pending', 'blocked', 'paused', 'running') then
         raise exception using errcode = 'AT005',
@@ -795,7 +785,6 @@ declare
     v_root anchor.tasks := anchor.lock_task(resume_task.id);
     v_ids bigint[] := array[resume_task.id] || anchor.lock_subtree(resume_task.id, array['paused', 'running']);
     v_changed bigint;
-    v_more bigint;
 begin
     return query
     with resumed as (
@@ -809,35 +798,29 @@ begin
         returning t.id, t.state, t.attempts
     ),
 
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, details)
-        select r.id, v_now, 'resumed', r.attempts,
-            jsonb_build_object('to_state', r.state)
-            || case when r.id <> resume_task.id then jsonb_build_object('ancestor', resume_task.id) else '{}' end
-        from resumed as r
-    )
-
-    select r.id, r.state from resumed as r;
-    get diagnostics v_changed = row_count;
-
-    return query
-    with withdrawn as (
+    withdrawn as (
         update anchor.tasks t set pause_requested = false
         where t.id = any(v_ids) and t.state = 'running' and t.pause_requested
         returning t.id, t.attempts, t.locked_by
     ),
 
+    changed as (
+        select r.id, r.state as outcome, r.attempts, null as worker_id from resumed as r
+        union all
+        select w.id, 'running', w.attempts, w.locked_by from withdrawn as w
+    ),
+
     recorded as (
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select w.id, v_now, 'resumed', w.attempts, w.locked_by,
-            jsonb_build_object('to_state', 'running')
-            || case when w.id <> resume_task.id then jsonb_build_object('ancestor', resume_task.id) else '{}' end
-        from withdrawn as w
+        select c.id, v_now, 'resumed', c.attempts, c.worker_id,
+            jsonb_build_object('to_state', c.outcome)
+            || case when c.id <> resume_task.id then jsonb_build_object('ancestor', resume_task.id) else '{}' end
+        from changed as c
     )
 
-    select w.id, 'running'::text from withdrawn as w;
-    get diagnostics v_more = row_count;
-    v_changed := v_changed + v_more;
+    select c.id, c.outcome from changed as c
+    order by c.id <> resume_task.id, c.id;
+    get diagnostics v_changed = row_count;
 
     if v_changed = 0 then
         raise exception using errcode = 'AT005',

@@ -1,9 +1,10 @@
-"""The operator's side of anchor-py: what the queue holds and the actions on single tasks.
+"""The operator's side of anchor-py: what the queue holds and the actions on single tasks (and their subtrees).
 
 Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers`, the
 dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
-through the SQL core's own functions (anchor.retry_now, anchor.cancel, anchor.retry_hook, anchor.prune,
-anchor.cron_pause, anchor.cron_resume), so the same rules hold as for any other client.
+through the SQL core's own functions (anchor.retry_now, anchor.cancel, anchor.pause_task, anchor.resume_task,
+anchor.retry_hook, anchor.prune, anchor.cron_pause, anchor.cron_resume), so the same rules hold as for any
+other client.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from anchor_py.admin_records import (
     CronSchedule,
     PruneResult,
     QueueStats,
+    RelatedTasks,
     StateCount,
     Stats,
     TaskDetail,
     TaskEvent,
     TaskFilter,
+    TaskLink,
     TaskPage,
     TaskSummary,
     ThroughputPoint,
@@ -39,10 +42,12 @@ from anchor_py.waiting import TaskOutcome, WaitTimeout
 
 # the records come from anchor_py.admin_records; callers take them from here, with the functions
 __all__ = [
-    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueStats", "StateCount", "Stats", "TaskDetail",
-    "TaskEvent", "TaskFilter", "TaskNotFound", "TaskPage", "TaskSummary", "ThroughputPoint", "WorkerInfo",
+    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueStats", "RelatedTasks", "StateCount", "Stats",
+    "TaskDetail", "TaskEvent", "TaskFilter", "TaskLink", "TaskNotFound", "TaskPage", "TaskSummary",
+    "ThroughputPoint", "WorkerInfo",
     "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_tasks", "list_workers",
-    "pause_cron", "prune", "prune_count", "prune_periods", "resume_cron", "retry_hook", "retry_task", "to_json",
+    "pause_cron", "pause_task", "prune", "prune_count", "prune_periods", "resume_cron", "resume_task", "retry_hook",
+    "retry_task", "to_json",
 ]
 
 Conn = psycopg.Connection[Any]
@@ -167,8 +172,21 @@ def retry_hook(conn: Conn, task_id: int) -> str:
 
 
 def cancel_task(conn: Conn, task_id: int) -> str:
-    """anchor.cancel: pending → cancelled ('cancelled'); running → 'cancel_requested'."""
+    """anchor.cancel, for the task and its live descendants in one transaction: blocked, paused and pending →
+    cancelled; running → cancel requested."""
     return _call(conn, queries.ADMIN_CANCEL, {"id": task_id})
+
+
+def pause_task(conn: Conn, task_id: int) -> str:
+    """anchor.pause_task: the task and its live descendants stop being claimed (a running one finishes its
+    attempt first)."""
+    return _call(conn, queries.ADMIN_PAUSE, {"id": task_id})
+
+
+def resume_task(conn: Conn, task_id: int) -> str:
+    """anchor.resume_task: the task and its paused descendants go back to where they were (pending, or blocked
+    while dependencies are unmet)."""
+    return _call(conn, queries.ADMIN_RESUME, {"id": task_id})
 
 
 def pause_cron(conn: Conn, name: str) -> str:

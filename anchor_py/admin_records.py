@@ -12,11 +12,14 @@ __all__ = [
     "CronSchedule",
     "PruneResult",
     "QueueStats",
+    "RELATED_LIMIT",
     "StateCount",
     "Stats",
+    "RelatedTasks",
     "TaskDetail",
     "TaskEvent",
     "TaskFilter",
+    "TaskLink",
     "TaskPage",
     "TaskSummary",
     "ThroughputPoint",
@@ -24,7 +27,10 @@ __all__ = [
     "to_json",
 ]
 
-STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+STATES = ("blocked", "paused", "pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+
+# How many of a task's dependencies, dependents and children `get_task` lists (each list says how many there are).
+RELATED_LIMIT = 50
 
 @dataclass(frozen=True)
 class TaskFilter:
@@ -81,6 +87,28 @@ class TaskEvent:
 
 
 @dataclass(frozen=True)
+class TaskLink:
+    """Another task a task is tied to (its parent, a dependency, a dependent, a child), as a line to show."""
+
+    id: int
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
+class RelatedTasks:
+    """Up to RELATED_LIMIT tasks of one kind of tie, oldest first, and how many there are in all."""
+
+    tasks: list[TaskLink] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def more(self) -> int:
+        """How many are not listed."""
+        return self.total - len(self.tasks)
+
+
+@dataclass(frozen=True)
 class TaskDetail:
     id: int
     name: str
@@ -109,6 +137,15 @@ class TaskDetail:
     events: list[TaskEvent]
     # the database clock when this was read (ages and "due in" are measured on it)
     read_at: datetime
+    # workflows: the task's parent, what it waits for, what waits for it, its children
+    parent: TaskLink | None = None
+    dependencies: RelatedTasks = field(default_factory=RelatedTasks)
+    dependents: RelatedTasks = field(default_factory=RelatedTasks)
+    children: RelatedTasks = field(default_factory=RelatedTasks)
+    # descendants (children, their children, ...) that are not final / that are paused: whether a cancel,
+    # pause or resume of the subtree still changes something
+    live_descendants: int = 0
+    paused_descendants: int = 0
 
     @property
     def held(self) -> bool:
@@ -126,7 +163,17 @@ class TaskDetail:
 
     @property
     def can_cancel(self) -> bool:
-        return self.state in ("pending", "running") and not self.cancel_requested
+        """Whether a cancel still changes something, for this task or a live descendant."""
+        own = self.state in ("blocked", "paused", "pending", "running") and not self.cancel_requested
+        return own or self.live_descendants > 0
+
+    @property
+    def can_pause(self) -> bool:
+        return self.state in ("blocked", "pending", "running") or self.live_descendants > self.paused_descendants
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state == "paused" or self.paused_descendants > 0
 
 
 @dataclass(frozen=True)

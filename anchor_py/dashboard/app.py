@@ -7,7 +7,8 @@
 Pages: overview, task list, task detail (event timeline, tracebacks), cron schedules, pruning, and the
 Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a random per-session value in
 a cookie, echoed in a hidden form field, compared server-side) and go through the SQL core's functions
-(anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.cron_pause, anchor.cron_resume, anchor.prune).
+(anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.pause_task, anchor.resume_task, anchor.cron_pause,
+anchor.cron_resume, anchor.prune); cancel, pause and resume reach the task's descendants too.
 Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
 auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
@@ -302,6 +303,8 @@ def create_app(
         Route("/tasks/{task_id}/retry", action(admin.retry_task, "retried"), methods=["POST"]),
         Route("/tasks/{task_id}/retry-hook", action(admin.retry_hook, "hook retried"), methods=["POST"]),
         Route("/tasks/{task_id}/cancel", action(admin.cancel_task, "cancelled"), methods=["POST"]),
+        Route("/tasks/{task_id}/pause", action(admin.pause_task, "paused"), methods=["POST"]),
+        Route("/tasks/{task_id}/resume", action(admin.resume_task, "resumed"), methods=["POST"]),
         Route("/cron", cron_page, name="cron"),
         Route("/cron/{name}/pause", cron_action(admin.pause_cron), methods=["POST"]),
         Route("/cron/{name}/resume", cron_action(admin.resume_cron), methods=["POST"]),

@@ -171,6 +171,8 @@ ORDER BY w.worker_id
 ADMIN_RETRY = "SELECT anchor.retry_now(id => %(id)s::bigint) AS outcome"
 ADMIN_RETRY_HOOK = "SELECT anchor.retry_hook(id => %(id)s::bigint) AS outcome"
 ADMIN_CANCEL = "SELECT anchor.cancel(id => %(id)s::bigint) AS outcome"
+ADMIN_PAUSE = "SELECT anchor.pause_task(id => %(id)s::bigint) AS outcome"
+ADMIN_RESUME = "SELECT anchor.resume_task(id => %(id)s::bigint) AS outcome"
 
 # How many tasks a prune with the same arguments would delete (the progress counter's total).
 ADMIN_PRUNE_COUNT = """

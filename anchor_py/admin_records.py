@@ -142,10 +142,6 @@ class TaskDetail:
     dependencies: RelatedTasks = field(default_factory=RelatedTasks)
     dependents: RelatedTasks = field(default_factory=RelatedTasks)
     children: RelatedTasks = field(default_factory=RelatedTasks)
-    # descendants (children, their children, ...) that are not final / that are paused: whether a cancel,
-    # pause or resume of the subtree still changes something
-    live_descendants: int = 0
-    paused_descendants: int = 0
 
     @property
     def held(self) -> bool:
@@ -161,19 +157,21 @@ class TaskDetail:
     def can_retry_hook(self) -> bool:
         return self.state == "hook_failed"
 
+    # Cancel, pause and resume reach the descendants too: with children, the action is offered whatever this
+    # task's own state (the database says when nothing in the subtree could change).
+
     @property
     def can_cancel(self) -> bool:
-        """Whether a cancel still changes something, for this task or a live descendant."""
-        own = self.state in ("blocked", "paused", "pending", "running") and not self.cancel_requested
-        return own or self.live_descendants > 0
+        return (self.state in ("blocked", "paused", "pending", "running") and not self.cancel_requested) or \
+            self.children.total > 0
 
     @property
     def can_pause(self) -> bool:
-        return self.state in ("blocked", "pending", "running") or self.live_descendants > self.paused_descendants
+        return self.state in ("blocked", "pending", "running") or self.children.total > 0
 
     @property
     def can_resume(self) -> bool:
-        return self.state == "paused" or self.paused_descendants > 0
+        return self.state == "paused" or self.children.total > 0
 
 
 @dataclass(frozen=True)

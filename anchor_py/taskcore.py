@@ -281,7 +281,7 @@ class TaskContext:
     queue: str
     deadline: datetime | None
     scheduled_at: datetime | None
-    # the tasks this one depended on (with_depends_on) and their results, in the order they were given
+    # the tasks this one depended on (with_depends_on) and their results, by task id
     dependencies: tuple[DependencyResult, ...] = ()
     # where set_progress hands its documents: the worker's progress writer (None outside a worker)
     progress_sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)

@@ -14,7 +14,19 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from benchmarks import backlog, claimshapes, drain, enqueue, floor, latency, peers, results, retention, steady
+from benchmarks import (
+    backlog,
+    claimshapes,
+    drain,
+    enqueue,
+    floor,
+    latency,
+    peers,
+    results,
+    retention,
+    steady,
+    workflows,
+)
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
 
@@ -31,6 +43,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "backlog": backlog.run,
     "claim-shapes": claimshapes.run,
     "retention": retention.run,
+    "workflows": workflows.run,
     "peers": peers.run,
 }
 

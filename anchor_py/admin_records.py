@@ -27,7 +27,7 @@ __all__ = [
     "to_json",
 ]
 
-STATES = ("blocked", "paused", "pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled", "blocked", "paused")
 
 # How many of a task's dependencies, dependents and children `get_task` lists (each list says how many there are).
 RELATED_LIMIT = 50

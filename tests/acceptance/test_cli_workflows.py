@@ -60,16 +60,18 @@ def test_pause_and_resume_act_on_the_subtree_and_report_it(dsn: str, db: Conn, t
     listed = json.loads(anchor("tasks", "list", "--state", "paused", "--json", dsn=dsn).stdout)
     assert sorted(t["id"] for t in listed) == sorted(tree.values())
 
-    # pausing again changes nothing: refused, exit 1, the database's reason on one line
-    again = anchor("tasks", "pause", str(tree["parent"]), dsn=dsn, check=1)
-    assert again.stdout == "" and len(again.stderr.splitlines()) == 1
-    assert again.stderr.startswith("anchor tasks pause: ")
+    # pausing a paused tree again changes nothing, and says so
+    assert anchor("tasks", "pause", str(tree["parent"]), dsn=dsn).stdout == f"task {tree['parent']}: unchanged\n"
 
     resumed = anchor("tasks", "resume", str(tree["parent"]), "--json", dsn=dsn)
     assert json.loads(resumed.stdout) == [
         {"id": tree["parent"], "ok": True, "outcome": "pending; descendants: 1 blocked, 2 pending"}
     ]
     assert states(db, tree) == {"parent": "pending", "first": "pending", "second": "pending", "merge": "blocked"}
+    # resuming a tree with nothing paused is refused: exit 1, the database's reason on one line
+    again = anchor("tasks", "resume", str(tree["parent"]), dsn=dsn, check=1)
+    assert again.stdout == "" and len(again.stderr.splitlines()) == 1
+    assert again.stderr.startswith("anchor tasks resume: ") and str(tree["parent"]) in again.stderr
 
     cancelled = anchor("tasks", "cancel", str(tree["first"]), dsn=dsn)  # a leaf: itself only
     assert cancelled.stdout == f"task {tree['first']}: cancelled\n"

@@ -173,9 +173,26 @@ ADMIN_RETRY_HOOK = "SELECT anchor.retry_hook(id => %(id)s::bigint) AS outcome"
 
 # Cancel, pause and resume act on a task and its live descendants in one transaction; each returns a row per
 # task it changed (id, outcome).
-ADMIN_CANCEL_TREE = "SELECT t.task_id, t.outcome FROM anchor.cancel_tree(id => %(id)s::bigint) AS t"
-ADMIN_PAUSE = "SELECT t.task_id, t.outcome FROM anchor.pause_task(id => %(id)s::bigint) AS t"
-ADMIN_RESUME = "SELECT t.task_id, t.outcome FROM anchor.resume_task(id => %(id)s::bigint) AS t"
+ADMIN_CANCEL_TREE = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.cancel_tree(id => %(id)s::bigint) AS t
+"""
+
+ADMIN_PAUSE = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.pause_task(id => %(id)s::bigint) AS t
+"""
+
+ADMIN_RESUME = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.resume_task(id => %(id)s::bigint) AS t
+"""
 
 # A task's parent, children, dependencies and dependents: at most max_each of each, with how many there are.
 ADMIN_TASK_TREE = """

@@ -112,8 +112,15 @@ def later(db: Conn, seconds: float) -> datetime:
 def task_in_state(db: Conn, state: str, name: str = "Job") -> int:
     """A task of `name` (registered with a hook and 2 attempts by `register_state_tasks`) driven into `state`."""
     queue = f"queue-{state}-{db.execute('select count(*) as n from anchor.tasks').fetchone()['n']}"  # type: ignore[index]
+    if state == "blocked":  # waiting for a live task: the newest one there is, else one of its own
+        row = db.execute("select max(id) as id from anchor.tasks where state in ('pending', 'running')").fetchone()
+        dependency = row["id"] if row and row["id"] else enqueue(db, name, {"n": 0}, queue=queue)
+        return enqueue(db, name, {"n": 1}, queue=queue, depends_on=[dependency])
     task_id = enqueue(db, name, {"n": 1}, queue=queue)
     if state == "pending":
+        return task_id
+    if state == "paused":
+        db.execute("select * from anchor.pause_task(%s)", (task_id,))
         return task_id
     if state == "cancelled":
         db.execute("select anchor.cancel(%s)", (task_id,))

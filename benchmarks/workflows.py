@@ -47,7 +47,7 @@ def prepare_plain(dsn: str, n: int) -> None:
 
 
 def prepare_chain(dsn: str, length: int) -> None:
-    """A chain of `length` Noop tasks, each depending on the previous one, built in one statement."""
+    """A chain of `length` Noop tasks, each depending on the previous one (one enqueue per link)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         noop.register(conn)
         previous = None

@@ -68,5 +68,7 @@ def test_a_task_page_links_its_tree_and_acts_on_the_subtree(dsn: str, db: Conn) 
         assert sorted(states(db).values()) == ["blocked", "pending", "pending", "pending"]
         client.post(f"/tasks/{parent}/cancel", data={"csrf_token": token})
         assert set(states(db).values()) == {"cancelled"}
+        timeline = client.get(f"/tasks/{flow.fan_in_id}").text
+        assert re.search(r'data-kind="cancelled".*?href="/tasks/\d+"', timeline, re.S)  # why: a linked task
         again = client.post(f"/tasks/{parent}/pause", data={"csrf_token": token})
         assert 'class="flash bad" role="alert"' in again.text  # nothing left to pause: the database says so

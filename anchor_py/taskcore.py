@@ -197,7 +197,7 @@ def with_run_at(run_at: datetime) -> TaskOverride:
 
 
 def with_unique_tag(tag: str) -> TaskOverride:
-    """Enqueue only if no live task (pending, running, failing) holds ``tag``.
+    """Enqueue only if no live task (pending, running, failing, blocked, paused) holds ``tag``.
 
     When one does, the enqueue returns that task's id instead of adding a new one.
     """

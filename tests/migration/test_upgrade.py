@@ -1,10 +1,10 @@
 """Upgrades lose nothing: a database at a release's schema version (0.1.0: the baseline, migrations 0001 to
-0009), holding tasks in every state the schema allows, cron schedules (one fired, one paused) and workers,
-made through the release's own SQL functions, never by writing rows, is upgraded with every later
-migration; every row it held is still there, unchanged, and the functions still drive those tasks to their
-ends. The later migrations are whatever sql/migrations holds past the release, so each new migration is
-tested here without touching this file; while there is none, the upgrade applies nothing and the test
-checks the baseline itself.
+0009), or at the migration before the newest one, holding tasks in every state the schema allows, cron
+schedules (one fired, one paused) and workers, made through the release's own SQL functions, never by writing
+rows, is upgraded with every later migration; every row it held is still there, unchanged, and the functions
+still drive those tasks to their ends. The later migrations are whatever sql/migrations holds past the
+release, so each new migration is tested here without touching this file; while there is none, the upgrade
+applies nothing and the test checks the baseline itself.
 
 Populating and driving use the 0.1.0 signatures (the worker of the previous release keeps calling them
 during a rolling deploy); when a later release drops one of them after its one-release overlap, that
@@ -59,6 +59,9 @@ def release_schema_versions() -> dict[str, int]:
 
 
 RELEASES = release_schema_versions()
+# Each release, and the migration before the latest (a deploy of the branch before its newest migration)
+# when no release ends there: the newest migration always meets a database holding every older state.
+STARTS = RELEASES | ({} if LATEST - 1 in RELEASES.values() else {f"migration {LATEST - 1:04d}": LATEST - 1})
 
 DEFINITIONS = [
     # retried, with an onFailed hook
@@ -112,7 +115,8 @@ def one(db: Conn, query: str, *args: Any) -> Any:
 
 
 def enqueue(db: Conn, name: str, n: int, **overrides: Any) -> int:
-    args = "".join(f", {key} => %({key})s" for key in overrides)
+    casts = {"depends_on": "::bigint[]", "parent_id": "::bigint"}
+    args = "".join(f", {key} => %({key})s{casts.get(key, '')}" for key in overrides)
     row = db.execute(
         f"select anchor.enqueue(%(name)s, %(params)s::jsonb{args}) as id",
         {"name": name, "params": json.dumps({"n": n}), **overrides},
@@ -130,7 +134,7 @@ def claim_one(db: Conn, name: str) -> dict[str, Any]:
 
 
 def heartbeat(db: Conn, worker: str, held: list[int]) -> list[int]:
-    return list(one(db, "select anchor.heartbeat_v2(%s, %s::bigint[], '{\"host\": \"old\"}')", worker, held))
+    return list(one(db, 'select anchor.heartbeat_v2(%s, %s::bigint[], \'{"host": "old"}\')', worker, held))
 
 
 def fire_cron(db: Conn, name: str, expected: datetime | None, fire_times: list[datetime], next_at: datetime,
@@ -206,6 +210,12 @@ def populate(db: Conn) -> dict[str, int]:
     ids["cron_fired"] = fired["task_id"]
     assert one(db, "select anchor.cron_pause('Weekly')") == "paused"
 
+    if {"blocked", "paused"} <= task_states(db):
+        # the workflow states, where the schema has them: a task waiting for the pending one, a paused one
+        ids["blocked"] = enqueue(db, "Plain", 13, depends_on=[ids["pending"]])
+        ids["paused"] = enqueue(db, "Plain", 14)
+        db.execute("select * from anchor.pause_task(%s)", (ids["paused"],))
+
     states = {r["id"]: r["state"] for r in db.execute("select id, state from anchor.tasks").fetchall()}
     assert set(states.values()) == task_states(db), "populate must hold a task in every state the schema allows"
     return ids
@@ -225,9 +235,9 @@ def snapshot(db: Conn) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
-@pytest.mark.parametrize("release", sorted(RELEASES))
+@pytest.mark.parametrize("release", sorted(STARTS))
 def test_upgrading_a_release_keeps_every_row_and_the_functions_drive_them(scratch_dsn: str, release: str) -> None:
-    version = RELEASES[release]
+    version = STARTS[release]
     assert [m.version for m in install(scratch_dsn, target=version)] == list(range(1, version + 1))
     with psycopg.connect(scratch_dsn, autocommit=True, row_factory=dict_row) as db:
         ids = populate(db)
@@ -308,6 +318,52 @@ def exercise(db: Conn, ids: dict[str, int]) -> None:
     due_at = schedules["Nightly"]["next_fire_at"] + timedelta(seconds=1)
     due = db.execute("select name from anchor.cron_take_due(p_now => %s)", (due_at,)).fetchall()
     assert sorted(r["name"] for r in due) == ["Nightly", "Weekly"]
+
+    exercise_workflows(db, ids)
+
+
+def exercise_workflows(db: Conn, ids: dict[str, int]) -> None:
+    """The workflow columns and states on upgraded rows: an old task gains a dependent and a child, a pause
+    of it reaches the child and resume undoes it, and its success releases the dependent; the blocked and
+    paused tasks of a database that had them move on."""
+    state = lambda task_id: one(db, "select state from anchor.tasks where id = %s", task_id)  # noqa: E731
+    defaults = db.execute(
+        "select parent_id, unmet_dependencies, has_dependents, pause_requested, start_delay from anchor.tasks"
+        " where id = %s",
+        (ids["succeeded"],),
+    ).fetchone()
+    assert defaults == {
+        "parent_id": None,
+        "unmet_dependencies": 0,
+        "has_dependents": False,
+        "pause_requested": False,
+        "start_delay": None,
+    }
+
+    old = ids["retrying"]
+    dependent = enqueue(db, "Plain", 13, depends_on=[old])
+    child = enqueue(db, "Plain", 14, parent_id=old)
+    assert (state(dependent), state(child)) == ("blocked", "pending")
+    paused = db.execute("select * from anchor.pause_task(%s)", (old,)).fetchall()
+    assert {r["task_id"]: r["outcome"] for r in paused} == {old: "paused", child: "paused"}
+    resumed = db.execute("select * from anchor.resume_task(%s)", (old,)).fetchall()
+    assert {r["task_id"]: r["outcome"] for r in resumed} == {old: "pending", child: "pending"}
+
+    assert one(db, "select anchor.retry_now(%s)", old) == "pending"
+    claimed = db.execute(
+        "select * from anchor.claim('new-worker', 10, task_names => array['Job']) where kind = 'execute'"
+    )
+    for row in claimed.fetchall():
+        assert one(db, "select outcome from anchor.complete(array[%s]::bigint[], array[%s]::int[], 'new-worker')",
+                   row["id"], row["attempt"]) == "succeeded"  # fmt: skip
+    assert state(old) == "succeeded"
+    assert state(dependent) == "pending"
+
+    if "blocked" in ids:
+        # its dependency, the old pending task, succeeded above
+        assert state(ids["blocked"]) == "pending"
+        resumed = db.execute("select * from anchor.resume_task(%s)", (ids["paused"],)).fetchall()
+        assert [(r["task_id"], r["outcome"]) for r in resumed] == [(ids["paused"], "pending")]
 
 
 def test_a_database_of_unreleased_migrations_is_refused_by_name(dsn: str, db: Conn) -> None:

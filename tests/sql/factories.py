@@ -3,6 +3,7 @@ the core's own functions (never by writing rows directly), so every state is one
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +31,12 @@ def register(db: Conn, *definitions: dict[str, Any], version: int = 1) -> str:
     return str(row["outcome"])
 
 
+# the overrides whose Python value psycopg cannot type on its own (a list of ints may go as smallint[])
+CASTS = {"depends_on": "::bigint[]", "parent_id": "::bigint"}
+
+
 def enqueue(db: Conn, name: str, params: dict[str, Any] | None = None, **overrides: Any) -> int:
-    args = ", ".join(f"{key} => %({key})s" for key in overrides)
+    args = ", ".join(f"{key} => %({key})s{CASTS.get(key, '')}" for key in overrides)
     row = db.execute(
         f"select anchor.enqueue(%(name)s, %(params)s::jsonb{', ' + args if args else ''}) as id",
         {"name": name, "params": json.dumps(params or {}), **overrides},
@@ -112,10 +117,9 @@ def later(db: Conn, seconds: float) -> datetime:
 def task_in_state(db: Conn, state: str, name: str = "Job") -> int:
     """A task of `name` (registered with a hook and 2 attempts by `register_state_tasks`) driven into `state`."""
     queue = f"queue-{state}-{db.execute('select count(*) as n from anchor.tasks').fetchone()['n']}"  # type: ignore[index]
-    if state == "blocked":  # waiting for a live task: the newest one there is, else one of its own
-        row = db.execute("select max(id) as id from anchor.tasks where state in ('pending', 'running')").fetchone()
-        dependency = row["id"] if row and row["id"] else enqueue(db, name, {"n": 0}, queue=queue)
-        return enqueue(db, name, {"n": 1}, queue=queue, depends_on=[dependency])
+    if state == "blocked":
+        # waiting for a pending task of its own queue, so no other test's claim completes the dependency
+        return enqueue(db, name, {"n": 1}, queue=queue, depends_on=[enqueue(db, name, {"n": 0}, queue=queue)])
     task_id = enqueue(db, name, {"n": 1}, queue=queue)
     if state == "pending":
         return task_id
@@ -148,7 +152,7 @@ def register_state_tasks(db: Conn) -> None:
     register(db, definition("Job", retry_interval="1s", max_attempts=2, on_failed=True))
 
 
-ALL_STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+ALL_STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled", "blocked", "paused")
 
 
 def nested_plans(db: Conn, statement: str) -> tuple[list[dict[str, Any]], str]:
@@ -170,3 +174,61 @@ def nested_plans(db: Conn, statement: str) -> tuple[list[dict[str, Any]], str]:
     finally:
         db.remove_notice_handler(collect)
     return rows, "\n".join(notices)
+
+
+# Workflows -------------------------------------------------------------------------------------------
+
+_queues = itertools.count(1)
+
+
+def add(db: Conn, name: str = "Step", params: dict[str, Any] | None = None, **overrides: Any) -> int:
+    """enqueue in a queue of its own, so `start` can claim exactly this task."""
+    return enqueue(db, name, params or {"n": 1}, queue=f"wf-{next(_queues)}", **overrides)
+
+
+def start(db: Conn, task_id: int, worker: str = WORKER, now: datetime | None = None) -> int:
+    """Claims this task (made by `add`, due) as `worker` with claim_v2; returns the claim's fence."""
+    heartbeat(db, worker, now)
+    rows = db.execute(
+        "select id, fence from anchor.claim_v2(%s, 1, queues => array[%s], p_now => %s) where kind = 'execute'",
+        (worker, task(db, task_id)["queue"], now),
+    ).fetchall()
+    assert [r["id"] for r in rows] == [task_id], f"task {task_id} was not claimable: {task(db, task_id)['state']}"
+    return int(rows[0]["fence"])
+
+
+def succeed(db: Conn, task_id: int, result: Any = None, now: datetime | None = None, worker: str = WORKER) -> None:
+    """Claims the task and completes it (storing `result` first when given), as a worker does."""
+    fence = start(db, task_id, worker, now)
+    with db.transaction():
+        if result is not None:
+            db.execute(
+                "select anchor.record_results(array[%s]::bigint[], array[%s]::bigint[], array[%s]::jsonb[], %s)",
+                (task_id, fence, json.dumps(result), worker),
+            )
+        row = db.execute(
+            "select outcome from anchor.complete_v2(array[%s]::bigint[], array[%s]::bigint[], %s, %s)",
+            (task_id, fence, worker, now),
+        ).fetchone()
+    assert row is not None and row["outcome"] == "succeeded"
+
+
+def fail_now(db: Conn, task_id: int, fatal: bool = True, now: datetime | None = None, worker: str = WORKER) -> str:
+    """Claims the task and fails the attempt (finally, unless fatal is False); returns fail_v2's outcome."""
+    fence = start(db, task_id, worker, now)
+    row = db.execute(
+        "select anchor.fail_v2(%s, %s, %s, 'boom', fatal => %s, p_now => %s) as outcome",
+        (task_id, fence, worker, fatal, now),
+    ).fetchone()
+    assert row is not None
+    return str(row["outcome"])
+
+
+def outcomes(db: Conn, call: str, task_id: int, now: datetime | None = None) -> dict[int, str]:
+    """What cancel_tree, pause_task or resume_task changed: task id -> outcome."""
+    rows = db.execute(f"select * from anchor.{call}(%s, %s)", (task_id, now)).fetchall()
+    return {r["task_id"]: r["outcome"] for r in rows}
+
+
+def states(db: Conn, *task_ids: int) -> list[str]:
+    return [task(db, task_id)["state"] for task_id in task_ids]

@@ -1,6 +1,7 @@
 """anchor-py: durable background tasks for Python on PostgreSQL."""
 
 from anchor_py.taskcore import (
+    DependencyResult,
     FatalTaskError,
     RetryTaskWithoutErrorEvent,
     SnoozeTask,
@@ -11,6 +12,7 @@ from anchor_py.waiting import TaskCancelled, TaskFailed, TaskOutcome
 from anchor_py.worker import Worker, WorkerConfig
 
 __all__ = [
+    "DependencyResult",
     "FatalTaskError",
     "RetryTaskWithoutErrorEvent",
     "SnoozeTask",

@@ -1,10 +1,11 @@
-"""The operator's side of anchor-py: what the queue holds, the actions on single tasks and on queues.
+"""The operator's side of anchor-py: what the queue holds, the actions on single tasks (and their subtrees)
+and on queues.
 
-Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers`, the
-dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
-through the SQL core's own functions (anchor.retry_now, anchor.cancel, anchor.retry_hook, anchor.prune,
-anchor.cron_pause, anchor.cron_resume, anchor.pause_queue, anchor.resume_queue), so the same rules hold as
-for any other client.
+Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers|queues`,
+the dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
+through the SQL core's own functions (anchor.retry_now, anchor.cancel_tree, anchor.pause_task,
+anchor.resume_task, anchor.retry_hook, anchor.prune, anchor.cron_pause, anchor.cron_resume, anchor.pause_queue,
+anchor.resume_queue), so the same rules hold as for any other client.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from psycopg.rows import dict_row, tuple_row
 
 from anchor_py import queries
 from anchor_py.admin_records import (
+    RELATED_LIMIT,
     STATES,
     CronSchedule,
     PruneResult,
     QueueInfo,
     QueueStats,
+    RelatedTasks,
     StateCount,
     Stats,
     TaskDetail,
     TaskEvent,
     TaskFilter,
+    TaskLink,
     TaskPage,
     TaskSummary,
     ThroughputPoint,
@@ -41,11 +45,12 @@ from anchor_py.waiting import TaskOutcome, WaitTimeout
 
 # the records come from anchor_py.admin_records; callers take them from here, with the functions
 __all__ = [
-    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueInfo", "QueueNotFound", "QueueStats", "StateCount",
-    "Stats", "TaskDetail", "TaskEvent", "TaskFilter", "TaskNotFound", "TaskPage", "TaskSummary", "ThroughputPoint",
-    "WorkerInfo", "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_queues",
-    "list_tasks", "list_workers", "pause_cron", "pause_queue", "prune", "prune_count", "prune_periods",
-    "resume_cron", "resume_queue", "retry_hook", "retry_task", "to_json",
+    "STATES", "Conn", "CronSchedule", "PruneResult", "QueueInfo", "QueueNotFound", "QueueStats", "RelatedTasks",
+    "StateCount", "Stats", "TaskDetail", "TaskEvent", "TaskFilter", "TaskLink", "TaskNotFound", "TaskPage",
+    "TaskSummary", "ThroughputPoint", "WorkerInfo",
+    "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_queues", "list_tasks",
+    "list_workers", "pause_cron", "pause_queue", "pause_task", "prune", "prune_count", "prune_periods",
+    "resume_cron", "resume_queue", "resume_task", "retry_hook", "retry_task", "to_json",
 ]
 
 Conn = psycopg.Connection[Any]
@@ -124,7 +129,15 @@ def get_task(conn: Conn, task_id: int) -> TaskDetail:
         if row is None:
             raise TaskNotFound(task_id)
         events = [TaskEvent(**e) for e in cur.execute(queries.ADMIN_TASK_EVENTS, {"id": task_id}).fetchall()]
-    return TaskDetail(**row, events=events)
+        tree = cur.execute(queries.ADMIN_TASK_TREE, {"id": task_id, "max_each": RELATED_LIMIT}).fetchall()
+    related: dict[str, RelatedTasks] = {}
+    for relation in ("parent", "dependency", "dependent", "child"):
+        rows = [r for r in tree if r["relation"] == relation]
+        related[relation] = RelatedTasks([TaskLink(r["id"], r["name"], r["state"]) for r in rows],
+                                         rows[0]["total"] if rows else 0)
+    parent = related["parent"].tasks[0] if related["parent"].tasks else None
+    return TaskDetail(**row, events=events, parent=parent, dependencies=related["dependency"],
+                      dependents=related["dependent"], children=related["child"])
 
 
 def wait_task(conn: Conn, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
@@ -173,6 +186,19 @@ def _call(conn: Conn, sql: str, params: dict[str, Any]) -> str:
         return str(_scalar(conn, sql, params))
 
 
+def _tree_call(conn: Conn, sql: str, task_id: int) -> str:
+    """Runs a subtree action; its outcome for the task itself ('unchanged' when only descendants changed),
+    then how many descendants changed and how."""
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(sql, {"id": task_id}).fetchall()
+    own = next((outcome for changed, outcome in rows if changed == task_id), "unchanged")
+    others = [outcome for changed, outcome in rows if changed != task_id]
+    if not others:
+        return str(own)
+    counts = ", ".join(f"{others.count(o)} {o}" for o in sorted(set(others)))
+    return f"{own}; descendants: {counts}"
+
+
 def retry_task(conn: Conn, task_id: int) -> str:
     """anchor.retry_now: pending → due now; failed | hook_failed | cancelled → pending, fresh attempts."""
     return _call(conn, queries.ADMIN_RETRY, {"id": task_id})
@@ -184,8 +210,21 @@ def retry_hook(conn: Conn, task_id: int) -> str:
 
 
 def cancel_task(conn: Conn, task_id: int) -> str:
-    """anchor.cancel: pending → cancelled ('cancelled'); running → 'cancel_requested'."""
-    return _call(conn, queries.ADMIN_CANCEL, {"id": task_id})
+    """anchor.cancel_tree, for the task and its live descendants in one transaction: blocked, paused and
+    pending → cancelled; running → cancel requested."""
+    return _tree_call(conn, queries.ADMIN_CANCEL_TREE, task_id)
+
+
+def pause_task(conn: Conn, task_id: int) -> str:
+    """anchor.pause_task: the task and its live descendants stop being claimed (a running one finishes its
+    attempt first)."""
+    return _tree_call(conn, queries.ADMIN_PAUSE, task_id)
+
+
+def resume_task(conn: Conn, task_id: int) -> str:
+    """anchor.resume_task: the task and its paused descendants go back to where they were (pending, or blocked
+    while dependencies are unmet)."""
+    return _tree_call(conn, queries.ADMIN_RESUME, task_id)
 
 
 def pause_cron(conn: Conn, name: str) -> str:

@@ -13,11 +13,14 @@ __all__ = [
     "PruneResult",
     "QueueInfo",
     "QueueStats",
+    "RELATED_LIMIT",
     "StateCount",
     "Stats",
+    "RelatedTasks",
     "TaskDetail",
     "TaskEvent",
     "TaskFilter",
+    "TaskLink",
     "TaskPage",
     "TaskSummary",
     "ThroughputPoint",
@@ -25,7 +28,10 @@ __all__ = [
     "to_json",
 ]
 
-STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled")
+STATES = ("pending", "running", "succeeded", "failing", "failed", "hook_failed", "cancelled", "blocked", "paused")
+
+# How many of a task's dependencies, dependents and children `get_task` lists (each list says how many there are).
+RELATED_LIMIT = 50
 
 @dataclass(frozen=True)
 class TaskFilter:
@@ -82,6 +88,28 @@ class TaskEvent:
 
 
 @dataclass(frozen=True)
+class TaskLink:
+    """Another task a task is tied to (its parent, a dependency, a dependent, a child), as a line to show."""
+
+    id: int
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
+class RelatedTasks:
+    """Up to RELATED_LIMIT tasks of one kind of tie, oldest first, and how many there are in all."""
+
+    tasks: list[TaskLink] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def more(self) -> int:
+        """How many are not listed."""
+        return self.total - len(self.tasks)
+
+
+@dataclass(frozen=True)
 class TaskDetail:
     id: int
     name: str
@@ -110,6 +138,11 @@ class TaskDetail:
     events: list[TaskEvent]
     # the database clock when this was read (ages and "due in" are measured on it)
     read_at: datetime
+    # workflows: the task's parent, what it waits for, what waits for it, its children
+    parent: TaskLink | None = None
+    dependencies: RelatedTasks = field(default_factory=RelatedTasks)
+    dependents: RelatedTasks = field(default_factory=RelatedTasks)
+    children: RelatedTasks = field(default_factory=RelatedTasks)
 
     @property
     def held(self) -> bool:
@@ -125,9 +158,21 @@ class TaskDetail:
     def can_retry_hook(self) -> bool:
         return self.state == "hook_failed"
 
+    # Cancel, pause and resume reach the descendants too: with children, the action is offered whatever this
+    # task's own state (the database says when nothing in the subtree could change).
+
     @property
     def can_cancel(self) -> bool:
-        return self.state in ("pending", "running") and not self.cancel_requested
+        return (self.state in ("blocked", "paused", "pending", "running") and not self.cancel_requested) or \
+            self.children.total > 0
+
+    @property
+    def can_pause(self) -> bool:
+        return self.state in ("blocked", "pending", "running") or self.children.total > 0
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state == "paused" or self.children.total > 0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ so the SQL core applies the definition's defaults, unique tags and schema valida
   insert would commit by itself.
 - Params holding the character U+0000 anywhere (a value or a key) are refused with a ValueError naming
   the task and the JSON path before anything is sent: PostgreSQL's jsonb cannot store it.
+- ``run_fan_out`` enqueues a list of tasks and one more task that depends on all of them (a fan-in) in one
+  statement, so both commit together or not at all; the task names come from the params' models.
 - Params of another task's model (``run_send_email(SendNotificationParameters(...))``) are refused with a
   TypeError naming both models before anything is sent. The expected model comes from the ``TASKS`` of the
   generated module that defines the runner class.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -39,6 +42,7 @@ from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typ
 __all__ = [
     "AsyncTaskRunnerBase",
     "AutocommitConnectionError",
+    "FanOut",
     "OpenTransactionError",
     "TaskRunnerBase",
     "nul_path",
@@ -54,7 +58,17 @@ _OVERRIDABLE = (
     "timeout",
     "priority",
     "queue",
+    "depends_on",
+    "parent_id",
 )
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What ``run_fan_out`` enqueued: the fanned-out tasks' ids (in input order) and the fan-in task's id."""
+
+    task_ids: list[int]
+    fan_in_id: int
 
 
 class AutocommitConnectionError(ValueError):
@@ -96,6 +110,15 @@ def _task_set_of(runner_type: type) -> TaskSet | None:
 def _expected_model(runner: object, task_name: str) -> type[pydantic.BaseModel] | None:
     tasks = _task_set_of(type(runner))
     return tasks.by_name(task_name).params_model if tasks is not None and task_name in tasks else None
+
+
+def _task_name_of(runner: object, params: object) -> str:
+    """The name of the task whose parameters model ``params`` is, in the runner's generated TASKS."""
+    tasks = _task_set_of(type(runner))
+    for spec in tasks or ():
+        if type(params) is spec.params_model:
+            return spec.name
+    raise TypeError(f"{type(params).__name__} is not the parameters model of a task in this runner's TASKS")
 
 
 def _params_json(
@@ -152,6 +175,26 @@ def _enqueue_many_query_args(
     expected = _expected_model(runner, task_name)
     arguments["params"] = Jsonb([_params_json(task_name, params, expected) for params in params_list])
     return arguments
+
+
+def _fan_out_query_args(
+    runner: object,
+    params_list: Sequence[pydantic.BaseModel],
+    fan_in: pydantic.BaseModel,
+    overrides: tuple[TaskOverride, ...],
+    fan_in_overrides: Sequence[TaskOverride],
+) -> dict[str, Any]:
+    """FAN_OUT's arguments: ENQUEUE_MANY's for the list, and ENQUEUE's, prefixed ``fan_in_``, for the fan-in."""
+    if not params_list:
+        raise ValueError("run_fan_out needs at least one task to fan out to")
+    arguments = _enqueue_many_query_args(runner, _task_name_of(runner, params_list[0]), params_list, overrides)
+    fan_in_arguments = _enqueue_query_args(runner, _task_name_of(runner, fan_in), fan_in, tuple(fan_in_overrides))
+    arguments.update((f"fan_in_{key}", value) for key, value in fan_in_arguments.items())
+    return arguments
+
+
+def _fan_out(row: tuple[Any, ...] | None, expected: int) -> FanOut:
+    return FanOut(_returned_ids(row, expected), _returned_id(None if row is None else row[1:]))
 
 
 def _refuse_autocommit(tx: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -233,6 +276,33 @@ class TaskRunnerBase:
         query = _traced(queries.ENQUEUE_MANY, arguments)
         return _returned_ids(self._fetch_committed(query, arguments), len(params_list))
 
+    def run_fan_out(
+        self,
+        params_list: Sequence[pydantic.BaseModel],
+        fan_in: pydantic.BaseModel,
+        *overrides: TaskOverride,
+        fan_in_overrides: Sequence[TaskOverride] = (),
+    ) -> FanOut:
+        """Enqueue one task per params (all of one task) and the task ``fan_in`` depending on all of them, in
+        one statement, and commit them. ``overrides`` apply to the list, ``fan_in_overrides`` to the fan-in."""
+        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return _fan_out(self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
+
+    def run_fan_out_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params_list: Sequence[pydantic.BaseModel],
+        fan_in: pydantic.BaseModel,
+        *overrides: TaskOverride,
+        fan_in_overrides: Sequence[TaskOverride] = (),
+    ) -> FanOut:
+        """``run_fan_out`` inside the caller's transaction on ``tx``."""
+        if not isinstance(tx, psycopg.Connection):
+            raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
+        _refuse_autocommit(tx)
+        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return _fan_out(_fetch_row(tx, queries.FAN_OUT, arguments), len(params_list))
+
     def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
         TimeoutError when timeout (seconds or a timedelta) passes first."""
@@ -295,6 +365,33 @@ class AsyncTaskRunnerBase:
             return []
         query = _traced(queries.ENQUEUE_MANY, arguments)
         return _returned_ids(await self._fetch_committed(query, arguments), len(params_list))
+
+    async def run_fan_out(
+        self,
+        params_list: Sequence[pydantic.BaseModel],
+        fan_in: pydantic.BaseModel,
+        *overrides: TaskOverride,
+        fan_in_overrides: Sequence[TaskOverride] = (),
+    ) -> FanOut:
+        """Enqueue one task per params (all of one task) and the task ``fan_in`` depending on all of them, in
+        one statement, and commit them. ``overrides`` apply to the list, ``fan_in_overrides`` to the fan-in."""
+        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return _fan_out(await self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
+
+    async def run_fan_out_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params_list: Sequence[pydantic.BaseModel],
+        fan_in: pydantic.BaseModel,
+        *overrides: TaskOverride,
+        fan_in_overrides: Sequence[TaskOverride] = (),
+    ) -> FanOut:
+        """``run_fan_out`` inside the caller's transaction on ``tx``."""
+        if not isinstance(tx, psycopg.AsyncConnection):
+            raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
+        _refuse_autocommit(tx)
+        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return _fan_out(await _fetch_row_async(tx, queries.FAN_OUT, arguments), len(params_list))
 
     async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);

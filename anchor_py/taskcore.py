@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
-from anchor_py.taskspec import INT32_MAX, INT32_MIN
+from anchor_py.taskspec import INT32_MAX, INT32_MIN, INT64_MAX
 
 __all__ = [
+    "MAX_DEPENDENCIES",
+    "DependencyResult",
     "FatalTaskError",
     "InvalidOverride",
     "RetryTaskWithoutErrorEvent",
@@ -34,6 +36,8 @@ __all__ = [
     "set_current_task",
     "snooze_of",
     "with_delay",
+    "with_depends_on",
+    "with_parent",
     "with_priority",
     "with_queue",
     "with_retry_policy",
@@ -234,7 +238,7 @@ def with_run_at(run_at: datetime) -> TaskOverride:
 
 
 def with_unique_tag(tag: str) -> TaskOverride:
-    """Enqueue only if no live task (pending, running, failing) holds ``tag``.
+    """Enqueue only if no live task (pending, running, failing, blocked, paused) holds ``tag``.
 
     When one does, the enqueue returns that task's id instead of adding a new one.
     """
@@ -255,7 +259,56 @@ def with_queue(queue: str) -> TaskOverride:
     return _setting(f"with_queue({queue!r})", queue=queue)
 
 
+# The most dependencies one task may have: a fan-in of this many tasks is one enqueue (its id list is one
+# bigint[] argument) and one read when the fan-in runs.
+MAX_DEPENDENCIES = 100_000
+
+
+def _task_id(override: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = f" (pass the ids as separate arguments: {override}(*ids))" if isinstance(value, (list, tuple, set)) \
+            else ""
+        raise InvalidOverride(override, value, f"a task id must be an integer{hint}")
+    if not 1 <= value <= INT64_MAX:
+        raise InvalidOverride(override, value, f"a task id must be between 1 and {INT64_MAX}")
+    return value
+
+
+def with_depends_on(*task_ids: int) -> TaskOverride:
+    """Run only after every one of ``task_ids`` has succeeded (the task waits ``blocked`` until then).
+
+    When one of them fails for good or is cancelled, this task is cancelled too, naming it. A dependency
+    that has already succeeded counts as met; an id that does not exist is refused by the database. The
+    dependencies' results reach the executor as ``ctx.dependencies``. An id given twice counts once.
+    """
+    if not task_ids:
+        raise InvalidOverride("with_depends_on", task_ids, "give at least one task id")
+    if len(task_ids) > MAX_DEPENDENCIES:
+        raise InvalidOverride("with_depends_on", f"<{len(task_ids)} ids>", f"at most {MAX_DEPENDENCIES} dependencies")
+    ids = list(dict.fromkeys(_task_id("with_depends_on", task_id) for task_id in task_ids))
+    shown = ", ".join(map(str, ids[:5])) + (f", ... ({len(ids)} ids)" if len(ids) > 5 else "")
+    return _setting(f"with_depends_on({shown})", depends_on=ids)
+
+
+def with_parent(task_id: int) -> TaskOverride:
+    """Make the task a child of ``task_id``: cancelling or pausing the parent reaches it (and its own children)."""
+    return _setting(f"with_parent({task_id!r})", parent_id=_task_id("with_parent", task_id))
+
+
 # --- the running task -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyResult:
+    """One dependency of a task that ran (they have all succeeded by then), with what it returned.
+
+    ``result`` is the dependency task's generated ``<Task>Result`` model when this worker's task set declares
+    one and the stored value fits it; otherwise the stored JSON (None for a task that returns nothing).
+    """
+
+    task_id: int
+    task_name: str
+    result: Any
 
 
 @dataclass(frozen=True)
@@ -269,6 +322,8 @@ class TaskContext:
     queue: str
     deadline: datetime | None
     scheduled_at: datetime | None
+    # the tasks this one depended on (with_depends_on) and their results, by task id
+    dependencies: tuple[DependencyResult, ...] = ()
     # where set_progress hands its documents: the worker's progress writer (None outside a worker)
     progress_sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 

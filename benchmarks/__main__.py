@@ -26,6 +26,7 @@ from benchmarks import (
     results,
     retention,
     steady,
+    workflows,
 )
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "backlog": backlog.run,
     "claim-shapes": claimshapes.run,
     "retention": retention.run,
+    "workflows": workflows.run,
     "peers": peers.run,
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from anchor_py import queries
-from anchor_py.cli.common import UsageError, add_dsn_option, connect
+from anchor_py.cli.common import UsageError, add_dsn_option, connect, parse_task_id, split_values
 from anchor_py.cli.output import print_json
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
 from anchor_py.formatting import database_message
@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--timeout", help="maximum execution time (e.g. 30m)")
     parser.add_argument("--priority", type=int, help="lower runs first")
     parser.add_argument("--queue", help="the queue to put it in")
+    parser.add_argument("--depends-on", action="append", default=[], metavar="ID",
+                        help="run only after these tasks have succeeded (repeat or comma-separate)")
+    parser.add_argument("--parent", metavar="ID", help="make it a child of this task (cancel and pause reach it)")
     parser.add_argument("--json", action="store_true", help='print {"id": ...} instead of the bare id')
     add_dsn_option(parser)
     parser.set_defaults(handler=run)
@@ -84,6 +87,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "timeout": parse_duration(args.timeout) if args.timeout else None,
             "priority": args.priority,
             "queue": args.queue,
+            "depends_on": [parse_task_id(i) for i in split_values(args.depends_on)] or None,
+            "parent_id": parse_task_id(args.parent) if args.parent else None,
         }
     except InvalidDuration as error:
         raise UsageError(str(error)) from None

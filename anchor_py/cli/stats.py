@@ -12,8 +12,8 @@ from anchor_py.defaults import HEARTBEAT_TIMEOUT
 from anchor_py.formatting import format_age, format_ago, format_time
 
 SPARK = "▁▂▃▄▅▆▇█"
-SHORT_STATES = {"pending": "PEND", "running": "RUN", "succeeded": "SUCC", "hook_failed": "HOOKF",
-                "cancelled": "CANC"}
+SHORT_STATES = {"blocked": "BLOCK", "paused": "PAUSE", "pending": "PEND", "running": "RUN", "succeeded": "SUCC",
+                "hook_failed": "HOOKF", "cancelled": "CANC"}
 
 
 def _count_columns(states: list[str], short: dict[str, str]) -> list[Column]:

@@ -1,4 +1,5 @@
-"""`anchor tasks list|show|wait|retry|cancel|purge`: look at tasks and act on single ones.
+"""`anchor tasks list|show|wait|retry|cancel|pause|resume|purge`: look at tasks and act on single ones (and on
+their descendants: cancel, pause and resume reach a task's whole subtree).
 
 Exit codes (anchor_py.cli.common): 0 ok, 1 the database refused (e.g. retrying a succeeded task), 2 usage
 error, 3 the database cannot be reached, 4 not found (a task id that does not exist). `tasks wait` adds
@@ -45,7 +46,7 @@ from anchor_py.formatting import (
 def register(subparsers: Any) -> None:
     tasks: argparse.ArgumentParser = subparsers.add_parser(
         "tasks",
-        help="list, inspect, retry, cancel and purge tasks",
+        help="list, inspect, retry, cancel, pause, resume and purge tasks",
         description="Look at the tasks in the queue and act on single ones. "
         "Exit codes: 0 ok, 1 the database refused, 2 usage error, 3 database unreachable, 4 not found.",
     )
@@ -103,16 +104,24 @@ def register(subparsers: Any) -> None:
     add_dsn_option(p)
     p.set_defaults(handler=run_retry)
 
-    p = sub.add_parser(
-        "cancel",
-        help="cancel tasks (pending: now; running: the worker stops it)",
-        description="Cancel tasks through anchor.cancel: pending → cancelled; running → cancel requested "
-        "(its worker cancels the execution; no retry).",
-    )
-    p.add_argument("ids", nargs="+", metavar="ID", help="task ids")
-    p.add_argument("--json", action="store_true", help="one JSON object per id: id, outcome or error")
-    add_dsn_option(p)
-    p.set_defaults(handler=run_cancel)
+    for name, handler, summary, description in (
+        ("cancel", run_cancel, "cancel tasks and their descendants (pending: now; running: the worker stops it)",
+         "Cancel tasks and every live descendant (with_parent), in one transaction per id, through anchor.cancel: "
+         "blocked, paused and pending → cancelled; running → cancel requested (its worker cancels the "
+         "execution; no retry)."),
+        ("pause", run_pause, "pause tasks and their descendants (never claimed until resumed)",
+         "Pause tasks and every live descendant, in one transaction per id, through anchor.pause_task: "
+         "blocked and pending → paused; a running one finishes its attempt and, if it would retry, waits "
+         "paused."),
+        ("resume", run_resume, "resume paused tasks and their descendants",
+         "Resume tasks and every paused descendant, in one transaction per id, through anchor.resume_task: "
+         "each goes back to pending, or to blocked while its dependencies are unmet."),
+    ):
+        p = sub.add_parser(name, help=summary, description=description)
+        p.add_argument("ids", nargs="+", metavar="ID", help="task ids")
+        p.add_argument("--json", action="store_true", help="one JSON object per id: id, outcome or error")
+        add_dsn_option(p)
+        p.set_defaults(handler=handler)
 
     p = sub.add_parser(
         "purge",
@@ -224,6 +233,7 @@ def run_show(args: argparse.Namespace) -> int:
         lines.append("  result        " + json.dumps(task.result, ensure_ascii=False))
     if task.last_error:
         lines.append(_indent(task.last_error, "  last error    ").replace("\n  last error    ", "\n" + " " * 16))
+    lines += _workflow_lines(task)
     lines.append("")
     if not task.events:
         lines.append("Events: none (a plain success records none)")
@@ -248,6 +258,26 @@ def run_show(args: argparse.Namespace) -> int:
                 lines.append(_indent(event.traceback, "      | "))
     print("\n".join(lines))
     return 0
+
+
+def _link(link: admin.TaskLink) -> str:
+    return f"{link.id} {link.name} [{link.state}]"
+
+
+def _workflow_lines(task: admin.TaskDetail) -> list[str]:
+    """The task's parent, dependencies, dependents and children (each list bounded, with how many more)."""
+    lines = []
+    if task.parent is not None:
+        lines.append(f"  parent        {_link(task.parent)}")
+    for label, related in (("depends on", task.dependencies), ("dependents", task.dependents),
+                           ("children", task.children)):
+        if not related.total:
+            continue
+        links = [_link(link) for link in related.tasks]
+        if related.more:
+            links.append(f"... {related.more} more")
+        lines.append(f"  {label:<13} " + ("\n" + " " * 16).join(links))
+    return lines
 
 
 # wait ------------------------------------------------------------------------------------------------
@@ -327,6 +357,16 @@ def run_retry(args: argparse.Namespace) -> int:
 @pipe_safe
 def run_cancel(args: argparse.Namespace) -> int:
     return _act(args, "cancel", admin.cancel_task)
+
+
+@pipe_safe
+def run_pause(args: argparse.Namespace) -> int:
+    return _act(args, "pause", admin.pause_task)
+
+
+@pipe_safe
+def run_resume(args: argparse.Namespace) -> int:
+    return _act(args, "resume", admin.resume_task)
 
 
 # purge -----------------------------------------------------------------------------------------------

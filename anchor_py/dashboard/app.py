@@ -4,11 +4,12 @@
     app = create_app("postgresql://...", token="s3cret")        # serve it alone (anchor dashboard), or
     your_starlette_app.mount("/anchor", create_app(pool))        # mount it inside your own app
 
-Pages: overview, task list, task detail (event timeline, tracebacks), queues (limits, pause and resume), cron
-schedules, pruning, and the Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a
-random per-session value in a cookie, echoed in a hidden form field, compared server-side) and go through the
-SQL core's functions (anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.pause_queue,
-anchor.resume_queue, anchor.cron_pause, anchor.cron_resume, anchor.prune).
+Pages: overview, task list, task detail (event timeline, tracebacks, related tasks), queues (limits, pause and
+resume), cron schedules, pruning, and the Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF
+token (a random per-session value in a cookie, echoed in a hidden form field, compared server-side) and go
+through the SQL core's functions (anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.pause_task,
+anchor.resume_task, anchor.pause_queue, anchor.resume_queue, anchor.cron_pause, anchor.cron_resume,
+anchor.prune); cancel, pause and resume of a task reach its descendants too.
 Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
 auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
@@ -330,6 +331,8 @@ def create_app(
         Route("/queues", queues_page, name="queues"),
         Route("/queues/pause", queue_action(admin.pause_queue), methods=["POST"]),
         Route("/queues/resume", queue_action(admin.resume_queue), methods=["POST"]),
+        Route("/tasks/{task_id}/pause", action(admin.pause_task, "paused"), methods=["POST"]),
+        Route("/tasks/{task_id}/resume", action(admin.resume_task, "resumed"), methods=["POST"]),
         Route("/cron", cron_page, name="cron"),
         Route("/cron/{name}/pause", cron_action(admin.pause_cron), methods=["POST"]),
         Route("/cron/{name}/resume", cron_action(admin.resume_cron), methods=["POST"]),

@@ -170,7 +170,41 @@ ORDER BY w.worker_id
 
 ADMIN_RETRY = "SELECT anchor.retry_now(id => %(id)s::bigint) AS outcome"
 ADMIN_RETRY_HOOK = "SELECT anchor.retry_hook(id => %(id)s::bigint) AS outcome"
-ADMIN_CANCEL = "SELECT anchor.cancel(id => %(id)s::bigint) AS outcome"
+
+# Cancel, pause and resume act on a task and its live descendants in one transaction; each returns a row per
+# task it changed (id, outcome).
+ADMIN_CANCEL_TREE = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.cancel_tree(id => %(id)s::bigint) AS t
+"""
+
+ADMIN_PAUSE = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.pause_task(id => %(id)s::bigint) AS t
+"""
+
+ADMIN_RESUME = """
+SELECT
+    t.task_id,
+    t.outcome
+FROM anchor.resume_task(id => %(id)s::bigint) AS t
+"""
+
+# A task's parent, children, dependencies and dependents: at most max_each of each, with how many there are.
+ADMIN_TASK_TREE = """
+SELECT
+    r.relation,
+    r.task_id AS id,
+    r.name,
+    r.state,
+    r.total
+FROM anchor.task_tree(id => %(id)s::bigint, max_each => %(max_each)s::int) AS r
+ORDER BY r.relation, r.task_id
+"""
 
 # How many tasks a prune with the same arguments would delete (the progress counter's total).
 ADMIN_PRUNE_COUNT = """

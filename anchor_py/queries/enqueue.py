@@ -14,7 +14,9 @@ SELECT anchor.enqueue(
     max_attempts => %(max_attempts)s::int,
     timeout => %(timeout)s::interval,
     priority => %(priority)s::int,
-    queue => %(queue)s::text
+    queue => %(queue)s::text,
+    depends_on => %(depends_on)s::bigint[],
+    parent_id => %(parent_id)s::bigint
 )
 """
 
@@ -30,8 +32,36 @@ SELECT anchor.enqueue_many(
     max_attempts => %(max_attempts)s::int,
     timeout => %(timeout)s::interval,
     priority => %(priority)s::int,
-    queue => %(queue)s::text
+    queue => %(queue)s::text,
+    depends_on => %(depends_on)s::bigint[],
+    parent_id => %(parent_id)s::bigint
 )
+"""
+
+# A fan-out and its fan-in in one statement: the list as ENQUEUE_MANY, then one task (the fan_in_ arguments)
+# depending on every id of the list and on the fan-in's own dependencies, if any.
+FAN_OUT = f"""
+WITH fan_out AS (
+{indent(ENQUEUE_MANY.strip(), " " * 4)} AS ids
+)
+
+SELECT
+    f.ids,
+    anchor.enqueue(
+        name => %(fan_in_name)s::text,
+        params => %(fan_in_params)s::jsonb,
+        run_at => %(fan_in_run_at)s::timestamptz,
+        delay => %(fan_in_delay)s::interval,
+        unique_tag => %(fan_in_unique_tag)s::text,
+        retry_intervals => %(fan_in_retry_intervals)s::interval[],
+        max_attempts => %(fan_in_max_attempts)s::int,
+        timeout => %(fan_in_timeout)s::interval,
+        priority => %(fan_in_priority)s::int,
+        queue => %(fan_in_queue)s::text,
+        depends_on => f.ids || coalesce(%(fan_in_depends_on)s::bigint[], '{{}}'),
+        parent_id => %(fan_in_parent_id)s::bigint
+    ) AS fan_in_id
+FROM fan_out AS f
 """
 
 # The same two, recording the caller's trace context (an OpenTelemetry propagator's carrier) with the new tasks in

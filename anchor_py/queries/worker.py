@@ -24,22 +24,24 @@ DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s:
 
 # A batch of work sized to free capacity: execute and hook rows, then a wake row (earliest future run_at).
 # Each claimed row carries its fence token: COMPLETE, FAIL, HAND_BACK, FINISH_FAILURE and FAIL_HOOK take it back.
+# An execution also carries its dependencies' results (ctx.dependencies), so a fan-in costs no extra round trip.
 CLAIM = """
 SELECT
-    kind,
-    id,
-    name,
-    params,
-    attempt,
-    hook_attempt,
-    max_attempts,
-    queue,
-    timeout,
-    deadline,
-    scheduled_at,
-    run_at,
-    fence,
-    now() AS db_now
+    c.kind,
+    c.id,
+    c.name,
+    c.params,
+    c.attempt,
+    c.hook_attempt,
+    c.max_attempts,
+    c.queue,
+    c.timeout,
+    c.deadline,
+    c.scheduled_at,
+    c.run_at,
+    c.fence,
+    now() AS db_now,
+    CASE WHEN c.kind = 'execute' THEN anchor.dependency_results(c.id) END AS dependencies
 FROM anchor.claim_v2(
     worker_id => %(worker_id)s::text,
     max_tasks => %(max_tasks)s::int,
@@ -47,7 +49,7 @@ FROM anchor.claim_v2(
     queues => %(queues)s::text[],
     hook_timeout => %(hook_timeout)s::interval,
     max_hook_attempts => %(max_hook_attempts)s::int
-)
+) AS c
 """
 
 # Successful executions, many per round trip; each comes back succeeded or stale.

@@ -169,7 +169,7 @@ class ClaimLoop:
         execute = self._executions.run
         run_hook = self._hooks.run
         for kind, task_id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, \
-                scheduled_at, run_at, fence, db_now in rows:
+                scheduled_at, run_at, fence, db_now, dependencies in rows:
             if kind == "wake":
                 if run_at is not None:
                     # the database clock decides when work is due: wait for its distance, not our clock
@@ -188,6 +188,7 @@ class ClaimLoop:
                 scheduled_at=scheduled_at,
                 hook_attempt=hook_attempt,
                 fence=fence,
+                dependencies=dependencies,
             )
             if trace_contexts:
                 job.trace_context = trace_contexts.get(task_id)

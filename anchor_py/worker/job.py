@@ -11,12 +11,14 @@ import asyncio
 import inspect
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from anchor_py.taskcore import TaskContext
+import pydantic
+
+from anchor_py.taskcore import DependencyResult, TaskContext
 from anchor_py.taskspec import TaskSet, TaskSpec
 from anchor_py.tracing import TaskSpan
 
@@ -32,6 +34,8 @@ class Handler:
     execute_is_async: bool
     hook: Callable[..., Any] | None
     hook_is_async: bool
+    # every task's result model in the worker's task set, by name: what types ctx.dependencies' results
+    result_models: Mapping[str, type[pydantic.BaseModel]] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +63,8 @@ class Job:
     # with OpenTelemetry on (anchor_py.tracing): the enqueuing span's context, and the running span
     trace_context: Any = None
     span: TaskSpan | None = None
+    # the claim's JSON array of the task's dependencies ({task_id, task_name, result}); None without any
+    dependencies: Any = None
 
     @property
     def name(self) -> str:
@@ -73,7 +79,15 @@ class Job:
             queue=self.queue,
             deadline=self.deadline,
             scheduled_at=self.scheduled_at,
+            dependencies=self._dependency_results() if self.dependencies else (),
             progress_sink=progress_sink,
+        )
+
+    def _dependency_results(self) -> tuple[DependencyResult, ...]:
+        models = self.handler.result_models
+        return tuple(
+            DependencyResult(item["task_id"], item["task_name"], _typed(models.get(item["task_name"]), item["result"]))
+            for item in self.dependencies
         )
 
     def log_fields(self, worker_id: str, outcome: str, error: str | None = None) -> dict[str, Any]:
@@ -120,9 +134,21 @@ class InFlight:
         self.wake_event.set()
 
 
+def _typed(model: type[pydantic.BaseModel] | None, result: Any) -> Any:
+    """A dependency's stored result as its task's result model, or as stored when there is none or it no
+    longer fits (the definition changed since the dependency ran)."""
+    if model is None or result is None:
+        return result
+    try:
+        return model.model_validate(result)
+    except pydantic.ValidationError:
+        return result
+
+
 def handlers_for(executor: object, tasks: TaskSet) -> dict[str, Handler]:
     """The tasks of ``tasks`` that ``executor`` implements; a declared hook it lacks is an error."""
     handlers: dict[str, Handler] = {}
+    result_models = {spec.name: spec.result_model for spec in tasks if spec.result_model is not None}
     for spec in tasks:
         execute = getattr(executor, spec.execute_method, None)
         if execute is None:
@@ -141,6 +167,7 @@ def handlers_for(executor: object, tasks: TaskSet) -> dict[str, Handler]:
             execute_is_async=inspect.iscoroutinefunction(execute),
             hook=hook,
             hook_is_async=hook is not None and inspect.iscoroutinefunction(hook),
+            result_models=result_models,
         )
     if not handlers:
         raise ValueError(

@@ -92,6 +92,52 @@ class LongRunningTaskParameters(pydantic.BaseModel):
     )
 
 
+class MergeChunksParameters(pydantic.BaseModel):
+    """Parameters of MergeChunks: 汇总各块的统计结果"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    path: str = pydantic.Field(max_length=4096)
+
+
+class MergeChunksResult(pydantic.BaseModel):
+    """What MergeChunks returns."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    chunks: int = pydantic.Field(ge=INT32_MIN, le=INT32_MAX)
+    lines: int = pydantic.Field(ge=INT64_MIN, le=INT64_MAX)
+    words: int = pydantic.Field(ge=INT64_MIN, le=INT64_MAX)
+
+
+class ProcessChunkParameters(pydantic.BaseModel):
+    """Parameters of ProcessChunk: 统计一块文本的行数和词数"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    path: str = pydantic.Field(max_length=4096)
+    chunk: int = pydantic.Field(ge=0, le=INT32_MAX)
+    text: str
+
+
+class ProcessChunkResult(pydantic.BaseModel):
+    """What ProcessChunk returns."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    chunk: int = pydantic.Field(ge=INT32_MIN, le=INT32_MAX)
+    lines: int = pydantic.Field(ge=INT64_MIN, le=INT64_MAX)
+    words: int = pydantic.Field(ge=INT64_MIN, le=INT64_MAX)
+
+
 class ProcessDailyReportsParameters(pydantic.BaseModel):
     """Parameters of ProcessDailyReports: 生成每日报告"""
 
@@ -148,6 +194,28 @@ class SendNotificationParameters(pydantic.BaseModel):
     user_id: int = pydantic.Field(alias="userId", ge=INT32_MIN, le=INT32_MAX)
     message: str
     priority: SendNotificationPriority | None = None
+
+
+class SplitFileParameters(pydantic.BaseModel):
+    """Parameters of SplitFile: 把文件切成块，为每块排一个任务，再排一个汇总任务"""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    path: str = pydantic.Field(max_length=4096)
+    lines_per_chunk: int = pydantic.Field(alias="linesPerChunk", ge=1, le=INT32_MAX)
+
+
+class SplitFileResult(pydantic.BaseModel):
+    """What SplitFile returns."""
+
+    model_config = pydantic.ConfigDict(
+        strict=True, populate_by_name=True, extra="ignore"
+    )
+
+    chunks: int = pydantic.Field(ge=INT32_MIN, le=INT32_MAX)
+    merge_task_id: int = pydantic.Field(alias="mergeTaskId", ge=INT64_MIN, le=INT64_MAX)
 
 
 class SyncAccountParameters(pydantic.BaseModel):
@@ -211,6 +279,16 @@ class ExecutorInterface(Protocol):
     ) -> None:
         """Run one LongRunningTask task."""
 
+    async def execute_merge_chunks(
+        self, ctx: TaskContext, params: MergeChunksParameters
+    ) -> MergeChunksResult | dict[str, Any]:
+        """汇总各块的统计结果"""
+
+    async def execute_process_chunk(
+        self, ctx: TaskContext, params: ProcessChunkParameters
+    ) -> ProcessChunkResult | dict[str, Any]:
+        """统计一块文本的行数和词数"""
+
     async def execute_process_daily_reports(
         self, ctx: TaskContext, params: ProcessDailyReportsParameters
     ) -> None:
@@ -271,6 +349,11 @@ class ExecutorInterface(Protocol):
         Called once SendNotification has failed for good, in the transaction that marks
         it failed (tx may execute statements; it must not commit or roll back).
         """
+
+    async def execute_split_file(
+        self, ctx: TaskContext, params: SplitFileParameters
+    ) -> SplitFileResult | dict[str, Any]:
+        """把文件切成块，为每块排一个任务，再排一个汇总任务"""
 
     async def execute_sync_account(
         self, ctx: TaskContext, params: SyncAccountParameters
@@ -340,6 +423,16 @@ class SyncExecutorInterface(Protocol):
     ) -> None:
         """Run one LongRunningTask task."""
 
+    def execute_merge_chunks(
+        self, ctx: TaskContext, params: MergeChunksParameters
+    ) -> MergeChunksResult | dict[str, Any]:
+        """汇总各块的统计结果"""
+
+    def execute_process_chunk(
+        self, ctx: TaskContext, params: ProcessChunkParameters
+    ) -> ProcessChunkResult | dict[str, Any]:
+        """统计一块文本的行数和词数"""
+
     def execute_process_daily_reports(
         self, ctx: TaskContext, params: ProcessDailyReportsParameters
     ) -> None:
@@ -398,6 +491,11 @@ class SyncExecutorInterface(Protocol):
         Called once SendNotification has failed for good, in the transaction that marks
         it failed (tx may execute statements; it must not commit or roll back).
         """
+
+    def execute_split_file(
+        self, ctx: TaskContext, params: SplitFileParameters
+    ) -> SplitFileResult | dict[str, Any]:
+        """把文件切成块，为每块排一个任务，再排一个汇总任务"""
 
     def execute_sync_account(
         self, ctx: TaskContext, params: SyncAccountParameters
@@ -671,6 +769,94 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_long_running_task(params, *overrides)
         self.wait_long_running_task(task_id, timeout)
 
+    def run_merge_chunks(
+        self, params: MergeChunksParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue MergeChunks and commit it; returns the task id."""
+        return self.enqueue("MergeChunks", params, *overrides)
+
+    def run_merge_chunks_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: MergeChunksParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue MergeChunks in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "MergeChunks", params, *overrides)
+
+    def run_merge_chunks_many(
+        self, params_list: Sequence[MergeChunksParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one MergeChunks per params in one round trip; returns their ids."""
+        return self.enqueue_many("MergeChunks", params_list, *overrides)
+
+    def wait_merge_chunks(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> MergeChunksResult | None:
+        """
+        Wait until MergeChunks task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, MergeChunksResult, timeout)
+
+    def run_merge_chunks_and_wait(
+        self,
+        params: MergeChunksParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> MergeChunksResult | None:
+        """Enqueue MergeChunks, commit it and wait for it as wait_merge_chunks does."""
+        task_id = self.run_merge_chunks(params, *overrides)
+        return self.wait_merge_chunks(task_id, timeout)
+
+    def run_process_chunk(
+        self, params: ProcessChunkParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue ProcessChunk and commit it; returns the task id."""
+        return self.enqueue("ProcessChunk", params, *overrides)
+
+    def run_process_chunk_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: ProcessChunkParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue ProcessChunk in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return self.enqueue_with_tx(tx, "ProcessChunk", params, *overrides)
+
+    def run_process_chunk_many(
+        self, params_list: Sequence[ProcessChunkParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one ProcessChunk per params in one round trip; returns their ids."""
+        return self.enqueue_many("ProcessChunk", params_list, *overrides)
+
+    def wait_process_chunk(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> ProcessChunkResult | None:
+        """
+        Wait until ProcessChunk task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, ProcessChunkResult, timeout)
+
+    def run_process_chunk_and_wait(
+        self,
+        params: ProcessChunkParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> ProcessChunkResult | None:
+        """
+        Enqueue ProcessChunk, commit it and wait for it as wait_process_chunk does.
+        """
+        task_id = self.run_process_chunk(params, *overrides)
+        return self.wait_process_chunk(task_id, timeout)
+
     def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
     ) -> int:
@@ -897,6 +1083,49 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_send_notification(params, *overrides)
         self.wait_send_notification(task_id, timeout)
+
+    def run_split_file(
+        self, params: SplitFileParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue SplitFile and commit it; returns the task id."""
+        return self.enqueue("SplitFile", params, *overrides)
+
+    def run_split_file_with_tx(
+        self,
+        tx: psycopg.Connection[Any],
+        params: SplitFileParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue SplitFile in the transaction open (or about to open) on tx; returns the
+        task id.
+        """
+        return self.enqueue_with_tx(tx, "SplitFile", params, *overrides)
+
+    def run_split_file_many(
+        self, params_list: Sequence[SplitFileParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one SplitFile per params in one round trip; returns their ids."""
+        return self.enqueue_many("SplitFile", params_list, *overrides)
+
+    def wait_split_file(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> SplitFileResult | None:
+        """
+        Wait until SplitFile task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return self.wait_result(task_id, SplitFileResult, timeout)
+
+    def run_split_file_and_wait(
+        self,
+        params: SplitFileParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> SplitFileResult | None:
+        """Enqueue SplitFile, commit it and wait for it as wait_split_file does."""
+        task_id = self.run_split_file(params, *overrides)
+        return self.wait_split_file(task_id, timeout)
 
     def run_sync_account(
         self, params: SyncAccountParameters, *overrides: TaskOverride
@@ -1267,6 +1496,94 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_long_running_task(params, *overrides)
         await self.wait_long_running_task(task_id, timeout)
 
+    async def run_merge_chunks(
+        self, params: MergeChunksParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue MergeChunks and commit it; returns the task id."""
+        return await self.enqueue("MergeChunks", params, *overrides)
+
+    async def run_merge_chunks_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: MergeChunksParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue MergeChunks in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "MergeChunks", params, *overrides)
+
+    async def run_merge_chunks_many(
+        self, params_list: Sequence[MergeChunksParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one MergeChunks per params in one round trip; returns their ids."""
+        return await self.enqueue_many("MergeChunks", params_list, *overrides)
+
+    async def wait_merge_chunks(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> MergeChunksResult | None:
+        """
+        Wait until MergeChunks task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, MergeChunksResult, timeout)
+
+    async def run_merge_chunks_and_wait(
+        self,
+        params: MergeChunksParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> MergeChunksResult | None:
+        """Enqueue MergeChunks, commit it and wait for it as wait_merge_chunks does."""
+        task_id = await self.run_merge_chunks(params, *overrides)
+        return await self.wait_merge_chunks(task_id, timeout)
+
+    async def run_process_chunk(
+        self, params: ProcessChunkParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue ProcessChunk and commit it; returns the task id."""
+        return await self.enqueue("ProcessChunk", params, *overrides)
+
+    async def run_process_chunk_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: ProcessChunkParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue ProcessChunk in the transaction open (or about to open) on tx; returns
+        the task id.
+        """
+        return await self.enqueue_with_tx(tx, "ProcessChunk", params, *overrides)
+
+    async def run_process_chunk_many(
+        self, params_list: Sequence[ProcessChunkParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one ProcessChunk per params in one round trip; returns their ids."""
+        return await self.enqueue_many("ProcessChunk", params_list, *overrides)
+
+    async def wait_process_chunk(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> ProcessChunkResult | None:
+        """
+        Wait until ProcessChunk task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, ProcessChunkResult, timeout)
+
+    async def run_process_chunk_and_wait(
+        self,
+        params: ProcessChunkParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> ProcessChunkResult | None:
+        """
+        Enqueue ProcessChunk, commit it and wait for it as wait_process_chunk does.
+        """
+        task_id = await self.run_process_chunk(params, *overrides)
+        return await self.wait_process_chunk(task_id, timeout)
+
     async def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
     ) -> int:
@@ -1499,6 +1816,49 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_send_notification(params, *overrides)
         await self.wait_send_notification(task_id, timeout)
+
+    async def run_split_file(
+        self, params: SplitFileParameters, *overrides: TaskOverride
+    ) -> int:
+        """Enqueue SplitFile and commit it; returns the task id."""
+        return await self.enqueue("SplitFile", params, *overrides)
+
+    async def run_split_file_with_tx(
+        self,
+        tx: psycopg.AsyncConnection[Any],
+        params: SplitFileParameters,
+        *overrides: TaskOverride,
+    ) -> int:
+        """
+        Enqueue SplitFile in the transaction open (or about to open) on tx; returns the
+        task id.
+        """
+        return await self.enqueue_with_tx(tx, "SplitFile", params, *overrides)
+
+    async def run_split_file_many(
+        self, params_list: Sequence[SplitFileParameters], *overrides: TaskOverride
+    ) -> list[int]:
+        """Enqueue one SplitFile per params in one round trip; returns their ids."""
+        return await self.enqueue_many("SplitFile", params_list, *overrides)
+
+    async def wait_split_file(
+        self, task_id: int, timeout: WaitTimeout = None
+    ) -> SplitFileResult | None:
+        """
+        Wait until SplitFile task task_id has finished: its result, or TaskFailed,
+        TaskCancelled, TimeoutError.
+        """
+        return await self.wait_result(task_id, SplitFileResult, timeout)
+
+    async def run_split_file_and_wait(
+        self,
+        params: SplitFileParameters,
+        *overrides: TaskOverride,
+        timeout: WaitTimeout = None,
+    ) -> SplitFileResult | None:
+        """Enqueue SplitFile, commit it and wait for it as wait_split_file does."""
+        task_id = await self.run_split_file(params, *overrides)
+        return await self.wait_split_file(task_id, timeout)
 
     async def run_sync_account(
         self, params: SyncAccountParameters, *overrides: TaskOverride
@@ -1826,6 +2186,58 @@ TASKS = TaskSet(
             },
         ),
         TaskSpec(
+            name="MergeChunks",
+            description="汇总各块的统计结果",
+            params_model=MergeChunksParameters,
+            result_model=MergeChunksResult,
+            execute_method="execute_merge_chunks",
+            hook_method=None,
+            definition={
+                "name": "MergeChunks",
+                "description": "汇总各块的统计结果",
+                "parameters": {
+                    "type": "object",
+                    "required": ["path"],
+                    "properties": {"path": {"type": "string", "maxLength": 4096}},
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+            },
+        ),
+        TaskSpec(
+            name="ProcessChunk",
+            description="统计一块文本的行数和词数",
+            params_model=ProcessChunkParameters,
+            result_model=ProcessChunkResult,
+            execute_method="execute_process_chunk",
+            hook_method=None,
+            definition={
+                "name": "ProcessChunk",
+                "description": "统计一块文本的行数和词数",
+                "parameters": {
+                    "type": "object",
+                    "required": ["path", "chunk", "text"],
+                    "properties": {
+                        "path": {"type": "string", "maxLength": 4096},
+                        "chunk": {"type": "integer", "format": "int32", "minimum": 0},
+                        "text": {"type": "string"},
+                    },
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
+                "cron": None,
+            },
+        ),
+        TaskSpec(
             name="ProcessDailyReports",
             description="生成每日报告",
             params_model=ProcessDailyReportsParameters,
@@ -1957,6 +2369,37 @@ TASKS = TaskSet(
                 "queue": "default",
                 "priority": 0,
                 "on_failed": True,
+                "cron": None,
+            },
+        ),
+        TaskSpec(
+            name="SplitFile",
+            description="把文件切成块，为每块排一个任务，再排一个汇总任务",
+            params_model=SplitFileParameters,
+            result_model=SplitFileResult,
+            execute_method="execute_split_file",
+            hook_method=None,
+            definition={
+                "name": "SplitFile",
+                "description": "把文件切成块，为每块排一个任务，再排一个汇总任务",
+                "parameters": {
+                    "type": "object",
+                    "required": ["path", "linesPerChunk"],
+                    "properties": {
+                        "path": {"type": "string", "maxLength": 4096},
+                        "linesPerChunk": {
+                            "type": "integer",
+                            "format": "int32",
+                            "minimum": 1,
+                        },
+                    },
+                },
+                "retry_interval": None,
+                "max_attempts": 1,
+                "timeout": "1h",
+                "queue": "default",
+                "priority": 0,
+                "on_failed": False,
                 "cron": None,
             },
         ),

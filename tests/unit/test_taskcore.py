@@ -7,6 +7,8 @@ import pytest
 
 import anchor_py
 from anchor_py.taskcore import (
+    MAX_DEPENDENCIES,
+    DependencyResult,
     FatalTaskError,
     InvalidOverride,
     RetryTaskWithoutErrorEvent,
@@ -17,6 +19,8 @@ from anchor_py.taskcore import (
     is_fatal,
     is_retry_without_event,
     with_delay,
+    with_depends_on,
+    with_parent,
     with_priority,
     with_queue,
     with_retry_policy,
@@ -88,6 +92,17 @@ def test_later_overrides_win_and_delay_replaces_run_at() -> None:
         (lambda: with_priority(1.5), "with_priority", "1.5"),
         (lambda: with_queue(""), "with_queue", "''"),
         (lambda: with_queue(" emails"), "with_queue", "' emails'"),
+        (lambda: with_depends_on(), "with_depends_on", "give at least one task id"),
+        (lambda: with_depends_on(1, 0), "with_depends_on", "0"),
+        (lambda: with_depends_on(-4), "with_depends_on", "-4"),
+        (lambda: with_depends_on(True), "with_depends_on", "True"),
+        (lambda: with_depends_on("12"), "with_depends_on", "'12'"),
+        (lambda: with_depends_on(2**63), "with_depends_on", "9223372036854775808"),
+        (lambda: with_depends_on([1, 2]), "with_depends_on", "with_depends_on(*ids)"),
+        (lambda: with_depends_on(*range(1, MAX_DEPENDENCIES + 2)), "with_depends_on", "at most 100000"),
+        (lambda: with_parent(0), "with_parent", "0"),
+        (lambda: with_parent(None), "with_parent", "None"),
+        (lambda: with_parent(3.0), "with_parent", "3.0"),
     ],
 )
 def test_bad_overrides_raise_at_call_time_naming_override_and_value(make, override: str, bad: str) -> None:  # type: ignore[no-untyped-def]
@@ -97,6 +112,13 @@ def test_bad_overrides_raise_at_call_time_naming_override_and_value(make, overri
     assert raised.value.override == override
     assert str(raised.value).startswith(f"{override}(")
     assert bad in str(raised.value)
+
+
+def test_dependencies_and_parent_become_enqueue_arguments() -> None:
+    assert enqueue_arguments((with_depends_on(3, 1, 3, 2), with_parent(9))) == {"depends_on": [3, 1, 2],
+                                                                               "parent_id": 9}
+    assert enqueue_arguments((with_depends_on(1), with_depends_on(5))) == {"depends_on": [5]}  # the later wins
+    assert repr(with_depends_on(*range(1, 10))) == "<TaskOverride with_depends_on(1, 2, 3, 4, 5, ... (9 ids))>"
 
 
 def test_enqueue_arguments_refuses_things_that_are_not_overrides() -> None:
@@ -191,3 +213,5 @@ def test_the_package_exports_the_task_api() -> None:
     assert anchor_py.FatalTaskError is FatalTaskError
     assert anchor_py.RetryTaskWithoutErrorEvent is RetryTaskWithoutErrorEvent
     assert anchor_py.TaskContext is TaskContext
+    assert anchor_py.DependencyResult is DependencyResult
+    assert CTX.dependencies == ()

@@ -41,7 +41,8 @@ def every_state(db: Conn) -> dict[str, int]:
 
 def test_list_filters_by_state_name_queue_tag_and_since(db: Conn, every_state: dict[str, int]) -> None:
     page = admin.list_tasks(db)
-    assert [t.id for t in page.tasks] == sorted(every_state.values(), reverse=True)
+    dependency = every_state["blocked"] - 1  # the pending task the blocked one waits for
+    assert [t.id for t in page.tasks] == sorted([*every_state.values(), dependency], reverse=True)
     assert page.next_before_id is None
 
     failed = admin.list_tasks(db, admin.TaskFilter(states=("failed", "hook_failed")))
@@ -57,7 +58,7 @@ def test_list_filters_by_state_name_queue_tag_and_since(db: Conn, every_state: d
 
     later = db_now(db) + timedelta(seconds=1)
     assert admin.list_tasks(db, admin.TaskFilter(since=later)).tasks == []
-    assert len(admin.list_tasks(db, admin.TaskFilter(since=later - timedelta(hours=1))).tasks) == 8
+    assert len(admin.list_tasks(db, admin.TaskFilter(since=later - timedelta(hours=1))).tasks) == len(admin.STATES) + 2
 
     with pytest.raises(ValueError, match="unknown state 'done'"):
         admin.TaskFilter(states=("done",))
@@ -119,7 +120,8 @@ def test_stats_count_states_throughput_oldest_pending_and_workers(db: Conn, ever
 
     stats = admin.get_stats(db, minutes=5)
     assert stats.by_state() == {
-        "pending": 3, "running": 1, "succeeded": 1, "failing": 1, "failed": 1, "hook_failed": 1, "cancelled": 1,
+        "pending": 4, "running": 1, "succeeded": 1, "failing": 1, "failed": 1, "hook_failed": 1, "cancelled": 1,
+        "blocked": 1, "paused": 1,
     }
     assert stats.table() == {"Job": stats.by_state()}
     assert len(stats.throughput) == 5

@@ -422,6 +422,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_daily_cleanup(params, *overrides)
         self.wait_daily_cleanup(task_id, timeout)
 
+    def schedule_daily_cleanup(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DailyCleanupParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues DailyCleanup
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("DailyCleanup", name, cron_expression, params, timezone)
+
     def run_generate_report(
         self, params: GenerateReportParameters, *overrides: TaskOverride
     ) -> int:
@@ -469,6 +483,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_generate_report(params, *overrides)
         return self.wait_generate_report(task_id, timeout)
 
+    def schedule_generate_report(
+        self,
+        name: str,
+        cron_expression: str,
+        params: GenerateReportParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues GenerateReport
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("GenerateReport", name, cron_expression, params, timezone)
+
     def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -514,6 +542,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_long_running_task(params, *overrides)
         self.wait_long_running_task(task_id, timeout)
+
+    def schedule_long_running_task(
+        self,
+        name: str,
+        cron_expression: str,
+        params: LongRunningTaskParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues LongRunningTask
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("LongRunningTask", name, cron_expression, params, timezone)
 
     def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -565,6 +607,22 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_process_daily_reports(params, *overrides)
         self.wait_process_daily_reports(task_id, timeout)
 
+    def schedule_process_daily_reports(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessDailyReportsParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ProcessDailyReports with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule(
+            "ProcessDailyReports", name, cron_expression, params, timezone
+        )
+
     def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -607,6 +665,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_process_order(params, *overrides)
         self.wait_process_order(task_id, timeout)
+
+    def schedule_process_order(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessOrderParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessOrder
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ProcessOrder", name, cron_expression, params, timezone)
 
     def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -653,6 +725,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_process_payment(params, *overrides)
         self.wait_process_payment(task_id, timeout)
 
+    def schedule_process_payment(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessPaymentParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessPayment
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ProcessPayment", name, cron_expression, params, timezone)
+
     def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -693,6 +779,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
         task_id = self.run_send_email(params, *overrides)
         self.wait_send_email(task_id, timeout)
+
+    def schedule_send_email(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendEmailParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SendEmail with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("SendEmail", name, cron_expression, params, timezone)
 
     def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -742,6 +842,22 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_send_notification(params, *overrides)
         self.wait_send_notification(task_id, timeout)
 
+    def schedule_send_notification(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendNotificationParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        SendNotification with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule(
+            "SendNotification", name, cron_expression, params, timezone
+        )
+
     def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -782,6 +898,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
         task_id = self.run_task_name(params, *overrides)
         self.wait_task_name(task_id, timeout)
+
+    def schedule_task_name(
+        self,
+        name: str,
+        cron_expression: str,
+        params: TaskNameParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues TaskName with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("TaskName", name, cron_expression, params, timezone)
 
     def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -828,6 +958,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_delete_opaque_key(params, *overrides)
         self.wait_delete_opaque_key(task_id, timeout)
+
+    def schedule_delete_opaque_key(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DeleteOpaqueKeyParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues deleteOpaqueKey
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("deleteOpaqueKey", name, cron_expression, params, timezone)
 
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
@@ -878,6 +1022,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_daily_cleanup(params, *overrides)
         await self.wait_daily_cleanup(task_id, timeout)
 
+    async def schedule_daily_cleanup(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DailyCleanupParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues DailyCleanup
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "DailyCleanup", name, cron_expression, params, timezone
+        )
+
     async def run_generate_report(
         self, params: GenerateReportParameters, *overrides: TaskOverride
     ) -> int:
@@ -924,6 +1084,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_generate_report(params, *overrides)
         return await self.wait_generate_report(task_id, timeout)
+
+    async def schedule_generate_report(
+        self,
+        name: str,
+        cron_expression: str,
+        params: GenerateReportParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues GenerateReport
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "GenerateReport", name, cron_expression, params, timezone
+        )
 
     async def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
@@ -972,6 +1148,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_long_running_task(params, *overrides)
         await self.wait_long_running_task(task_id, timeout)
+
+    async def schedule_long_running_task(
+        self,
+        name: str,
+        cron_expression: str,
+        params: LongRunningTaskParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues LongRunningTask
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "LongRunningTask", name, cron_expression, params, timezone
+        )
 
     async def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -1023,6 +1215,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_process_daily_reports(params, *overrides)
         await self.wait_process_daily_reports(task_id, timeout)
 
+    async def schedule_process_daily_reports(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessDailyReportsParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ProcessDailyReports with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessDailyReports", name, cron_expression, params, timezone
+        )
+
     async def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -1067,6 +1275,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_process_order(params, *overrides)
         await self.wait_process_order(task_id, timeout)
+
+    async def schedule_process_order(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessOrderParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessOrder
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessOrder", name, cron_expression, params, timezone
+        )
 
     async def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -1115,6 +1339,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_process_payment(params, *overrides)
         await self.wait_process_payment(task_id, timeout)
 
+    async def schedule_process_payment(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessPaymentParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessPayment
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessPayment", name, cron_expression, params, timezone
+        )
+
     async def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -1155,6 +1395,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
         task_id = await self.run_send_email(params, *overrides)
         await self.wait_send_email(task_id, timeout)
+
+    async def schedule_send_email(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendEmailParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SendEmail with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("SendEmail", name, cron_expression, params, timezone)
 
     async def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -1206,6 +1460,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_send_notification(params, *overrides)
         await self.wait_send_notification(task_id, timeout)
 
+    async def schedule_send_notification(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendNotificationParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        SendNotification with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "SendNotification", name, cron_expression, params, timezone
+        )
+
     async def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -1246,6 +1516,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
         task_id = await self.run_task_name(params, *overrides)
         await self.wait_task_name(task_id, timeout)
+
+    async def schedule_task_name(
+        self,
+        name: str,
+        cron_expression: str,
+        params: TaskNameParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues TaskName with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("TaskName", name, cron_expression, params, timezone)
 
     async def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -1294,6 +1578,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_delete_opaque_key(params, *overrides)
         await self.wait_delete_opaque_key(task_id, timeout)
+
+    async def schedule_delete_opaque_key(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DeleteOpaqueKeyParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues deleteOpaqueKey
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "deleteOpaqueKey", name, cron_expression, params, timezone
+        )
 
 
 async def dispatch_failure_hook(

@@ -3,7 +3,7 @@
 Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers`, the
 dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
 through the SQL core's own functions (anchor.retry_now, anchor.cancel, anchor.retry_hook, anchor.prune,
-anchor.cron_pause, anchor.cron_resume), so the same rules hold as for any other client.
+anchor.cron_pause, anchor.cron_resume, anchor.cron_delete), so the same rules hold as for any other client.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from anchor_py.waiting import TaskOutcome, WaitTimeout
 __all__ = [
     "STATES", "Conn", "CronSchedule", "PruneResult", "QueueStats", "StateCount", "Stats", "TaskDetail",
     "TaskEvent", "TaskFilter", "TaskNotFound", "TaskPage", "TaskSummary", "ThroughputPoint", "WorkerInfo",
-    "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_tasks", "list_workers",
-    "pause_cron", "prune", "prune_count", "prune_periods", "resume_cron", "retry_hook", "retry_task", "to_json",
+    "cancel_task", "db_now", "delete_cron", "get_stats", "get_task", "iter_tasks", "list_cron", "list_tasks",
+    "list_workers", "pause_cron", "prune", "prune_count", "prune_periods", "resume_cron", "retry_hook", "retry_task",
+    "to_json",
 ]
 
 Conn = psycopg.Connection[Any]
@@ -177,6 +178,11 @@ def pause_cron(conn: Conn, name: str) -> str:
 
 def resume_cron(conn: Conn, name: str) -> str:
     return _call(conn, queries.CRON_RESUME, {"name": name})
+
+
+def delete_cron(conn: Conn, name: str) -> str:
+    """anchor.cron_delete: a runtime schedule → 'deleted' ('absent' when there is none); a YAML one is refused."""
+    return _call(conn, queries.CRON_DELETE, {"name": name})
 
 
 def prune_count(conn: Conn, *, succeeded_after: timedelta | None, failed_after: timedelta | None) -> int:

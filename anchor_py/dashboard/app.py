@@ -7,7 +7,8 @@
 Pages: overview, task list, task detail (event timeline, tracebacks), cron schedules, pruning, and the
 Prometheus endpoint /metrics. Actions are POST forms guarded by a CSRF token (a random per-session value in
 a cookie, echoed in a hidden form field, compared server-side) and go through the SQL core's functions
-(anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.cron_pause, anchor.cron_resume, anchor.prune).
+(anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.cron_pause, anchor.cron_resume, anchor.cron_delete,
+anchor.prune).
 Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
 auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
@@ -305,6 +306,7 @@ def create_app(
         Route("/cron", cron_page, name="cron"),
         Route("/cron/{name}/pause", cron_action(admin.pause_cron), methods=["POST"]),
         Route("/cron/{name}/resume", cron_action(admin.resume_cron), methods=["POST"]),
+        Route("/cron/{name}/delete", cron_action(admin.delete_cron), methods=["POST"]),
         Route("/prune", prune_page, name="prune"),
         Route("/prune", prune_post, methods=["POST"]),
         Route("/metrics", metrics, name="metrics"),

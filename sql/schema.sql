@@ -918,7 +918,7 @@ $function$;
 CREATE OR REPLACE FUNCTION anchor.cron_sample_params(p_schema jsonb, p_params jsonb, p_now timestamp with time zone)
  RETURNS jsonb
  LANGUAGE sql
- IMMUTABLE
+ STABLE
 AS $function$
     select case
         when jsonb_typeof(p_params) is distinct from 'object' or jsonb_typeof(p_schema -> 'required') is distinct from 'array'

@@ -119,7 +119,7 @@ $$;
 create function anchor.cron_sample_params(p_schema jsonb, p_params jsonb, p_now timestamptz)
 returns jsonb
 language sql
-immutable
+stable
 as $$
     select case
         when jsonb_typeof(p_params) is distinct from 'object' or jsonb_typeof(p_schema -> 'required') is distinct from 'array'

@@ -202,6 +202,23 @@ async def test_two_cron_services_at_the_same_instant_enqueue_each_fire_time_once
 
 
 @sync
+async def test_the_cron_loop_pauses_a_runtime_schedule_sql_could_not_check(dsn: str, db: Conn) -> None:
+    register(db, PING)
+    for name, expression, zone in (("bad:expr", "every monday", "UTC"), ("bad:zone", "0 0 9 * * 1", "Mars/Olympus"),
+                                   ("good", "0 0 9 * * 1", "Europe/Berlin")):
+        db.execute("select anchor.cron_upsert(%s, 'Ping', %s, '{}', %s)", (name, expression, zone))
+    result = await CronService(dsn, FAST).run_once(now=at(2024, 5, 1, 12))
+    assert dict(result.paused) == {
+        "bad:expr": "cron expression 'every monday' has 2 fields; expected six "
+        "(second minute hour day-of-month month day-of-week) or five (second 0)",
+        "bad:zone": "timezone 'Mars/Olympus' is not a known time zone name (e.g. 'Europe/Berlin')",
+    }
+    rows = {r["name"]: r for r in db.execute("select * from anchor.cron_list_v2()").fetchall()}
+    assert (rows["bad:expr"]["paused"], rows["bad:zone"]["paused"], rows["good"]["paused"]) == (True, True, False)
+    assert rows["good"]["next_fire_at"] == at(2024, 5, 6, 7)  # Monday 09:00 in Berlin (CEST)
+
+
+@sync
 async def test_two_workers_run_a_runtime_every_second_schedule_once_per_fire_time(dsn: str, db: Conn) -> None:
     register(db, PING)
     TaskRunnerBase(db).schedule("Ping", "ping:every-second", "* * * * * *", NoParams())

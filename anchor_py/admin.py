@@ -4,8 +4,8 @@ and on queues.
 Everything here takes a psycopg connection (sync) and returns dataclasses; `anchor tasks|stats|workers|queues`,
 the dashboard and the /metrics endpoint are thin layers over it. Reads are plain SELECTs; every action goes
 through the SQL core's own functions (anchor.retry_now, anchor.cancel_tree, anchor.pause_task,
-anchor.resume_task, anchor.retry_hook, anchor.prune, anchor.cron_pause, anchor.cron_resume, anchor.pause_queue,
-anchor.resume_queue), so the same rules hold as for any other client.
+anchor.resume_task, anchor.retry_hook, anchor.prune, anchor.cron_pause, anchor.cron_resume, anchor.cron_delete,
+anchor.pause_queue, anchor.resume_queue), so the same rules hold as for any other client.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ __all__ = [
     "STATES", "Conn", "CronSchedule", "PruneResult", "QueueInfo", "QueueNotFound", "QueueStats", "RelatedTasks",
     "StateCount", "Stats", "TaskDetail", "TaskEvent", "TaskFilter", "TaskLink", "TaskNotFound", "TaskPage",
     "TaskSummary", "ThroughputPoint", "WorkerInfo",
-    "cancel_task", "db_now", "get_stats", "get_task", "iter_tasks", "list_cron", "list_queues", "list_tasks",
-    "list_workers", "pause_cron", "pause_queue", "pause_task", "prune", "prune_count", "prune_periods",
-    "resume_cron", "resume_queue", "resume_task", "retry_hook", "retry_task", "to_json",
+    "cancel_task", "db_now", "delete_cron", "get_stats", "get_task", "iter_tasks", "list_cron", "list_queues",
+    "list_tasks", "list_workers", "pause_cron", "pause_queue", "pause_task", "prune", "prune_count",
+    "prune_periods", "resume_cron", "resume_queue", "resume_task", "retry_hook", "retry_task", "to_json",
 ]
 
 Conn = psycopg.Connection[Any]
@@ -252,6 +252,11 @@ def _queue_action(conn: Conn, sql: str, name: str) -> str:
         if name not in known:
             raise QueueNotFound(name, known)
         return str(_scalar(conn, sql, {"name": name}))
+
+
+def delete_cron(conn: Conn, name: str) -> str:
+    """anchor.cron_delete: a runtime schedule → 'deleted' ('absent' when there is none); a YAML one is refused."""
+    return _call(conn, queries.CRON_DELETE, {"name": name})
 
 
 def prune_count(conn: Conn, *, succeeded_after: timedelta | None, failed_after: timedelta | None) -> int:

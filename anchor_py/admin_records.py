@@ -279,6 +279,11 @@ class Stats:
 @dataclass(frozen=True)
 class CronSchedule:
     name: str
+    # 'yaml' (a task definition's cronjob, named after its task) or 'runtime' (anchor.cron_upsert)
+    source: str
+    task_name: str
+    # False while the task is not registered: its runtime schedules wait for it without firing
+    task_active: bool
     expression: str
     timezone: str
     params: Any

@@ -1,7 +1,8 @@
 """The cron service: fires due cron schedules, once per fire time across all workers.
 
-The schedules live in ``anchor.cron_schedules``, synced from the task definitions; their fire times are
-computed in Python (``anchor_py.cron_times``). ``CronService`` is the maintenance service every worker
+The schedules live in ``anchor.cron_schedules``, synced from the task definitions or created by the
+application at run time (``anchor.cron_upsert``), and fire alike; their fire times are computed in Python
+(``anchor_py.cron_times``). ``CronService`` is the maintenance service every worker
 runs. One round (``run_once``) takes the due schedules ``FOR UPDATE SKIP LOCKED``, plans their fires,
 enqueues them through ``anchor.cron_fire`` and advances the next fire times, all in one transaction;
 between rounds it sleeps until the earliest next fire time (woken early by ``NOTIFY anchor_cron`` when a

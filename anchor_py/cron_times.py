@@ -22,7 +22,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-__all__ = ["CronError", "FirePlan", "build_params", "next_fire_after", "plan_fires", "schedule_zone"]
+__all__ = [
+    "CronError",
+    "FirePlan",
+    "build_params",
+    "check_schedule",
+    "next_fire_after",
+    "plan_fires",
+    "schedule_zone",
+]
 
 # Counting the fires a long outage dropped walks them one by one; past this many the count is a floor.
 MISSED_COUNT_LIMIT = 10_000
@@ -73,6 +81,20 @@ def _step(it: croniter, forward: bool, expression: str) -> datetime:
 def next_fire_after(expression: str, zone: str, after: datetime) -> datetime:
     """The first fire time strictly after ``after`` (aware), in UTC."""
     return _step(_iterator(expression, after, schedule_zone(zone)), True, expression)
+
+
+def check_schedule(name: str, expression: str, zone: str | None) -> None:
+    """Raises CronError naming the schedule when the cron loop could not compute its fire times (UTC when
+    ``zone`` is None), TypeError when an argument is not a string. The runners check a runtime schedule
+    with it before storing it: SQL stores any expression, and the loop would pause the schedule at run time.
+    """
+    for label, value in (("name", name), ("cron_expression", expression), ("timezone", zone)):
+        if not isinstance(value, str) and not (label == "timezone" and value is None):
+            raise TypeError(f"schedule {name!r}: {label} must be a string, got {type(value).__name__}")
+    try:
+        next_fire_after(expression, "UTC" if zone is None else zone, datetime.now(UTC))
+    except CronError as exc:
+        raise CronError(f"schedule {name!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ so the SQL core applies the definition's defaults, unique tags and schema valida
 - Params of another task's model (``run_send_email(SendNotificationParameters(...))``) are refused with a
   TypeError naming both models before anything is sent. The expected model comes from the ``TASKS`` of the
   generated module that defines the runner class.
+- ``schedule`` creates or replaces a runtime cron schedule (``anchor.cron_upsert``) and ``unschedule`` deletes
+  one (``anchor.cron_delete``), each committed like ``enqueue``. A cron expression or time zone the cron loop
+  could not use is refused with a CronError naming the schedule before anything is sent.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from anchor_py import queries, tracing
+from anchor_py.cron_times import check_schedule
 from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
 from anchor_py.taskspec import TaskSet
 from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typed_result, wait_async, wait_sync
@@ -195,6 +199,17 @@ def _fan_out_query_args(
 
 def _fan_out(row: tuple[Any, ...] | None, expected: int) -> FanOut:
     return FanOut(_returned_ids(row, expected), _returned_id(None if row is None else row[1:]))
+def _schedule_query_args(
+    runner: object, task_name: str, name: str, cron_expression: str, params: pydantic.BaseModel, timezone: str | None
+) -> dict[str, Any]:
+    check_schedule(name, cron_expression, timezone)
+    return {
+        "name": name,
+        "task_name": task_name,
+        "cron_expression": cron_expression,
+        "params": Jsonb(_params_json(task_name, params, _expected_model(runner, task_name))),
+        "timezone": timezone,
+    }
 
 
 def _refuse_autocommit(tx: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -237,6 +252,12 @@ def _returned_ids(row: tuple[Any, ...] | None, expected: int) -> list[int]:
     if len(ids) != expected:
         raise RuntimeError(f"anchor.enqueue_many returned {len(ids)} ids for {expected} tasks")
     return ids
+
+
+def _returned_outcome(row: tuple[Any, ...] | None, function: str) -> str:
+    if row is None or row[0] is None:
+        raise RuntimeError(f"anchor.{function} returned no outcome")
+    return str(row[0])
 
 
 class TaskRunnerBase:
@@ -302,6 +323,25 @@ class TaskRunnerBase:
         _refuse_autocommit(tx)
         arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
         return _fan_out(_fetch_row(tx, queries.FAN_OUT, arguments), len(params_list))
+    def schedule(
+        self,
+        task_name: str,
+        name: str,
+        cron_expression: str,
+        params: pydantic.BaseModel,
+        timezone: str | None = None,
+    ) -> str:
+        """Create or replace the runtime cron schedule ``name``, which enqueues task_name with params at each
+        fire time of cron_expression (seconds first) in timezone (UTC when None), and commit it; returns
+        'created', 'replaced' or 'unchanged'. A bad expression or zone raises CronError before anything is sent."""
+        arguments = _schedule_query_args(self, task_name, name, cron_expression, params, timezone)
+        return _returned_outcome(self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
+
+    def unschedule(self, name: str) -> bool:
+        """Delete the runtime cron schedule ``name`` and commit; False when there was none. A schedule of the
+        task definitions is refused (psycopg.Error, SQLSTATE AT003)."""
+        row = self._fetch_committed(queries.CRON_DELETE, {"name": name})
+        return _returned_outcome(row, "cron_delete") == "deleted"
 
     def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
@@ -392,6 +432,25 @@ class AsyncTaskRunnerBase:
         _refuse_autocommit(tx)
         arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
         return _fan_out(await _fetch_row_async(tx, queries.FAN_OUT, arguments), len(params_list))
+    async def schedule(
+        self,
+        task_name: str,
+        name: str,
+        cron_expression: str,
+        params: pydantic.BaseModel,
+        timezone: str | None = None,
+    ) -> str:
+        """Create or replace the runtime cron schedule ``name``, which enqueues task_name with params at each
+        fire time of cron_expression (seconds first) in timezone (UTC when None), and commit it; returns
+        'created', 'replaced' or 'unchanged'. A bad expression or zone raises CronError before anything is sent."""
+        arguments = _schedule_query_args(self, task_name, name, cron_expression, params, timezone)
+        return _returned_outcome(await self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
+
+    async def unschedule(self, name: str) -> bool:
+        """Delete the runtime cron schedule ``name`` and commit; False when there was none. A schedule of the
+        task definitions is refused (psycopg.Error, SQLSTATE AT003)."""
+        row = await self._fetch_committed(queries.CRON_DELETE, {"name": name})
+        return _returned_outcome(row, "cron_delete") == "deleted"
 
     async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);

@@ -30,10 +30,14 @@ create table anchor.cron_schedules (
     missed_count bigint not null default 0,
     created_at timestamp with time zone not null,
     updated_at timestamp with time zone not null,
+    task_name text not null,
+    source text not null,
     constraint cron_schedules_catch_up_check CHECK (catch_up >= 0),
-    constraint cron_schedules_name_fkey FOREIGN KEY (name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
     constraint cron_schedules_overlap_check CHECK (overlap = ANY (ARRAY['skip'::text, 'allow'::text])),
-    constraint cron_schedules_pkey PRIMARY KEY (name)
+    constraint cron_schedules_pkey PRIMARY KEY (name),
+    constraint cron_schedules_source_check CHECK (source = ANY (ARRAY['yaml'::text, 'runtime'::text])),
+    constraint cron_schedules_task_name_fkey FOREIGN KEY (task_name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
+    constraint cron_schedules_yaml_name_check CHECK (source <> 'yaml'::text OR name = task_name)
 );
 
 create table anchor.function_roles (
@@ -72,14 +76,6 @@ create table anchor.task_definitions (
     active boolean not null default true,
     updated_at timestamp with time zone not null,
     constraint task_definitions_pkey PRIMARY KEY (name)
-);
-
-create table anchor.task_dependencies (
-    task_id bigint not null,
-    depends_on bigint not null,
-    constraint task_dependencies_depends_on_fkey FOREIGN KEY (depends_on) REFERENCES anchor.tasks(id) ON DELETE CASCADE,
-    constraint task_dependencies_pkey PRIMARY KEY (task_id, depends_on),
-    constraint task_dependencies_task_id_fkey FOREIGN KEY (task_id) REFERENCES anchor.tasks(id) ON DELETE CASCADE
 );
 
 create table anchor.task_events (
@@ -135,14 +131,9 @@ create table anchor.tasks (
     progress jsonb,
     waited boolean not null default false,
     waiting_for text,
-    parent_id bigint,
-    unmet_dependencies integer not null default 0,
-    has_dependents boolean not null default false,
-    pause_requested boolean not null default false,
-    start_delay interval,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
-    constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text, 'blocked'::text, 'paused'::text])),
+    constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text])),
     constraint tasks_waiting_for_check CHECK (waiting_for = 'time'::text)
 );
 
@@ -157,12 +148,11 @@ create table anchor.workers (
 CREATE UNIQUE INDEX cron_fires_pkey ON anchor.cron_fires USING btree (name, fire_at);
 CREATE INDEX cron_schedules_due_idx ON anchor.cron_schedules USING btree (next_fire_at NULLS FIRST) WHERE (NOT paused);
 CREATE UNIQUE INDEX cron_schedules_pkey ON anchor.cron_schedules USING btree (name);
+CREATE INDEX cron_schedules_task_name_idx ON anchor.cron_schedules USING btree (task_name);
 CREATE UNIQUE INDEX function_roles_pkey ON anchor.function_roles USING btree (function_name);
 CREATE UNIQUE INDEX schema_migrations_pkey ON anchor.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON anchor.settings USING btree (name);
 CREATE UNIQUE INDEX task_definitions_pkey ON anchor.task_definitions USING btree (name);
-CREATE INDEX task_dependencies_dependents_idx ON anchor.task_dependencies USING btree (depends_on, task_id);
-CREATE UNIQUE INDEX task_dependencies_pkey ON anchor.task_dependencies USING btree (task_id, depends_on);
 CREATE UNIQUE INDEX task_events_pkey ON anchor.task_events USING btree (id);
 CREATE INDEX task_events_task_idx ON anchor.task_events USING btree (task_id, id);
 CREATE UNIQUE INDEX task_registry_pkey ON anchor.task_registry USING btree (singleton);
@@ -170,11 +160,10 @@ CREATE INDEX tasks_claim_idx ON anchor.tasks USING btree (queue, name, priority,
 CREATE INDEX tasks_finished_idx ON anchor.tasks USING btree (state, finished_at) WHERE (state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]));
 CREATE INDEX tasks_held_idx ON anchor.tasks USING btree (locked_by) WHERE (state = ANY (ARRAY['running'::text, 'failing'::text]));
 CREATE INDEX tasks_hook_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE (state = 'failing'::text);
-CREATE INDEX tasks_parent_idx ON anchor.tasks USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX tasks_pkey ON anchor.tasks USING btree (id);
 CREATE INDEX tasks_rescued_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE ((state = 'pending'::text) AND (rescues > 0));
 CREATE INDEX tasks_scheduled_idx ON anchor.tasks USING btree (queue, name, run_at) WHERE ((state = 'pending'::text) AND (waiting_for = 'time'::text));
-CREATE UNIQUE INDEX tasks_unique_tag_idx ON anchor.tasks USING btree (unique_tag) WHERE ((unique_tag IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'running'::text, 'failing'::text, 'blocked'::text, 'paused'::text])));
+CREATE UNIQUE INDEX tasks_unique_tag_idx ON anchor.tasks USING btree (unique_tag) WHERE ((unique_tag IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'running'::text, 'failing'::text])));
 CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 
 -- sequence anchor.task_events_id_seq as bigint start 1 increment 1 minvalue 1 maxvalue 9223372036854775807 cache 1
@@ -182,11 +171,9 @@ CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 
 CREATE TRIGGER cron_schedules_notify AFTER INSERT OR UPDATE OF next_fire_at, paused ON anchor.cron_schedules FOR EACH ROW WHEN (new.next_fire_at IS NULL AND NOT new.paused) EXECUTE FUNCTION anchor.notify_cron_change();
 CREATE TRIGGER task_definitions_sync_cron AFTER INSERT OR DELETE OR UPDATE ON anchor.task_definitions FOR EACH ROW EXECUTE FUNCTION anchor.sync_cron_schedule();
-CREATE TRIGGER tasks_a_hold_paused BEFORE UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (old.pause_requested AND old.state = 'running'::text AND new.state IS DISTINCT FROM 'running'::text) EXECUTE FUNCTION anchor.hold_paused();
 CREATE TRIGGER tasks_notify_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.notify_due_tasks();
 CREATE TRIGGER tasks_notify_outcome AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.waited AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.notify_task_outcome();
 CREATE TRIGGER tasks_notify_update AFTER UPDATE OF state, run_at, locked_by ON anchor.tasks FOR EACH ROW WHEN ((new.state = ANY (ARRAY['pending'::text, 'failing'::text])) AND new.locked_by IS NULL) EXECUTE FUNCTION anchor.notify_due_task();
-CREATE TRIGGER tasks_settle_dependents AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.has_dependents AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.settle_dependents();
 CREATE TRIGGER tasks_waiting_for_insert BEFORE INSERT ON anchor.tasks FOR EACH ROW WHEN (new.run_at > now()) EXECUTE FUNCTION anchor.set_waiting_for();
 CREATE TRIGGER tasks_waiting_for_update BEFORE UPDATE OF state, run_at ON anchor.tasks FOR EACH ROW WHEN (new.state = 'pending'::text OR new.waiting_for IS NOT NULL) EXECUTE FUNCTION anchor.set_waiting_for();
 
@@ -253,89 +240,30 @@ $function$;
 
 CREATE OR REPLACE FUNCTION anchor.cancel(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
- LANGUAGE sql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-    select coalesce(
-        min(c.outcome) filter (where c.task_id = cancel.id),
-        min('unchanged') filter (where c.task_id is not null)
-    )
-    from anchor.cancel_tree(cancel.id, cancel.p_now) as c
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.cancel_new_tasks(p_ids bigint[], p_now timestamp with time zone, p_message text, p_details jsonb)
- RETURNS void
- LANGUAGE sql
-AS $function$
-    with cancelled as (
-        update anchor.tasks t set state = 'cancelled', finished_at = p_now, last_error = p_message
-        where t.id = any(p_ids) and t.state in ('blocked', 'paused')
-        returning t.id
-    )
-    insert into anchor.task_events (task_id, at, kind, attempt, message, details)
-    select c.id, p_now, 'cancelled', 0, p_message, p_details from cancelled as c
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.cancel_tree(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS TABLE(task_id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := anchor.clock(cancel_tree.p_now);
-    v_root anchor.tasks := anchor.lock_task(cancel_tree.id);
-    v_ids bigint[] := array[cancel_tree.id]
-        || anchor.lock_subtree(cancel_tree.id, array['pending', 'blocked', 'paused', 'running']);
-    v_changed bigint;
+    v_now timestamptz := coalesce(p_now, now());
+    v_task anchor.tasks := anchor.lock_task(cancel.id);
 begin
-    return query
-    with cancelled as (
-        update anchor.tasks t set state = 'cancelled', finished_at = v_now
-        where t.id = any(v_ids) and t.state in ('pending', 'blocked', 'paused')
-        returning t.id, t.attempts
-    ),
-
-    requested as (
-        update anchor.tasks t set cancel_requested = true
-        where t.id = any(v_ids) and t.state = 'running' and not t.cancel_requested
-        returning t.id, t.attempts, t.locked_by
-    ),
-
-    changed as (
-        select c.id, 'cancelled' as outcome, c.attempts, null as worker_id from cancelled as c
-        union all
-        select r.id, 'cancel_requested', r.attempts, r.locked_by from requested as r
-    ),
-
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
-            case when c.id <> cancel_tree.id then jsonb_build_object('ancestor', cancel_tree.id) end
-        from changed as c
-    )
-
-    select c.id, c.outcome from (
-        select c.id, c.outcome from changed as c
-        -- the root's cancel was already requested: reported (and its worker notified) again, as cancel did
-        union all
-        select cancel_tree.id, 'cancel_requested'
-        where v_root.state = 'running' and v_root.cancel_requested
-    ) as c
-    order by c.id <> cancel_tree.id, c.id;
-    get diagnostics v_changed = row_count;
-
-    perform pg_notify('anchor_cancel', t.id::text)
-    from anchor.tasks t
-    where t.id = any(v_ids) and t.state = 'running' and t.cancel_requested;
-
-    if v_changed = 0 then
-        raise exception using errcode = 'AT005',
-            message = format('task %s is %s; only pending or running tasks (or blocked or paused ones, or tasks with live descendants) can be cancelled',
-                cancel_tree.id, v_root.state);
+    if v_task.state = 'pending' then
+        update anchor.tasks t set state = 'cancelled', finished_at = v_now where t.id = cancel.id;
+        insert into anchor.task_events (task_id, at, kind, attempt) values (cancel.id, v_now, 'cancelled', v_task.attempts);
+        return 'cancelled';
+    elsif v_task.state = 'running' then
+        if not v_task.cancel_requested then
+            update anchor.tasks t set cancel_requested = true where t.id = cancel.id;
+            insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
+            values (cancel.id, v_now, 'cancel_requested', v_task.attempts, v_task.locked_by);
+        end if;
+        perform pg_notify('anchor_cancel', cancel.id::text);
+        return 'cancel_requested';
     end if;
+    raise exception using errcode = 'AT005',
+        message = format('task %s is %s; only pending or running tasks can be cancelled', cancel.id, v_task.state);
 end;
 $function$;
 
@@ -748,6 +676,32 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_delete(name text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_source text;
+begin
+    -- waits for a cron loop holding the schedule (cron_take_due locks it until its round commits)
+    select s.source into v_source from anchor.cron_schedules s where s.name = cron_delete.name for update;
+    if not found then
+        return 'absent';
+    end if;
+    if v_source = 'yaml' then
+        raise exception using errcode = 'AT003',
+            message = format('cron_delete: schedule %L comes from the cronjob of task %s and cannot be deleted', cron_delete.name, cron_delete.name),
+            hint = 'Remove the cronjob from the task definitions (and register them), or pause it: anchor cron pause.';
+    end if;
+    delete from anchor.cron_schedules s where s.name = cron_delete.name;
+    delete from anchor.cron_fires f where f.name = cron_delete.name;
+    return 'deleted';
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_fail(name text, error_message text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -849,7 +803,7 @@ begin
             v_skipped := v_skipped + 1;
         else
             v_task_id := anchor.enqueue(
-                name => cron_fire.name,
+                name => v_schedule.task_name,
                 params => cron_fire.fire_params -> (v_fire.ord::integer - 1),
                 scheduled_at => v_fire.at,
                 p_now => v_now
@@ -894,6 +848,21 @@ AS $function$
     order by s.name
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_list_v2()
+ RETURNS TABLE(name text, source text, task_name text, task_active boolean, expression text, timezone text, params jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, last_fired_at timestamp with time zone, last_task_id bigint, paused boolean, paused_at timestamp with time zone, last_error text, fired_count bigint, skipped_count bigint, missed_count bigint)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select
+        s.name, s.source, s.task_name, d.active, s.expression, s.timezone, s.params, s.catch_up, s.overlap,
+        s.next_fire_at, s.last_fired_at, s.last_task_id, s.paused, s.paused_at, s.last_error, s.fired_count,
+        s.skipped_count, s.missed_count
+    from anchor.cron_schedules s
+    inner join anchor.task_definitions d on d.name = s.task_name
+    order by s.name
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(wake_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE sql
@@ -902,6 +871,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone 
 AS $function$
     select min(coalesce(s.next_fire_at, anchor.clock(p_now))), anchor.clock(p_now)
     from anchor.cron_schedules s
+    inner join anchor.task_definitions d on d.name = s.task_name and d.active
     where not s.paused
 $function$;
 
@@ -945,6 +915,31 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_sample_params(p_schema jsonb, p_params jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case
+        when jsonb_typeof(p_params) is distinct from 'object' or jsonb_typeof(p_schema -> 'required') is distinct from 'array'
+            then p_params
+        else p_params || coalesce((
+            select jsonb_object_agg(
+                r.name,
+                case p_schema -> 'properties' -> r.name ->> 'format'
+                    when 'date' then to_char(p_now at time zone 'UTC', 'YYYY-MM-DD')
+                    else to_char(p_now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')
+                end
+            )
+            from jsonb_array_elements_text(p_schema -> 'required') as r (name)
+            -- given and not null: kept; only a string date or date-time can be filled
+            where coalesce(jsonb_typeof(p_params -> r.name), 'null') = 'null'
+                and coalesce(p_schema -> 'properties' -> r.name ->> 'type', 'string') = 'string'
+                and p_schema -> 'properties' -> r.name ->> 'format' in ('date', 'date-time')
+        ), '{}')
+    end
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_take_due(max_schedules integer DEFAULT 100, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(name text, expression text, timezone text, params jsonb, params_schema jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE plpgsql
@@ -962,11 +957,94 @@ begin
     return query
     select s.name, s.expression, s.timezone, s.params, d.params_schema, s.catch_up, s.overlap, s.next_fire_at, v_now
     from anchor.cron_schedules s
-    inner join anchor.task_definitions d on d.name = s.name
+    -- a runtime schedule of a task no longer registered waits for the task to come back
+    inner join anchor.task_definitions d on d.name = s.task_name and d.active
     where not s.paused and (s.next_fire_at is null or s.next_fire_at <= v_now)
     order by s.next_fire_at nulls first, s.name
     limit cron_take_due.max_schedules
     for update of s skip locked;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.cron_upsert(name text, task_name text, cron_expression text, params jsonb DEFAULT '{}'::jsonb, timezone text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(cron_upsert.p_now);
+    v_def anchor.task_definitions;
+    v_zone text := coalesce(cron_upsert.timezone, 'UTC');
+    v_problem text;
+    v_inserted boolean;
+begin
+    v_problem := case
+        when cron_upsert.name is null or btrim(cron_upsert.name) = '' then 'name must be a non-empty string'
+        when octet_length(cron_upsert.name) > 255
+            then format('name %s... of %s bytes is over the limit of 255 bytes', left(cron_upsert.name, 40), octet_length(cron_upsert.name))
+        when cron_upsert.name <> btrim(cron_upsert.name) or cron_upsert.name ~ '[[:cntrl:]]'
+            then format('name %L must not start or end with spaces or hold control characters', cron_upsert.name)
+        when cron_upsert.task_name is null then format('schedule %L: task_name must not be null', cron_upsert.name)
+        when cron_upsert.cron_expression is null or btrim(cron_upsert.cron_expression) = ''
+            then format('schedule %L: cron_expression must be a non-empty string, got %L', cron_upsert.name, cron_upsert.cron_expression)
+        when octet_length(cron_upsert.cron_expression) > 255
+            then format('schedule %L: cron_expression %s... of %s bytes is over the limit of 255 bytes',
+                cron_upsert.name, left(cron_upsert.cron_expression, 40), octet_length(cron_upsert.cron_expression))
+        when btrim(v_zone) = '' or octet_length(v_zone) > 255
+            then format('schedule %L: timezone %L must be a time zone name such as ''Europe/Berlin''', cron_upsert.name, left(v_zone, 40))
+    end;
+    if v_problem is not null then
+        raise exception using errcode = 'AT003', message = format('cron_upsert: %s', v_problem);
+    end if;
+    -- any definition, active or not: a YAML schedule is named after its task (see this file's header)
+    if exists (select 1 from anchor.task_definitions d where d.name = cron_upsert.name) then
+        raise exception using errcode = 'AT003',
+            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name),
+            hint = format('Give the runtime schedule a name of its own, such as %L.', cron_upsert.name || ':' || 'nightly');
+    end if;
+    v_def := anchor.definition_of(cron_upsert.task_name);
+    perform anchor.check_params(v_def, anchor.cron_sample_params(v_def.params_schema, cron_upsert.params, v_now));
+
+    insert into anchor.cron_schedules as s (
+        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
+    ) values (
+        cron_upsert.name, cron_upsert.task_name, 'runtime', btrim(cron_upsert.cron_expression), v_zone,
+        cron_upsert.params, 0, 'skip', v_now, v_now
+    )
+    on conflict (name) do update set
+        task_name = excluded.task_name,
+        expression = excluded.expression,
+        timezone = excluded.timezone,
+        params = excluded.params,
+        -- as anchor.cron_resume when an error pause is lifted; otherwise only a new expression or zone
+        -- changes when it fires
+        next_fire_at = case
+            when s.paused and s.last_error is not null then null
+            when s.expression is distinct from excluded.expression or s.timezone is distinct from excluded.timezone
+                then null
+            else s.next_fire_at
+        end,
+        paused = s.paused and s.last_error is null,
+        paused_at = case when s.last_error is null then s.paused_at end,
+        last_error = null,
+        last_error_at = null,
+        updated_at = excluded.updated_at
+    -- a YAML schedule is never replaced (only a concurrent registration can get here: reported below)
+    where s.source = 'runtime'
+        and (s.task_name, s.expression, s.timezone, s.params)
+        is distinct from (excluded.task_name, excluded.expression, excluded.timezone, excluded.params)
+    -- xmax is 0 on a freshly inserted row version, set on one that updated an existing row
+    returning s.xmax = 0 into v_inserted;
+    if v_inserted is not null then
+        return case when v_inserted then 'created' else 'replaced' end;
+    end if;
+    if exists (select 1 from anchor.cron_schedules s where s.name = cron_upsert.name and s.source = 'yaml') then
+        raise exception using errcode = 'AT003',
+            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name);
+    end if;
+    return 'unchanged';
 end;
 $function$;
 
@@ -1065,20 +1143,6 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.dependency_results(task_id bigint)
- RETURNS jsonb
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-    select jsonb_agg(
-        jsonb_build_object('task_id', d.id, 'task_name', d.name, 'result', d.result) order by d.id
-    )
-    from anchor.task_dependencies e
-    inner join anchor.tasks d on e.depends_on = d.id
-    where e.task_id = dependency_results.task_id
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.deregister_worker(worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS void
  LANGUAGE plpgsql
@@ -1101,7 +1165,7 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.enqueue(name text, params jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tag text DEFAULT NULL::text, retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, depends_on bigint[] DEFAULT NULL::bigint[], parent_id bigint DEFAULT NULL::bigint)
+CREATE OR REPLACE FUNCTION anchor.enqueue(name text, params jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tag text DEFAULT NULL::text, retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1111,13 +1175,6 @@ AS $function$
 declare
     v_now timestamptz := anchor.clock(enqueue.p_now);
     v_def anchor.task_definitions := anchor.definition_of(enqueue.name);
-    v_dependency_ids bigint[];
-    v_unmet integer := 0;
-    v_doomed_id bigint;
-    v_doomed_name text;
-    v_doomed_state text;
-    v_inherited text;
-    v_state text;
     v_id bigint;
     v_holder text;
 begin
@@ -1133,24 +1190,15 @@ begin
         );
         perform anchor.check_times(enqueue.name, enqueue.run_at, enqueue.scheduled_at);
     end if;
-    if enqueue.depends_on is not null then
-        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
-        from anchor.lock_dependencies(enqueue.name, enqueue.depends_on);
-    end if;
-    if enqueue.parent_id is not null then
-        v_inherited := anchor.lock_parent(enqueue.name, enqueue.parent_id);
-    end if;
-    v_state := anchor.initial_state(v_unmet, v_inherited);
     -- a few rounds at most: each round either inserts, finds the live holder of the tag, or sees the
     -- holder finish in between; a holder invisible to the caller's snapshot would loop forever
     for v_round in 1..5 loop
         insert into anchor.tasks (
-            name, params, state, queue, priority, max_attempts, retry_intervals, timeout, unique_tag,
-            run_at, scheduled_at, created_at, parent_id, unmet_dependencies, start_delay
+            name, params, queue, priority, max_attempts, retry_intervals, timeout, unique_tag,
+            run_at, scheduled_at, created_at
         ) values (
             enqueue.name,
             enqueue.params,
-            v_state,
             coalesce(enqueue.queue, v_def.queue),
             coalesce(enqueue.priority, v_def.priority),
             coalesce(enqueue.max_attempts, v_def.max_attempts),
@@ -1159,36 +1207,16 @@ begin
             enqueue.unique_tag,
             coalesce(enqueue.run_at, v_now + coalesce(enqueue.delay, interval '0')),
             enqueue.scheduled_at,
-            v_now,
-            enqueue.parent_id,
-            v_unmet,
-            -- waiting for dependencies without a run_at of its own: the delay counts from the unblocking
-            case when v_unmet > 0 and enqueue.run_at is null then coalesce(enqueue.delay, interval '0') end
+            v_now
         )
-        on conflict (unique_tag) where unique_tag is not null and state in ('pending', 'running', 'failing', 'blocked', 'paused')
+        on conflict (unique_tag) where unique_tag is not null and state in ('pending', 'running', 'failing')
         do nothing
         returning id into v_id;
         if v_id is not null then
-            if v_dependency_ids is not null then
-                insert into anchor.task_dependencies (task_id, depends_on)
-                select v_id, d.id from unnest(v_dependency_ids) as d (id);
-            end if;
-            if v_doomed_id is not null then
-                perform anchor.cancel_new_tasks(
-                    array[v_id], v_now,
-                    format('dependency %s (%s) ended %s', v_doomed_id, v_doomed_name, v_doomed_state),
-                    jsonb_build_object('dependency', v_doomed_id, 'dependency_state', v_doomed_state)
-                );
-            elsif v_inherited = 'cancelled' then
-                perform anchor.cancel_new_tasks(
-                    array[v_id], v_now, format('parent %s was cancelled', enqueue.parent_id),
-                    jsonb_build_object('ancestor', enqueue.parent_id)
-                );
-            end if;
             return v_id;
         end if;
         select t.id, t.name into v_id, v_holder from anchor.tasks t
-        where t.unique_tag = enqueue.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
+        where t.unique_tag = enqueue.unique_tag and t.state in ('pending', 'running', 'failing');
         if v_holder is distinct from enqueue.name and v_id is not null then
             raise exception using errcode = 'AT006',
                 message = format('task %s: unique tag %L is held by a live task of another name, %L', enqueue.name, enqueue.unique_tag, v_holder),
@@ -1204,7 +1232,7 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.enqueue_many(name text, params jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tags text[] DEFAULT NULL::text[], retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, depends_on bigint[] DEFAULT NULL::bigint[], parent_id bigint DEFAULT NULL::bigint)
+CREATE OR REPLACE FUNCTION anchor.enqueue_many(name text, params jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tags text[] DEFAULT NULL::text[], retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint[]
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1217,13 +1245,6 @@ declare
     v_max_bytes bigint := (select s.value::bigint from anchor.settings s where s.name = 'max_enqueue_many_bytes');
     v_element record;
     v_problem text;
-    v_dependency_ids bigint[];
-    v_unmet integer := 0;
-    v_doomed_id bigint;
-    v_doomed_name text;
-    v_doomed_state text;
-    v_inherited text;
-    v_state text;
     v_ids bigint[];
 begin
     if jsonb_typeof(enqueue_many.params) is distinct from 'array' then
@@ -1266,66 +1287,33 @@ begin
             name => enqueue_many.name, params => e.value, run_at => enqueue_many.run_at, delay => enqueue_many.delay,
             unique_tag => enqueue_many.unique_tags[e.ord], retry_intervals => enqueue_many.retry_intervals,
             max_attempts => enqueue_many.max_attempts, timeout => enqueue_many.timeout,
-            priority => enqueue_many.priority, queue => enqueue_many.queue, p_now => v_now,
-            depends_on => enqueue_many.depends_on, parent_id => enqueue_many.parent_id
+            priority => enqueue_many.priority, queue => enqueue_many.queue, p_now => v_now
         ) order by e.ord) into v_ids
         from jsonb_array_elements(enqueue_many.params) with ordinality as e (value, ord);
         return coalesce(v_ids, '{}');
     end if;
 
-    if enqueue_many.depends_on is not null then
-        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
-        from anchor.lock_dependencies(enqueue_many.name, enqueue_many.depends_on);
-    end if;
-    if enqueue_many.parent_id is not null then
-        v_inherited := anchor.lock_parent(enqueue_many.name, enqueue_many.parent_id);
-    end if;
-    v_state := anchor.initial_state(v_unmet, v_inherited);
-
     with inserted as (
         insert into anchor.tasks (
-            name, params, state, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at,
-            parent_id, unmet_dependencies, start_delay
+            name, params, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at
         )
         select
             enqueue_many.name,
             e.value,
-            v_state,
             coalesce(enqueue_many.queue, v_def.queue),
             coalesce(enqueue_many.priority, v_def.priority),
             coalesce(enqueue_many.max_attempts, v_def.max_attempts),
             coalesce(enqueue_many.retry_intervals, v_def.retry_intervals),
             coalesce(enqueue_many.timeout, v_def.timeout),
             coalesce(enqueue_many.run_at, v_now + coalesce(enqueue_many.delay, interval '0')),
-            v_now,
-            enqueue_many.parent_id,
-            v_unmet,
-            case when v_unmet > 0 and enqueue_many.run_at is null then coalesce(enqueue_many.delay, interval '0') end
+            v_now
         from jsonb_array_elements(enqueue_many.params) with ordinality as e (value, ord)
         order by e.ord
         returning id
     )
     -- identity values are assigned in insertion order, so sorting the ids restores the input order
     select array_agg(i.id order by i.id) into v_ids from inserted as i;
-    v_ids := coalesce(v_ids, '{}');
-
-    if v_dependency_ids is not null then
-        insert into anchor.task_dependencies (task_id, depends_on)
-        select t.id, d.id from unnest(v_ids) as t (id) cross join unnest(v_dependency_ids) as d (id);
-    end if;
-    if v_doomed_id is not null then
-        perform anchor.cancel_new_tasks(
-            v_ids, v_now,
-            format('dependency %s (%s) ended %s', v_doomed_id, v_doomed_name, v_doomed_state),
-            jsonb_build_object('dependency', v_doomed_id, 'dependency_state', v_doomed_state)
-        );
-    elsif v_inherited = 'cancelled' then
-        perform anchor.cancel_new_tasks(
-            v_ids, v_now, format('parent %s was cancelled', enqueue_many.parent_id),
-            jsonb_build_object('ancestor', enqueue_many.parent_id)
-        );
-    end if;
-    return v_ids;
+    return coalesce(v_ids, '{}');
 end;
 $function$;
 
@@ -1650,33 +1638,6 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.hold_paused()
- RETURNS trigger
- LANGUAGE plpgsql
-AS $function$
-begin
-    if new.state = 'pending' then
-        new.state := 'paused';
-        insert into anchor.task_events (task_id, at, kind, attempt, details)
-        values (new.id, now(), 'paused', new.attempts, jsonb_build_object('from_state', 'running'));
-    end if;
-    new.pause_requested := false;
-    return new;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.initial_state(p_unmet integer, p_inherited text)
- RETURNS text
- LANGUAGE sql
- IMMUTABLE
-AS $function$
-    select case
-        when p_inherited = 'paused' then 'paused'
-        when coalesce(p_unmet, 0) > 0 or p_inherited = 'cancelled' then 'blocked'
-        else 'pending'
-    end
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.interval_setting(p_name text)
  RETURNS interval
  LANGUAGE sql
@@ -1726,102 +1687,9 @@ begin
         raise exception using
             errcode = 'AT007',
             message = format('no cron schedule %L', p_name),
-            hint = 'Schedules come from task definitions with a cronjob; see anchor cron list.';
+            hint = 'Schedules come from task definitions with a cronjob and from anchor.cron_upsert; see anchor cron list.';
     end if;
     return v_schedule;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.lock_dependencies(p_task text, p_depends_on bigint[], OUT dependency_ids bigint[], OUT unmet integer, OUT doomed_id bigint, OUT doomed_name text, OUT doomed_state text)
- RETURNS record
- LANGUAGE plpgsql
-AS $function$
-declare
-    v_max integer := (select s.value::integer from anchor.settings s where s.name = 'max_dependencies');
-    v_found integer;
-    v_missing bigint;
-begin
-    if array_ndims(p_depends_on) > 1 then
-        raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, p_depends_on);
-    end if;
-    if cardinality(p_depends_on) > v_max then
-        raise exception using errcode = 'AT003',
-            message = format('task %s: %s dependencies are over the limit of %s (anchor.settings max_dependencies)',
-                p_task, cardinality(p_depends_on), v_max);
-    end if;
-    if array_position(p_depends_on, null) is not null then
-        raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must not contain null, got %s', p_task, p_depends_on);
-    end if;
-    dependency_ids := array(select distinct d.id from unnest(p_depends_on) as d (id) order by d.id);
-    update anchor.tasks t set has_dependents = true
-    where t.id = any(dependency_ids) and not t.has_dependents;
-    perform from anchor.tasks t where t.id = any(dependency_ids) order by t.id for share;
-    select count(*), count(*) filter (where t.state <> 'succeeded') into v_found, unmet
-    from anchor.tasks t where t.id = any(dependency_ids);
-    if v_found < cardinality(dependency_ids) then
-        select d.id into v_missing from unnest(dependency_ids) as d (id)
-        where not exists (select from anchor.tasks t where t.id = d.id)
-        order by d.id
-        limit 1;
-        raise exception using errcode = 'AT004',
-            message = format('task %s: dependency %s does not exist', p_task, v_missing);
-    end if;
-    select t.id, t.name, t.state into doomed_id, doomed_name, doomed_state
-    from anchor.tasks t
-    where t.id = any(dependency_ids) and t.state in ('failed', 'hook_failed', 'cancelled')
-    order by t.id
-    limit 1;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.lock_parent(p_task text, p_parent_id bigint)
- RETURNS text
- LANGUAGE plpgsql
-AS $function$
-declare
-    v_parent record;
-begin
-    select t.state, t.cancel_requested, t.pause_requested into v_parent
-    from anchor.tasks t where t.id = p_parent_id
-    for share;
-    if not found then
-        raise exception using errcode = 'AT004', message = format('task %s: parent %s does not exist', p_task, p_parent_id);
-    end if;
-    return case
-        when v_parent.state = 'cancelled' or (v_parent.state = 'running' and v_parent.cancel_requested) then 'cancelled'
-        when v_parent.state = 'paused' or (v_parent.state = 'running' and v_parent.pause_requested) then 'paused'
-    end;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.lock_subtree(p_root bigint, p_states text[])
- RETURNS bigint[]
- LANGUAGE plpgsql
- SET enable_seqscan TO 'off'
-AS $function$
-declare
-    v_locked bigint[];
-    v_previous bigint[];
-begin
-    loop
-        v_locked := array(
-            with recursive tree (id) as (
-                select c.id from anchor.tasks c where c.parent_id = p_root
-                union all
-                select c.id from tree inner join anchor.tasks c on tree.id = c.parent_id
-            )
-
-            select t.id from anchor.tasks t
-            where t.id in (select tree.id from tree) and t.state = any(p_states)
-            order by t.id
-            for update of t
-        );
-        exit when v_locked = v_previous;
-        v_previous := v_locked;
-    end loop;
-    return v_locked;
 end;
 $function$;
 
@@ -2074,60 +1942,6 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.pause_task(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS TABLE(task_id bigint, outcome text)
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-#variable_conflict use_column
-declare
-    v_now timestamptz := anchor.clock(pause_task.p_now);
-    v_root anchor.tasks := anchor.lock_task(pause_task.id);
-    v_ids bigint[] := array[pause_task.id]
-        || anchor.lock_subtree(pause_task.id, array['pending', 'blocked', 'running']);
-    v_changed bigint;
-begin
-    return query
-    with paused as (
-        update anchor.tasks t set state = 'paused'
-        from anchor.tasks as before_pause
-        where t.id = any(v_ids) and t.state in ('pending', 'blocked') and before_pause.id = t.id
-        returning t.id, t.attempts, before_pause.state as from_state
-    ),
-
-    requested as (
-        update anchor.tasks t set pause_requested = true
-        where t.id = any(v_ids) and t.state = 'running' and not t.pause_requested
-        returning t.id, t.attempts, t.locked_by
-    ),
-
-    changed as (
-        select p.id, 'paused' as outcome, p.attempts, null as worker_id, jsonb_build_object('from_state', p.from_state) as details
-        from paused as p
-        union all
-        select r.id, 'pause_requested', r.attempts, r.locked_by, '{}'::jsonb from requested as r
-    ),
-
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
-            nullif(c.details || case when c.id <> pause_task.id then jsonb_build_object('ancestor', pause_task.id) else '{}' end, '{}')
-        from changed as c
-    )
-
-    select c.id, c.outcome from changed as c
-    order by c.id <> pause_task.id, c.id;
-    get diagnostics v_changed = row_count;
-
-    if v_changed = 0 and v_root.state not in ('pending', 'blocked', 'paused', 'running') then
-        raise exception using errcode = 'AT005',
-            message = format('task %s is %s; only pending, blocked or running tasks (or tasks with live descendants) can be paused',
-                pause_task.id, v_root.state);
-    end if;
-end;
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.prune(succeeded_after interval DEFAULT '7 days'::interval, failed_after interval DEFAULT '30 days'::interval, batch_size integer DEFAULT 1000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -2157,12 +1971,6 @@ begin
         select d.id from (
             (select t.id, t.finished_at from anchor.tasks t
                 where t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after
-                    -- a live dependent still needs its result (has_dependents: only those look further)
-                    and not (t.has_dependents and exists (
-                        select from anchor.task_dependencies e
-                        inner join anchor.tasks x on e.task_id = x.id
-                        where e.depends_on = t.id and x.state in ('pending', 'running', 'failing', 'blocked', 'paused')
-                    ))
                 order by t.finished_at
                 limit prune.batch_size)
             union all
@@ -2417,63 +2225,6 @@ AS $function$
     where pg_column_size(p_value) > (select s.value::bigint from anchor.settings s where s.name = 'max_result_bytes')
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.resume_task(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS TABLE(task_id bigint, outcome text)
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-#variable_conflict use_column
-declare
-    v_now timestamptz := anchor.clock(resume_task.p_now);
-    v_root anchor.tasks := anchor.lock_task(resume_task.id);
-    v_ids bigint[] := array[resume_task.id] || anchor.lock_subtree(resume_task.id, array['paused', 'running']);
-    v_changed bigint;
-begin
-    return query
-    with resumed as (
-        update anchor.tasks t set
-            state = case when t.unmet_dependencies > 0 then 'blocked' else 'pending' end,
-            run_at = case
-                when t.unmet_dependencies = 0 and t.start_delay is not null then v_now + t.start_delay else t.run_at
-            end,
-            start_delay = case when t.unmet_dependencies = 0 then null else t.start_delay end
-        where t.id = any(v_ids) and t.state = 'paused'
-        returning t.id, t.state, t.attempts
-    ),
-
-    withdrawn as (
-        update anchor.tasks t set pause_requested = false
-        where t.id = any(v_ids) and t.state = 'running' and t.pause_requested
-        returning t.id, t.attempts, t.locked_by
-    ),
-
-    changed as (
-        select r.id, r.state as outcome, r.attempts, null as worker_id from resumed as r
-        union all
-        select w.id, 'running', w.attempts, w.locked_by from withdrawn as w
-    ),
-
-    recorded as (
-        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
-        select c.id, v_now, 'resumed', c.attempts, c.worker_id,
-            jsonb_build_object('to_state', c.outcome)
-            || case when c.id <> resume_task.id then jsonb_build_object('ancestor', resume_task.id) else '{}' end
-        from changed as c
-    )
-
-    select c.id, c.outcome from changed as c
-    order by c.id <> resume_task.id, c.id;
-    get diagnostics v_changed = row_count;
-
-    if v_changed = 0 then
-        raise exception using errcode = 'AT005',
-            message = format('task %s is %s and nothing under it is paused; only paused tasks (or running ones asked to pause) can be resumed',
-                resume_task.id, v_root.state);
-    end if;
-end;
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.retry_hook(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -2491,7 +2242,7 @@ begin
             message = format('task %s is %s; only hook_failed tasks can retry their hook', retry_hook.id, v_task.state);
     end if;
     select t.id into v_holder from anchor.tasks t
-    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
+    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing');
     if v_holder is not null then
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_hook.id, v_task.unique_tag, v_holder);
@@ -2531,12 +2282,6 @@ declare
     v_now timestamptz := anchor.clock(retry_now.p_now);
     v_task anchor.tasks := anchor.lock_task(retry_now.id);
     v_holder bigint;
-    v_dependency_ids bigint[];
-    v_unmet integer := 0;
-    v_doomed_id bigint;
-    v_doomed_name text;
-    v_doomed_state text;
-    v_state text;
 begin
     if v_task.state = 'pending' then
         update anchor.tasks t set run_at = v_now where t.id = retry_now.id;
@@ -2547,31 +2292,15 @@ begin
             message = format('task %s is %s; only pending, failed, hook_failed or cancelled tasks can be retried', retry_now.id, v_task.state);
     end if;
     select t.id into v_holder from anchor.tasks t
-    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
+    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing');
     if v_holder is not null then
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_now.id, v_task.unique_tag, v_holder);
     end if;
-    -- a task without dependencies has no edge: one probe of the primary key
-    if exists (select from anchor.task_dependencies e where e.task_id = retry_now.id) then
-        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
-        from anchor.lock_dependencies(
-            format('%s (%s)', retry_now.id, v_task.name),
-            array(select e.depends_on from anchor.task_dependencies e where e.task_id = retry_now.id)
-        );
-        if v_doomed_id is not null then
-            raise exception using errcode = 'AT005',
-                message = format('task %s: its dependency %s (%s) ended %s; retry that one first',
-                    retry_now.id, v_doomed_id, v_doomed_name, v_doomed_state);
-        end if;
-    end if;
-    v_state := case when v_unmet > 0 then 'blocked' else 'pending' end;
     begin
         update anchor.tasks t set
-            state = v_state, attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
-            pause_requested = false, run_at = v_now, locked_by = null, deadline = null, finished_at = null,
-            unmet_dependencies = v_unmet,
-            start_delay = case when v_state = 'blocked' then interval '0' end
+            state = 'pending', attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
+            run_at = v_now, locked_by = null, deadline = null, finished_at = null
         where t.id = retry_now.id;
     exception when unique_violation then
         -- a task that committed after the check above holds the tag now
@@ -2579,8 +2308,8 @@ begin
             message = format('task %s: unique tag %L was just taken by another live task', retry_now.id, v_task.unique_tag);
     end;
     insert into anchor.task_events (task_id, at, kind, details)
-    values (retry_now.id, v_now, 'retried', jsonb_build_object('from_state', v_task.state, 'to_state', v_state));
-    return v_state;
+    values (retry_now.id, v_now, 'retried', jsonb_build_object('from_state', v_task.state));
+    return 'pending';
 end;
 $function$;
 
@@ -2694,103 +2423,6 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.settle_dependents()
- RETURNS trigger
- LANGUAGE plpgsql
- SET enable_seqscan TO 'off'
-AS $function$
-declare
-    v_now timestamptz := coalesce(new.finished_at, now());
-begin
-    if new.state = 'succeeded' then
-        -- Locked first, in id order like every other path that locks dependents, so two transactions
-        -- finishing dependencies of the same tasks queue up instead of deadlocking; the UPDATE after it is
-        -- a new statement and counts down the rows as the transaction before it left them, so two
-        -- dependencies of one task succeeding at once in two transactions count down once each, in turn.
-        perform from anchor.tasks x
-        where x.id in (select e.task_id from anchor.task_dependencies e where e.depends_on = new.id)
-            and x.state in ('blocked', 'paused')
-        order by x.id
-        for update;
-        with counted as (
-            update anchor.tasks x set
-                unmet_dependencies = x.unmet_dependencies - 1,
-                state = case when x.state = 'blocked' and x.unmet_dependencies = 1 then 'pending' else x.state end,
-                run_at = case
-                    when x.state <> 'blocked' or x.unmet_dependencies <> 1 then x.run_at
-                    when x.start_delay is null then greatest(x.run_at, v_now)
-                    else v_now + x.start_delay
-                end,
-                start_delay = case when x.state = 'blocked' and x.unmet_dependencies = 1 then null else x.start_delay end
-            from anchor.task_dependencies e
-            where e.depends_on = new.id and x.id = e.task_id and x.state in ('blocked', 'paused')
-            returning x.id, x.state
-        )
-        insert into anchor.task_events (task_id, at, kind, details)
-        select c.id, v_now, 'unblocked', jsonb_build_object('dependency', new.id)
-        from counted as c
-        where c.state = 'pending';
-        return null;
-    end if;
-
-    -- The closure in one statement, however deep or wide: no trigger recursion, no statement per task.
-    -- UNION (not UNION ALL) visits each edge once, so diamonds do not multiply the work.
-    with recursive doomed (id, dependency) as (
-        select e.task_id, e.depends_on
-        from anchor.task_dependencies e
-        inner join anchor.tasks x on e.task_id = x.id
-        where e.depends_on = new.id and x.state in ('blocked', 'paused')
-        union
-        select e.task_id, e.depends_on
-        from doomed as d
-        inner join anchor.task_dependencies e on d.id = e.depends_on
-        inner join anchor.tasks x on e.task_id = x.id
-        where x.state in ('blocked', 'paused')
-    ),
-
-    -- one row per task: the dependency it was first reached through (the lowest id, for a stable record)
-    reached as (
-        select distinct on (d.id)
-            d.id,
-            d.dependency,
-            case when d.dependency = new.id then new.state else 'cancelled' end as dependency_state
-        from doomed as d
-        order by d.id, d.dependency
-    ),
-
-    -- in id order, as above
-    locked as (
-        select x.id from anchor.tasks x
-        where x.id in (select r.id from reached as r) and x.state in ('blocked', 'paused')
-        order by x.id
-        for update
-    ),
-
-    cancelled as (
-        update anchor.tasks x set
-            state = 'cancelled',
-            finished_at = v_now,
-            last_error = format('dependency %s (%s) ended %s', r.dependency, dep.name, r.dependency_state)
-        from reached as r
-        inner join locked as l on r.id = l.id
-        inner join anchor.tasks dep on r.dependency = dep.id
-        -- re-checked on the current row: one cancelled or released meanwhile is left alone
-        where x.id = r.id and x.state in ('blocked', 'paused')
-        returning x.id, x.attempts, x.last_error, r.dependency, r.dependency_state
-    )
-
-    insert into anchor.task_events (task_id, at, kind, attempt, message, details)
-    select
-        c.id, v_now, 'cancelled', c.attempts, c.last_error,
-        jsonb_build_object('dependency', c.dependency, 'dependency_state', c.dependency_state, 'cause', new.id)
-    from cancelled as c;
-    -- The cancelled rows that have dependents run this trigger once more each, nested: their blocked
-    -- dependents are all cancelled already, so it finds nothing, except a dependent enqueued while this
-    -- statement waited for its row lock (invisible to the closure above), which it cancels now.
-    return null;
-end;
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.sync_cron_schedule()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -2798,13 +2430,14 @@ AS $function$
 declare
     v_problem text;
     v_now timestamptz;
+    v_holder anchor.cron_schedules;
 begin
     if tg_op = 'DELETE' then
-        delete from anchor.cron_schedules s where s.name = old.name;
+        delete from anchor.cron_schedules s where s.name = old.name and s.source = 'yaml';
         return null;
     end if;
     if not new.active or new.cron is null or new.cron = 'null'::jsonb then
-        delete from anchor.cron_schedules s where s.name = new.name;
+        delete from anchor.cron_schedules s where s.name = new.name and s.source = 'yaml';
         return null;
     end if;
     v_problem := anchor.cron_definition_problem(new.cron);
@@ -2813,9 +2446,11 @@ begin
     end if;
     v_now := new.updated_at;
     insert into anchor.cron_schedules as s (
-        name, expression, timezone, params, catch_up, overlap, created_at, updated_at
+        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
     ) values (
         new.name,
+        new.name,
+        'yaml',
         btrim(new.cron ->> 'expression'),
         coalesce(new.cron ->> 'timezone', 'UTC'),
         coalesce(nullif(new.cron -> 'parameters', 'null'), '{}'),
@@ -2837,8 +2472,17 @@ begin
             else s.next_fire_at
         end,
         updated_at = excluded.updated_at
-    where (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
-    is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
+    -- a runtime schedule holding the name is left alone (and reported below)
+    where s.source = 'yaml'
+        and (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
+        is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
+    select * into v_holder from anchor.cron_schedules s where s.name = new.name and s.source = 'runtime';
+    if found then
+        raise exception using errcode = 'AT003',
+            message = format('task %s: its cronjob''s schedule would be named %L, which the runtime schedule of task %s already has',
+                new.name, new.name, v_holder.task_name),
+            hint = format('Delete that schedule first (select anchor.cron_delete(%L)) and create it again under another name.', new.name);
+    end if;
     return null;
 end;
 $function$;
@@ -2862,49 +2506,6 @@ AS $function$
     from unnest(ids) with ordinality as u (id, ord)
     inner join anchor.tasks as t on u.id = t.id
     order by u.ord
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.task_tree(id bigint, max_each integer DEFAULT 100)
- RETURNS TABLE(relation text, task_id bigint, name text, state text, created_at timestamp with time zone, finished_at timestamp with time zone, total bigint)
- LANGUAGE plpgsql
- STABLE SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-#variable_conflict use_column
-declare
-    v_parent_id bigint;
-begin
-    if task_tree.max_each is null or task_tree.max_each not between 1 and 10000 then
-        raise exception using errcode = 'AT003',
-            message = format('task_tree: task %s: max_each must be from 1 to 10000, got %s', task_tree.id, task_tree.max_each);
-    end if;
-    select t.parent_id into v_parent_id from anchor.tasks t where t.id = task_tree.id;
-    if not found then
-        raise exception using errcode = 'AT004', message = format('task %s does not exist', task_tree.id);
-    end if;
-    return query
-    select 'parent'::text, p.id, p.name, p.state, p.created_at, p.finished_at, 1::bigint
-    from anchor.tasks p where p.id = v_parent_id;
-    return query
-    select 'child'::text, c.id, c.name, c.state, c.created_at, c.finished_at, count(*) over ()
-    from anchor.tasks c where c.parent_id = task_tree.id
-    order by c.id
-    limit task_tree.max_each;
-    return query
-    select 'dependency'::text, d.id, d.name, d.state, d.created_at, d.finished_at, count(*) over ()
-    from anchor.task_dependencies e
-    inner join anchor.tasks d on e.depends_on = d.id
-    where e.task_id = task_tree.id
-    order by d.id
-    limit task_tree.max_each;
-    return query
-    select 'dependent'::text, d.id, d.name, d.state, d.created_at, d.finished_at, count(*) over ()
-    from anchor.task_dependencies e
-    inner join anchor.tasks d on e.task_id = d.id
-    where e.depends_on = task_tree.id
-    order by d.id
-    limit task_tree.max_each;
-end;
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.time_problem(p_label text, p_value timestamp with time zone)
@@ -2947,8 +2548,7 @@ begin
                              task_ids, left(trace_context::text, 200));
     end if;
     update anchor.tasks as t set trace_context = trace_tasks.trace_context
-    where t.id = any(task_ids) and t.trace_context is null and t.state in ('pending', 'blocked', 'paused')
-        and t.attempts = 0;
+    where t.id = any(task_ids) and t.trace_context is null and t.state = 'pending' and t.attempts = 0;
     return task_ids;
 end;
 $function$;
@@ -3030,8 +2630,6 @@ grant execute on function anchor.apply_privileges() to anchor_admin;
 grant execute on function anchor.at_least_unless_admin(interval,interval) to anchor_admin;
 grant execute on function anchor.caller_is_admin() to anchor_admin;
 grant execute on function anchor.cancel(bigint,timestamp with time zone) to anchor_admin;
-grant execute on function anchor.cancel_new_tasks(bigint[],timestamp with time zone,text,jsonb) to anchor_admin;
-grant execute on function anchor.cancel_tree(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.check_overrides(text,timestamp with time zone,interval,text,interval[],integer,interval,text) to anchor_admin;
 grant execute on function anchor.check_params(anchor.task_definitions,jsonb) to anchor_admin;
 grant execute on function anchor.check_times(text,timestamp with time zone,timestamp with time zone) to anchor_admin;
@@ -3045,29 +2643,34 @@ grant execute on function anchor.complete(bigint[],integer[],text,timestamp with
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.cron_delete(text) to anchor_admin;
+grant execute on function anchor.cron_delete(text) to anchor_enqueuer;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_list() to anchor_admin;
 grant execute on function anchor.cron_list() to anchor_worker;
+grant execute on function anchor.cron_list_v2() to anchor_admin;
+grant execute on function anchor.cron_list_v2() to anchor_worker;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_pause(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_resume(text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.cron_sample_params(jsonb,jsonb,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_enqueuer;
 grant execute on function anchor.definition_bounds_problem(jsonb) to anchor_admin;
 grant execute on function anchor.definition_of(text) to anchor_admin;
 grant execute on function anchor.definition_problem(jsonb) to anchor_admin;
-grant execute on function anchor.dependency_results(bigint) to anchor_admin;
-grant execute on function anchor.dependency_results(bigint) to anchor_worker;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_worker;
-grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone,bigint[],bigint) to anchor_admin;
-grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone,bigint[],bigint) to anchor_enqueuer;
-grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone,bigint[],bigint) to anchor_admin;
-grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone,bigint[],bigint) to anchor_enqueuer;
+grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone) to anchor_enqueuer;
+grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone) to anchor_enqueuer;
 grant execute on function anchor.ensure_roles() to anchor_admin;
 grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_worker;
@@ -3089,15 +2692,10 @@ grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp w
 grant execute on function anchor.has_failure_hook(text) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_worker;
-grant execute on function anchor.hold_paused() to anchor_admin;
-grant execute on function anchor.initial_state(integer,text) to anchor_admin;
 grant execute on function anchor.interval_setting(text) to anchor_admin;
 grant execute on function anchor.is_iso_date(text) to anchor_admin;
 grant execute on function anchor.is_iso_datetime(text) to anchor_admin;
 grant execute on function anchor.lock_cron_schedule(text) to anchor_admin;
-grant execute on function anchor.lock_dependencies(text,bigint[]) to anchor_admin;
-grant execute on function anchor.lock_parent(text,bigint) to anchor_admin;
-grant execute on function anchor.lock_subtree(bigint,text[]) to anchor_admin;
 grant execute on function anchor.lock_task(bigint) to anchor_admin;
 grant execute on function anchor.longest_duration() to anchor_admin;
 grant execute on function anchor.notify_cron_change() to anchor_admin;
@@ -3109,7 +2707,6 @@ grant execute on function anchor.params_size_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_violation(jsonb,jsonb,text) to anchor_admin;
 grant execute on function anchor.parse_duration(text) to anchor_admin;
 grant execute on function anchor.parse_intervals(text) to anchor_admin;
-grant execute on function anchor.pause_task(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.record_results(bigint[],bigint[],jsonb[],text) to anchor_admin;
@@ -3120,7 +2717,6 @@ grant execute on function anchor.rescue(interval,interval,integer,integer,timest
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.result_oversize(jsonb) to anchor_admin;
 grant execute on function anchor.result_oversize(jsonb) to anchor_worker;
-grant execute on function anchor.resume_task(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_hook(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_interval(interval[],integer) to anchor_admin;
 grant execute on function anchor.retry_now(bigint,timestamp with time zone) to anchor_admin;
@@ -3128,13 +2724,11 @@ grant execute on function anchor.schema_problem(jsonb,text) to anchor_admin;
 grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_admin;
 grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_worker;
 grant execute on function anchor.set_waiting_for() to anchor_admin;
-grant execute on function anchor.settle_dependents() to anchor_admin;
 grant execute on function anchor.sync_cron_schedule() to anchor_admin;
 grant execute on function anchor.task_outcome(bigint) to anchor_admin;
 grant execute on function anchor.task_outcome(bigint) to anchor_enqueuer;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_admin;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_enqueuer;
-grant execute on function anchor.task_tree(bigint,integer) to anchor_admin;
 grant execute on function anchor.time_problem(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_worker;
@@ -3153,7 +2747,6 @@ grant delete, insert, select, update on table anchor.function_roles to anchor_ad
 grant delete, insert, select, update on table anchor.schema_migrations to anchor_admin;
 grant delete, insert, select, update on table anchor.settings to anchor_admin;
 grant delete, insert, select, update on table anchor.task_definitions to anchor_admin;
-grant delete, insert, select, update on table anchor.task_dependencies to anchor_admin;
 grant delete, insert, select, update on table anchor.task_events to anchor_admin;
 grant delete, insert, select, update on table anchor.task_registry to anchor_admin;
 grant delete, insert, select, update on table anchor.tasks to anchor_admin;
@@ -3174,9 +2767,8 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (11, 'trace_context')
 --   (12, 'results')
 --   (13, 'claim_ready_set')
---   (14, 'workflows')
+--   (14, 'runtime_schedules')
 -- rows of anchor.settings
---   ('max_dependencies', '10000', 'most dependencies one task may have (enqueue depends_on)')
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
 --   ('max_result_bytes', '1048576', 'largest result or progress document a worker may store, in bytes (pg_column_size)')
@@ -3184,19 +2776,20 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('worker_min_retention', '1 day', 'shortest retention period prune applies for a non-admin caller')
 -- rows of anchor.function_roles
 --   ('cancel', 'anchor_admin')
---   ('cancel_tree', 'anchor_admin')
 --   ('claim', 'anchor_worker')
 --   ('claim_v2', 'anchor_worker')
 --   ('complete', 'anchor_worker')
 --   ('complete_v2', 'anchor_worker')
+--   ('cron_delete', 'anchor_enqueuer')
 --   ('cron_fail', 'anchor_worker')
 --   ('cron_fire', 'anchor_worker')
 --   ('cron_list', 'anchor_worker')
+--   ('cron_list_v2', 'anchor_worker')
 --   ('cron_next_wake', 'anchor_worker')
 --   ('cron_pause', 'anchor_admin')
 --   ('cron_resume', 'anchor_admin')
 --   ('cron_take_due', 'anchor_worker')
---   ('dependency_results', 'anchor_worker')
+--   ('cron_upsert', 'anchor_enqueuer')
 --   ('deregister_worker', 'anchor_worker')
 --   ('enqueue', 'anchor_enqueuer')
 --   ('enqueue_many', 'anchor_enqueuer')
@@ -3209,19 +2802,16 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('hand_back', 'anchor_worker')
 --   ('hand_back_v2', 'anchor_worker')
 --   ('heartbeat_v2', 'anchor_worker')
---   ('pause_task', 'anchor_admin')
 --   ('prune', 'anchor_worker')
 --   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
 --   ('result_oversize', 'anchor_worker')
---   ('resume_task', 'anchor_admin')
 --   ('retry_hook', 'anchor_admin')
 --   ('retry_now', 'anchor_admin')
 --   ('set_progress', 'anchor_worker')
 --   ('task_outcome', 'anchor_enqueuer')
 --   ('task_outcomes', 'anchor_enqueuer')
---   ('task_tree', 'anchor_admin')
 --   ('trace_contexts', 'anchor_worker')
 --   ('trace_tasks', 'anchor_enqueuer')
 --   ('wait_for_task', 'anchor_enqueuer')

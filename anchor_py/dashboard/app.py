@@ -9,7 +9,7 @@ resume), cron schedules, pruning, and the Prometheus endpoint /metrics. Actions 
 token (a random per-session value in a cookie, echoed in a hidden form field, compared server-side) and go
 through the SQL core's functions (anchor.retry_now, anchor.retry_hook, anchor.cancel, anchor.pause_task,
 anchor.resume_task, anchor.pause_queue, anchor.resume_queue, anchor.cron_pause, anchor.cron_resume,
-anchor.prune); cancel, pause and resume of a task reach its descendants too.
+anchor.cron_delete, anchor.prune); cancel, pause and resume of a task reach its descendants too.
 Optional guards when exposed (./guard.py): a bearer token (header, cookie, or ?token= once) and/or HTTP basic
 auth. What the pages show is shaped in ./views.py; every read and action goes through anchor_py.admin.
 """
@@ -336,6 +336,7 @@ def create_app(
         Route("/cron", cron_page, name="cron"),
         Route("/cron/{name}/pause", cron_action(admin.pause_cron), methods=["POST"]),
         Route("/cron/{name}/resume", cron_action(admin.resume_cron), methods=["POST"]),
+        Route("/cron/{name}/delete", cron_action(admin.delete_cron), methods=["POST"]),
         Route("/prune", prune_page, name="prune"),
         Route("/prune", prune_post, methods=["POST"]),
         Route("/metrics", metrics, name="metrics"),

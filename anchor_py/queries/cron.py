@@ -1,4 +1,5 @@
-"""The cron service's round and the operator's view of the schedules."""
+"""The cron service's round, the operator's view of the schedules, and the runtime schedules an application
+creates and deletes (the runners' ``schedule_*`` and ``unschedule``)."""
 
 # The cron round's first step (inside its transaction): due schedules, locked FOR UPDATE SKIP LOCKED.
 CRON_TAKE_DUE = """
@@ -49,10 +50,13 @@ FROM anchor.cron_next_wake(p_now => %(now)s::timestamptz)
 CRON_LISTEN = "LISTEN anchor_cron"
 CRON_UNLISTEN = "UNLISTEN anchor_cron"
 
-# Every schedule, for `anchor cron list` and the dashboard (anchor_py.admin).
+# Every schedule, YAML and runtime, for `anchor cron list` and the dashboard (anchor_py.admin).
 CRON_LIST = """
 SELECT
     name,
+    source,
+    task_name,
+    task_active,
     expression,
     timezone,
     params,
@@ -67,9 +71,23 @@ SELECT
     fired_count,
     skipped_count,
     missed_count
-FROM anchor.cron_list()
+FROM anchor.cron_list_v2()
 """
 
 # Operator actions on a schedule; each returns what it did.
 CRON_PAUSE = "SELECT anchor.cron_pause(name => %(name)s::text) AS outcome"
 CRON_RESUME = "SELECT anchor.cron_resume(name => %(name)s::text) AS outcome"
+
+# Creates or replaces a runtime schedule (as the application); returns created, replaced or unchanged.
+CRON_UPSERT = """
+SELECT anchor.cron_upsert(
+    name => %(name)s::text,
+    task_name => %(task_name)s::text,
+    cron_expression => %(cron_expression)s::text,
+    params => %(params)s::jsonb,
+    timezone => %(timezone)s::text
+) AS outcome
+"""
+
+# Deletes a runtime schedule (as the application); returns deleted, or absent when there was none.
+CRON_DELETE = "SELECT anchor.cron_delete(name => %(name)s::text) AS outcome"

@@ -184,6 +184,11 @@ def _task_view(task: TaskDecl) -> TaskView:
         body,
     )
     run_and_wait_doc = docstring(f"Enqueue {task.name}, commit it and wait for it as wait_{task.snake} does.", body)
+    schedule_doc = docstring(
+        f"Create or replace the runtime cron schedule name, which enqueues {task.name} with params at each fire "
+        "time of cron_expression in timezone (UTC when None); returns 'created', 'replaced' or 'unchanged'.",
+        body,
+    )
     result_model = _result_class(task) if task.result is not None else "None"
     waited = _waited_type(task)
     returns = "return " if task.result is not None else ""
@@ -225,6 +230,15 @@ def _task_view(task: TaskDecl) -> TaskView:
             ),
             f"{body}task_id = {awaited}self.run_{task.snake}(params, *overrides)",
             f"{body}{returns}{awaited}self.wait_{task.snake}(task_id, timeout)",
+            "",
+            *_method(
+                member,
+                f"{prefix}def schedule_{task.snake}(",
+                ["self", "name: str", "cron_expression: str", f"params: {params}", "timezone: str | None = None"],
+                "str",
+                schedule_doc,
+            ),
+            *fit(body, f"return {awaited}self.schedule(", [name, "name", "cron_expression", "params", "timezone"], ")"),
         ]
 
     hook_parameters = ["self", "ctx: TaskContext", "task_id: int", f"params: {params}"]

@@ -11,7 +11,9 @@ Routes:
     POST   /orders            ProcessOrder with a timeout (body: orderId, optional timeout, maxAttempts)
     POST   /notifications     SendNotification; priority is an enum (low, medium, high)
     POST   /keys              store an opaque key;  DELETE /keys/{id} enqueues deleteOpaqueKey
-    GET    /cron              the cron schedules (ProcessDailyReports fires at 01:00 UTC)
+    PUT    /users/{id}/digest a weekly digest email for the user, Mondays at ``hour`` in ``timezone``: a runtime
+                              cron schedule (schedule_send_email), created or moved; DELETE turns it off
+    GET    /cron              the cron schedules (ProcessDailyReports fires at 01:00 UTC; the users' digests)
     GET    /tasks/{id}        a task's state, attempts and last error
 
 Environment: DATABASE_URL (else the embedded PostgreSQL); ANCHOR_WORKER=off to run the worker
@@ -167,11 +169,35 @@ async def delete_key(request: Request) -> JSONResponse:
     return JSONResponse({"message": "key deletion queued", "taskId": task_id}, status_code=202)
 
 
+def _digest_schedule(request: Request) -> str:
+    return f"digest:user-{request.path_params['user_id']}"
+
+
+async def put_digest(request: Request) -> JSONResponse:
+    """A user's weekly digest: one runtime cron schedule per user, replaced when the user moves it. A bad hour
+    or time zone is refused before anything reaches the database."""
+    try:
+        body = await _body(request)
+        hour, timezone = int(body.get("hour", 9)), str(body.get("timezone", "UTC"))
+        params = taskgen.SendEmailParameters(user_id=request.path_params["user_id"], template_id="weekly-digest")
+        outcome = await _tasks(request).schedule_send_email(
+            _digest_schedule(request), f"0 0 {hour} * * 1", params, timezone
+        )
+    except (ValueError, TypeError) as error:  # CronError is a ValueError
+        return _bad_request(error)
+    return JSONResponse({"schedule": outcome})
+
+
+async def delete_digest(request: Request) -> JSONResponse:
+    return JSONResponse({"deleted": await _tasks(request).unschedule(_digest_schedule(request))})
+
+
 async def cron_schedules(request: Request) -> JSONResponse:
     async with _pool(request).connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute(
-            "select name, expression, timezone, paused, next_fire_at, last_error from anchor.cron_list()"
+            "select name, source, task_name, expression, timezone, paused, next_fire_at, last_error"
+            " from anchor.cron_list_v2()"
         )
         rows = await cursor.fetchall()
     return JSONResponse([{**row, "next_fire_at": row["next_fire_at"] and row["next_fire_at"].isoformat()}
@@ -237,6 +263,8 @@ def create_app(dsn: str | None = None, *, worker_config: WorkerConfig | None = N
             Route("/notifications", create_notification, methods=["POST"]),
             Route("/keys", create_key, methods=["POST"]),
             Route("/keys/{key_id}", delete_key, methods=["DELETE"]),
+            Route("/users/{user_id:int}/digest", put_digest, methods=["PUT"]),
+            Route("/users/{user_id:int}/digest", delete_digest, methods=["DELETE"]),
             Route("/cron", cron_schedules, methods=["GET"]),
             Route("/tasks/{task_id:int}", show_task, methods=["GET"]),
         ],

@@ -583,6 +583,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_call_partner_api(params, *overrides)
         self.wait_call_partner_api(task_id, timeout)
 
+    def schedule_call_partner_api(
+        self,
+        name: str,
+        cron_expression: str,
+        params: CallPartnerApiParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues CallPartnerApi
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("CallPartnerApi", name, cron_expression, params, timezone)
+
     def run_daily_cleanup(
         self, params: DailyCleanupParameters, *overrides: TaskOverride
     ) -> int:
@@ -625,6 +639,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_daily_cleanup(params, *overrides)
         self.wait_daily_cleanup(task_id, timeout)
+
+    def schedule_daily_cleanup(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DailyCleanupParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues DailyCleanup
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("DailyCleanup", name, cron_expression, params, timezone)
 
     def run_generate_report(
         self, params: GenerateReportParameters, *overrides: TaskOverride
@@ -672,6 +700,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_generate_report(params, *overrides)
         return self.wait_generate_report(task_id, timeout)
+
+    def schedule_generate_report(
+        self,
+        name: str,
+        cron_expression: str,
+        params: GenerateReportParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues GenerateReport
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("GenerateReport", name, cron_expression, params, timezone)
 
     def run_import_tenant_data(
         self, params: ImportTenantDataParameters, *overrides: TaskOverride
@@ -723,6 +765,22 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_import_tenant_data(params, *overrides)
         self.wait_import_tenant_data(task_id, timeout)
 
+    def schedule_import_tenant_data(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ImportTenantDataParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ImportTenantData with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule(
+            "ImportTenantData", name, cron_expression, params, timezone
+        )
+
     def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -769,6 +827,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_long_running_task(params, *overrides)
         self.wait_long_running_task(task_id, timeout)
 
+    def schedule_long_running_task(
+        self,
+        name: str,
+        cron_expression: str,
+        params: LongRunningTaskParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues LongRunningTask
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("LongRunningTask", name, cron_expression, params, timezone)
+
     def run_merge_chunks(
         self, params: MergeChunksParameters, *overrides: TaskOverride
     ) -> int:
@@ -811,6 +883,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue MergeChunks, commit it and wait for it as wait_merge_chunks does."""
         task_id = self.run_merge_chunks(params, *overrides)
         return self.wait_merge_chunks(task_id, timeout)
+
+    def schedule_merge_chunks(
+        self,
+        name: str,
+        cron_expression: str,
+        params: MergeChunksParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues MergeChunks
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("MergeChunks", name, cron_expression, params, timezone)
 
     def run_process_chunk(
         self, params: ProcessChunkParameters, *overrides: TaskOverride
@@ -856,6 +942,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_process_chunk(params, *overrides)
         return self.wait_process_chunk(task_id, timeout)
+
+    def schedule_process_chunk(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessChunkParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessChunk
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ProcessChunk", name, cron_expression, params, timezone)
 
     def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -907,6 +1007,22 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_process_daily_reports(params, *overrides)
         self.wait_process_daily_reports(task_id, timeout)
 
+    def schedule_process_daily_reports(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessDailyReportsParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ProcessDailyReports with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule(
+            "ProcessDailyReports", name, cron_expression, params, timezone
+        )
+
     def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -949,6 +1065,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_process_order(params, *overrides)
         self.wait_process_order(task_id, timeout)
+
+    def schedule_process_order(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessOrderParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessOrder
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ProcessOrder", name, cron_expression, params, timezone)
 
     def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -995,6 +1125,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_process_payment(params, *overrides)
         self.wait_process_payment(task_id, timeout)
 
+    def schedule_process_payment(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessPaymentParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessPayment
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ProcessPayment", name, cron_expression, params, timezone)
+
     def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -1035,6 +1179,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
         task_id = self.run_send_email(params, *overrides)
         self.wait_send_email(task_id, timeout)
+
+    def schedule_send_email(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendEmailParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SendEmail with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("SendEmail", name, cron_expression, params, timezone)
 
     def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -1084,6 +1242,22 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_send_notification(params, *overrides)
         self.wait_send_notification(task_id, timeout)
 
+    def schedule_send_notification(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendNotificationParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        SendNotification with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule(
+            "SendNotification", name, cron_expression, params, timezone
+        )
+
     def run_split_file(
         self, params: SplitFileParameters, *overrides: TaskOverride
     ) -> int:
@@ -1127,6 +1301,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_split_file(params, *overrides)
         return self.wait_split_file(task_id, timeout)
 
+    def schedule_split_file(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SplitFileParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SplitFile with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("SplitFile", name, cron_expression, params, timezone)
+
     def run_sync_account(
         self, params: SyncAccountParameters, *overrides: TaskOverride
     ) -> int:
@@ -1168,6 +1356,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_sync_account(params, *overrides)
         self.wait_sync_account(task_id, timeout)
 
+    def schedule_sync_account(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SyncAccountParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SyncAccount
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("SyncAccount", name, cron_expression, params, timezone)
+
     def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -1208,6 +1410,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
         task_id = self.run_task_name(params, *overrides)
         self.wait_task_name(task_id, timeout)
+
+    def schedule_task_name(
+        self,
+        name: str,
+        cron_expression: str,
+        params: TaskNameParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues TaskName with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("TaskName", name, cron_expression, params, timezone)
 
     def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -1254,6 +1470,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_delete_opaque_key(params, *overrides)
         self.wait_delete_opaque_key(task_id, timeout)
+
+    def schedule_delete_opaque_key(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DeleteOpaqueKeyParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues deleteOpaqueKey
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("deleteOpaqueKey", name, cron_expression, params, timezone)
 
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
@@ -1306,6 +1536,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_call_partner_api(params, *overrides)
         await self.wait_call_partner_api(task_id, timeout)
 
+    async def schedule_call_partner_api(
+        self,
+        name: str,
+        cron_expression: str,
+        params: CallPartnerApiParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues CallPartnerApi
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "CallPartnerApi", name, cron_expression, params, timezone
+        )
+
     async def run_daily_cleanup(
         self, params: DailyCleanupParameters, *overrides: TaskOverride
     ) -> int:
@@ -1350,6 +1596,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_daily_cleanup(params, *overrides)
         await self.wait_daily_cleanup(task_id, timeout)
+
+    async def schedule_daily_cleanup(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DailyCleanupParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues DailyCleanup
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "DailyCleanup", name, cron_expression, params, timezone
+        )
 
     async def run_generate_report(
         self, params: GenerateReportParameters, *overrides: TaskOverride
@@ -1397,6 +1659,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_generate_report(params, *overrides)
         return await self.wait_generate_report(task_id, timeout)
+
+    async def schedule_generate_report(
+        self,
+        name: str,
+        cron_expression: str,
+        params: GenerateReportParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues GenerateReport
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "GenerateReport", name, cron_expression, params, timezone
+        )
 
     async def run_import_tenant_data(
         self, params: ImportTenantDataParameters, *overrides: TaskOverride
@@ -1448,6 +1726,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_import_tenant_data(params, *overrides)
         await self.wait_import_tenant_data(task_id, timeout)
 
+    async def schedule_import_tenant_data(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ImportTenantDataParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ImportTenantData with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ImportTenantData", name, cron_expression, params, timezone
+        )
+
     async def run_long_running_task(
         self, params: LongRunningTaskParameters, *overrides: TaskOverride
     ) -> int:
@@ -1496,6 +1790,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_long_running_task(params, *overrides)
         await self.wait_long_running_task(task_id, timeout)
 
+    async def schedule_long_running_task(
+        self,
+        name: str,
+        cron_expression: str,
+        params: LongRunningTaskParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues LongRunningTask
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "LongRunningTask", name, cron_expression, params, timezone
+        )
+
     async def run_merge_chunks(
         self, params: MergeChunksParameters, *overrides: TaskOverride
     ) -> int:
@@ -1538,6 +1848,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue MergeChunks, commit it and wait for it as wait_merge_chunks does."""
         task_id = await self.run_merge_chunks(params, *overrides)
         return await self.wait_merge_chunks(task_id, timeout)
+
+    async def schedule_merge_chunks(
+        self,
+        name: str,
+        cron_expression: str,
+        params: MergeChunksParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues MergeChunks
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "MergeChunks", name, cron_expression, params, timezone
+        )
 
     async def run_process_chunk(
         self, params: ProcessChunkParameters, *overrides: TaskOverride
@@ -1583,6 +1909,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_process_chunk(params, *overrides)
         return await self.wait_process_chunk(task_id, timeout)
+
+    async def schedule_process_chunk(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessChunkParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessChunk
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessChunk", name, cron_expression, params, timezone
+        )
 
     async def run_process_daily_reports(
         self, params: ProcessDailyReportsParameters, *overrides: TaskOverride
@@ -1634,6 +1976,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_process_daily_reports(params, *overrides)
         await self.wait_process_daily_reports(task_id, timeout)
 
+    async def schedule_process_daily_reports(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessDailyReportsParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        ProcessDailyReports with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessDailyReports", name, cron_expression, params, timezone
+        )
+
     async def run_process_order(
         self, params: ProcessOrderParameters, *overrides: TaskOverride
     ) -> int:
@@ -1678,6 +2036,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_process_order(params, *overrides)
         await self.wait_process_order(task_id, timeout)
+
+    async def schedule_process_order(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessOrderParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessOrder
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessOrder", name, cron_expression, params, timezone
+        )
 
     async def run_process_payment(
         self, params: ProcessPaymentParameters, *overrides: TaskOverride
@@ -1726,6 +2100,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_process_payment(params, *overrides)
         await self.wait_process_payment(task_id, timeout)
 
+    async def schedule_process_payment(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ProcessPaymentParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ProcessPayment
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ProcessPayment", name, cron_expression, params, timezone
+        )
+
     async def run_send_email(
         self, params: SendEmailParameters, *overrides: TaskOverride
     ) -> int:
@@ -1766,6 +2156,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue SendEmail, commit it and wait for it as wait_send_email does."""
         task_id = await self.run_send_email(params, *overrides)
         await self.wait_send_email(task_id, timeout)
+
+    async def schedule_send_email(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendEmailParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SendEmail with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("SendEmail", name, cron_expression, params, timezone)
 
     async def run_send_notification(
         self, params: SendNotificationParameters, *overrides: TaskOverride
@@ -1817,6 +2221,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_send_notification(params, *overrides)
         await self.wait_send_notification(task_id, timeout)
 
+    async def schedule_send_notification(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SendNotificationParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues
+        SendNotification with params at each fire time of cron_expression in timezone
+        (UTC when None); returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "SendNotification", name, cron_expression, params, timezone
+        )
+
     async def run_split_file(
         self, params: SplitFileParameters, *overrides: TaskOverride
     ) -> int:
@@ -1859,6 +2279,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue SplitFile, commit it and wait for it as wait_split_file does."""
         task_id = await self.run_split_file(params, *overrides)
         return await self.wait_split_file(task_id, timeout)
+
+    async def schedule_split_file(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SplitFileParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SplitFile with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("SplitFile", name, cron_expression, params, timezone)
 
     async def run_sync_account(
         self, params: SyncAccountParameters, *overrides: TaskOverride
@@ -1903,6 +2337,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_sync_account(params, *overrides)
         await self.wait_sync_account(task_id, timeout)
 
+    async def schedule_sync_account(
+        self,
+        name: str,
+        cron_expression: str,
+        params: SyncAccountParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues SyncAccount
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "SyncAccount", name, cron_expression, params, timezone
+        )
+
     async def run_task_name(
         self, params: TaskNameParameters, *overrides: TaskOverride
     ) -> int:
@@ -1943,6 +2393,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue TaskName, commit it and wait for it as wait_task_name does."""
         task_id = await self.run_task_name(params, *overrides)
         await self.wait_task_name(task_id, timeout)
+
+    async def schedule_task_name(
+        self,
+        name: str,
+        cron_expression: str,
+        params: TaskNameParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues TaskName with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("TaskName", name, cron_expression, params, timezone)
 
     async def run_delete_opaque_key(
         self, params: DeleteOpaqueKeyParameters, *overrides: TaskOverride
@@ -1991,6 +2455,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_delete_opaque_key(params, *overrides)
         await self.wait_delete_opaque_key(task_id, timeout)
+
+    async def schedule_delete_opaque_key(
+        self,
+        name: str,
+        cron_expression: str,
+        params: DeleteOpaqueKeyParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues deleteOpaqueKey
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "deleteOpaqueKey", name, cron_expression, params, timezone
+        )
 
 
 async def dispatch_failure_hook(

@@ -201,7 +201,7 @@ def test_an_unreachable_database_or_a_malformed_dsn_is_exit_3(bad_dsn: str) -> N
 @pytest.mark.parametrize(
     ("command", "subcommands"),
     [([], ["generate", "tasks", "stats", "dashboard"]), (["tasks"], ["list", "show", "retry", "cancel", "purge"]),
-     (["workers"], ["list"]), (["cron"], ["list", "pause", "resume"])],
+     (["workers"], ["list"]), (["cron"], ["list", "pause", "resume", "delete"])],
 )
 def test_a_command_group_alone_lists_its_subcommands(command: list[str], subcommands: list[str]) -> None:
     result = anchor(*command, check=2)
@@ -209,6 +209,34 @@ def test_a_command_group_alone_lists_its_subcommands(command: list[str], subcomm
     assert "error:" not in result.stderr
     listed = [line.split()[0] for line in result.stderr.splitlines() if line.startswith("    ") and line.split()]
     assert set(subcommands) <= set(listed), result.stderr
+
+
+def test_cron_list_shows_runtime_schedules_beside_yaml_ones_and_acts_on_both(dsn: str, db: Conn) -> None:
+    register(db, definition("Nightly", cron={"expression": "0 0 2 * * *"}), definition("Job"))
+    db.execute("select anchor.cron_upsert('job:user-42', 'Job', '0 30 9 * * 1', '{\"n\": 42}', 'Europe/Berlin')")
+    listed = [json.loads(line) for line in anchor("cron", "list", "--json", dsn=dsn).stdout.splitlines()]
+    assert [(s["name"], s["source"], s["task_name"], s["task_active"]) for s in listed] == [
+        ("Nightly", "yaml", "Nightly", True),
+        ("job:user-42", "runtime", "Job", True),
+    ]
+    assert listed[1]["params"] == {"n": 42} and listed[1]["timezone"] == "Europe/Berlin"
+    table = anchor("cron", "list", dsn=dsn).stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "SOURCE", "TASK"]
+    # 80 columns: the name column shrinks first
+    assert table[1].split()[1:3] == ["yaml", "Nightly"] and table[2].split()[1:3] == ["runtime", "Job"]
+    assert anchor("cron", "pause", "job:user-42", dsn=dsn).stdout == "anchor: cron schedule job:user-42 paused\n"
+    assert anchor("cron", "resume", "job:user-42", dsn=dsn).stdout == "anchor: cron schedule job:user-42 resumed\n"
+    refused = anchor("cron", "delete", "Nightly", dsn=dsn, check=2)
+    assert "schedule 'Nightly' comes from the cronjob of task Nightly and cannot be deleted" in refused.stderr
+    assert anchor("cron", "delete", "job:user-42", dsn=dsn).stdout == "anchor: cron schedule job:user-42 deleted\n"
+    assert "no cron schedule named 'job:user-42'" in anchor("cron", "delete", "job:user-42", dsn=dsn, check=2).stderr
+    # the task leaves the definitions: its runtime schedule stays and says why it does not fire
+    db.execute("select anchor.cron_upsert('job:again', 'Job', '0 0 * * * *', '{}')")
+    register(db, definition("Nightly", cron={"expression": "0 0 2 * * *"}), version=2)
+    again = [json.loads(line) for line in anchor("cron", "list", "--json", dsn=dsn).stdout.splitlines()][1]
+    assert (again["name"], again["task_active"]) == ("job:again", False)
+    row = next(line for line in anchor("cron", "list", dsn=dsn).stdout.splitlines() if line.startswith("job:again"))
+    assert row.split()[-2:] == ["task", "Jo…"]  # the ERROR column, cut at 80 columns: "task Job is not registered"
 
 
 def finish_days_ago(db: Conn, name: str, days: int, outcome: str) -> int:

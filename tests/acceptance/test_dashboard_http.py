@@ -1,5 +1,5 @@
 """The dashboard app over HTTP (Starlette's TestClient): pages, CSRF on actions, token and basic auth,
-mounting under a prefix, pruning, cron pause/resume, and the Prometheus endpoint."""
+mounting under a prefix, pruning, cron pause/resume/delete, and the Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -152,6 +152,22 @@ def test_cron_pause_and_resume(dsn: str, db: Conn) -> None:
         client.post("/cron/Nightly/resume", data={"csrf_token": token})
         assert db.execute("select paused from anchor.cron_schedules").fetchone() == {"paused": False}
         assert "no cron schedule" in client.post("/cron/Missing/pause", data={"csrf_token": token}).text.lower()
+
+
+def test_cron_page_shows_the_source_and_deletes_only_runtime_schedules(dsn: str, db: Conn) -> None:
+    register(db, definition("Nightly", cron={"expression": "0 0 2 * * *"}), definition("Job"))
+    db.execute("select anchor.cron_upsert('job:hourly', 'Job', '0 0 * * * *', '{\"n\": 1}')")
+    with TestClient(create_app(dsn)) as client:
+        page = client.get("/cron").text
+        assert 'data-name="Nightly" data-source="yaml"' in page
+        assert 'data-name="job:hourly" data-source="runtime"' in page
+        assert page.count("/delete") == 1 and "/cron/job%3Ahourly/delete" in page
+        token = csrf_of(page)
+        refused = client.post("/cron/Nightly/delete", data={"csrf_token": token}).text
+        assert "cannot be deleted" in refused
+        client.post("/cron/job:hourly/delete", data={"csrf_token": token})
+        names = [r["name"] for r in db.execute("select name from anchor.cron_schedules").fetchall()]
+        assert names == ["Nightly"]
 
 
 def test_prune_from_the_dashboard(dsn: str, db: Conn, tasks: dict[str, int]) -> None:

@@ -186,3 +186,24 @@ def test_daily_reports_fire_on_cron_with_the_date_filled(webapp: httpx.Client, d
         conn.execute("select anchor.retry_now(%s)", (task["id"],))  # due now rather than at tomorrow's 01:00
     assert wait_for(webapp, task["id"])["state"] == "succeeded"
     assert rows(dsn, "select report_date from examples.daily_reports") == [{"report_date": task["scheduled_at"].date()}]
+
+
+def test_a_web_request_creates_moves_and_removes_a_users_runtime_schedule(webapp: httpx.Client, dsn: str) -> None:
+    put = webapp.put("/users/42/digest", json={"hour": 9, "timezone": "Europe/Berlin"})
+    assert (put.status_code, put.json()) == (200, {"schedule": "created"})
+    moved = webapp.put("/users/42/digest", json={"hour": 8, "timezone": "Europe/Berlin"})
+    assert moved.json() == {"schedule": "replaced"}
+    schedules = {s["name"]: s for s in webapp.get("/cron").json()}
+    assert {k: schedules["digest:user-42"][k] for k in ("source", "task_name", "expression", "timezone")} == {
+        "source": "runtime", "task_name": "SendEmail", "expression": "0 0 8 * * 1", "timezone": "Europe/Berlin"
+    }
+    assert schedules["ProcessDailyReports"]["source"] == "yaml"
+    bad = webapp.put("/users/42/digest", json={"hour": 25})
+    assert bad.status_code == 400 and "schedule 'digest:user-42': cron expression '0 0 25 * * 1'" in bad.json()["error"]
+    bad_zone = webapp.put("/users/42/digest", json={"timezone": "Mars/Olympus"})
+    assert bad_zone.status_code == 400 and "'Mars/Olympus' is not a known time zone" in bad_zone.json()["error"]
+    (row,) = rows(dsn, "select expression from anchor.cron_schedules where name = 'digest:user-42'")
+    assert row == {"expression": "0 0 8 * * 1"}, "a refused change leaves the schedule as it was"
+    assert webapp.delete("/users/42/digest").json() == {"deleted": True}
+    assert webapp.delete("/users/42/digest").json() == {"deleted": False}
+    assert rows(dsn, "select name from anchor.cron_schedules where source = 'runtime'") == []

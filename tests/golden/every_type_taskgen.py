@@ -279,6 +279,20 @@ class TaskRunner(TaskRunnerBase):
         task_id = self.run_import_catalog(params, *overrides)
         return self.wait_import_catalog(task_id, timeout)
 
+    def schedule_import_catalog(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ImportCatalogParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ImportCatalog
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("ImportCatalog", name, cron_expression, params, timezone)
+
     def run_ping(self, params: PingParameters, *overrides: TaskOverride) -> int:
         """Enqueue Ping and commit it; returns the task id."""
         return self.enqueue("Ping", params, *overrides)
@@ -317,6 +331,20 @@ class TaskRunner(TaskRunnerBase):
         """Enqueue Ping, commit it and wait for it as wait_ping does."""
         task_id = self.run_ping(params, *overrides)
         self.wait_ping(task_id, timeout)
+
+    def schedule_ping(
+        self,
+        name: str,
+        cron_expression: str,
+        params: PingParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues Ping with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("Ping", name, cron_expression, params, timezone)
 
     def run_nightly_digest(
         self, params: NightlyDigestParameters, *overrides: TaskOverride
@@ -362,6 +390,20 @@ class TaskRunner(TaskRunnerBase):
         """
         task_id = self.run_nightly_digest(params, *overrides)
         self.wait_nightly_digest(task_id, timeout)
+
+    def schedule_nightly_digest(
+        self,
+        name: str,
+        cron_expression: str,
+        params: NightlyDigestParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues nightly_digest
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return self.schedule("nightly_digest", name, cron_expression, params, timezone)
 
 
 class AsyncTaskRunner(AsyncTaskRunnerBase):
@@ -412,6 +454,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         task_id = await self.run_import_catalog(params, *overrides)
         return await self.wait_import_catalog(task_id, timeout)
 
+    async def schedule_import_catalog(
+        self,
+        name: str,
+        cron_expression: str,
+        params: ImportCatalogParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues ImportCatalog
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "ImportCatalog", name, cron_expression, params, timezone
+        )
+
     async def run_ping(self, params: PingParameters, *overrides: TaskOverride) -> int:
         """Enqueue Ping and commit it; returns the task id."""
         return await self.enqueue("Ping", params, *overrides)
@@ -450,6 +508,20 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """Enqueue Ping, commit it and wait for it as wait_ping does."""
         task_id = await self.run_ping(params, *overrides)
         await self.wait_ping(task_id, timeout)
+
+    async def schedule_ping(
+        self,
+        name: str,
+        cron_expression: str,
+        params: PingParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues Ping with
+        params at each fire time of cron_expression in timezone (UTC when None); returns
+        'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule("Ping", name, cron_expression, params, timezone)
 
     async def run_nightly_digest(
         self, params: NightlyDigestParameters, *overrides: TaskOverride
@@ -497,6 +569,22 @@ class AsyncTaskRunner(AsyncTaskRunnerBase):
         """
         task_id = await self.run_nightly_digest(params, *overrides)
         await self.wait_nightly_digest(task_id, timeout)
+
+    async def schedule_nightly_digest(
+        self,
+        name: str,
+        cron_expression: str,
+        params: NightlyDigestParameters,
+        timezone: str | None = None,
+    ) -> str:
+        """
+        Create or replace the runtime cron schedule name, which enqueues nightly_digest
+        with params at each fire time of cron_expression in timezone (UTC when None);
+        returns 'created', 'replaced' or 'unchanged'.
+        """
+        return await self.schedule(
+            "nightly_digest", name, cron_expression, params, timezone
+        )
 
 
 async def dispatch_failure_hook(

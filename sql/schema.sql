@@ -354,6 +354,7 @@ CREATE OR REPLACE FUNCTION anchor.claim_v2(worker_id text, max_tasks integer, ta
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 declare
@@ -595,6 +596,7 @@ CREATE OR REPLACE FUNCTION anchor.complete_v2(ids bigint[], fences bigint[], wor
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 declare
@@ -1367,6 +1369,8 @@ CREATE OR REPLACE FUNCTION anchor.hand_back_v2(ids bigint[], fences bigint[], wo
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
@@ -1385,21 +1389,31 @@ begin
             run_at = v_now, locked_by = null, deadline = null,
             finished_at = case when t.cancel_requested then v_now end
         from unnest(hand_back_v2.ids, hand_back_v2.fences) as c (id, fence)
-        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.state = 'running' and t.fence = c.fence
-            and t.locked_by = hand_back_v2.worker_id
+        -- only id = any(ids) may reach an index (see complete_v2): IS NOT DISTINCT FROM is the same test
+        -- here (worker_id is checked not null) but keeps tasks_held_idx out of the plan
+        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.fence = c.fence
+            and t.state is not distinct from 'running'
+            and t.locked_by is not distinct from hand_back_v2.worker_id and hand_back_v2.worker_id is not null
         returning t.id, t.state, t.attempts
-    ), recorded as (
+    ),
+
+    recorded as (
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
-        select r.id, v_now, case r.state when 'cancelled' then 'cancelled' else 'handed_back' end,
-            case r.state when 'cancelled' then r.attempts end, hand_back_v2.worker_id
+        select
+            r.id,
+            v_now,
+            case r.state when 'cancelled' then 'cancelled' else 'handed_back' end,
+            case r.state when 'cancelled' then r.attempts end,
+            hand_back_v2.worker_id
         from returned as r
     )
+
     select c.id, case when c.first then coalesce(r.state, 'stale') else 'stale' end
     from (
         select u.id, u.ord, row_number() over (partition by u.id order by u.ord) = 1 as first
         from unnest(hand_back_v2.ids) with ordinality as u (id, ord)
     ) as c
-    left join returned as r on r.id = c.id
+    left join returned as r on c.id = r.id
     order by c.ord;
 end;
 $function$;
@@ -1847,6 +1861,8 @@ CREATE OR REPLACE FUNCTION anchor.record_results(ids bigint[], fences bigint[], 
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
@@ -1869,9 +1885,10 @@ begin
     stored as (
         update anchor.tasks t set result = g.result
         from given as g
-        -- id = any(ids) drives the update from the primary key, whatever the statistics say
-        where t.id = any(record_results.ids) and t.id = g.id and not g.too_large and t.state = 'running'
-            and t.fence = g.fence and t.locked_by = record_results.worker_id
+        -- only id = any(ids) may reach an index (see hand_back_v2)
+        where t.id = any(record_results.ids) and t.id = g.id and not g.too_large and t.fence = g.fence
+            and t.state is not distinct from 'running'
+            and t.locked_by is not distinct from record_results.worker_id and record_results.worker_id is not null
         returning t.id
     )
 
@@ -2593,6 +2610,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (11, 'trace_context')
 --   (12, 'results')
 --   (13, 'claim_ready_set')
+--   (14, 'core_costs')
 -- rows of anchor.settings
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')

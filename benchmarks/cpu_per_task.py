@@ -13,7 +13,8 @@ counted, so the figures are the per-task costs of the claim loop and of the SQL 
 ``--tree DIR`` runs the worker and the migrations of another checkout (``git archive REV anchor_py sql``
 unpacked in DIR) with this benchmark's driver: several trees are measured in interleaved rounds and each
 gets its median, which is how two commits are compared on a busy machine. ``--profile`` runs the worker
-under cProfile and prints its top functions by own time.
+under cProfile and prints its top functions by own time; ``--py-spy FILE`` samples it with py-spy during
+the drain (``pip install py-spy``; collapsed stacks, one line per stack with its count).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _tree_root(tree: Path | None) -> Path:
     return root
 
 
-def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None, analyse: bool = False
-            ) -> dict[str, Any]:
+def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None, analyse: bool = False,
+            py_spy: Path | None = None) -> dict[str, Any]:
     """Drain n Noop tasks with one worker process started on the (migrated) database ``dsn``; ``analyse``:
     the table analysed in the enqueue's transaction (for schemas whose claim still depends on statistics)."""
     out = Path(tempfile.mkstemp(prefix="anchor-cpu-", suffix=".json")[1])
@@ -83,6 +84,12 @@ def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None,
             if not wait_until(lambda: bool(conn.execute("select count(*) from anchor.workers").fetchone()[0]), 30):
                 raise RuntimeError("the benchmark worker did not register within 30 s")
             time.sleep(1.0)  # its services' first rounds
+            sampler = None
+            if py_spy is not None:  # attached for the drain only, sampling the worker's own CPU time
+                sampler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                            str(process.pid), "--rate", "250", "--gil", "--native", "--format", "raw",
+                                            "--output", str(py_spy)], stdout=subprocess.DEVNULL)
+                time.sleep(1.0)
             worker_before, backends_before = _cpu_seconds(process.pid), _backends(conn)
             began = time.perf_counter()
             with conn.transaction():
@@ -103,6 +110,9 @@ def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None,
             worker_cpu = _cpu_seconds(process.pid) - worker_before
             backends_after = _backends(conn)
             server_cpu = sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_after.items())
+            if sampler is not None:
+                sampler.send_signal(signal.SIGINT)
+                sampler.wait(60)
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -131,6 +141,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, action="append", help="a checkout to measure (repeatable)")
     parser.add_argument("--analyse", action="store_true", help="analyse the table in the enqueue's transaction")
     parser.add_argument("--profile", action="store_true", help="run the worker under cProfile (one round)")
+    parser.add_argument("--py-spy", type=Path, help="sample the worker with py-spy into this file (raw format)")
     parser.add_argument("--dsn")
     args = parser.parse_args()
     ctx = Context(server=find_server(args.dsn), quick=False, peers=False)
@@ -144,7 +155,7 @@ def main() -> None:
                 with ctx.scratch("cpu", migrate=False) as dsn:
                     _install(dsn, root)
                     profile = Path(tempfile.mkstemp(suffix=".prof")[1]) if args.profile else None
-                    result = measure(dsn, args.n, root=root, profile=profile, analyse=args.analyse)
+                    result = measure(dsn, args.n, root=root, profile=profile, analyse=args.analyse, py_spy=args.py_spy)
                 figures[str(tree)].append(result)
                 print(json.dumps({"round": round_, "tree": str(tree), "load": round(os.getloadavg()[0], 2),
                                   **result}), flush=True)

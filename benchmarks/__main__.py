@@ -14,7 +14,19 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from benchmarks import backlog, claimshapes, drain, enqueue, floor, latency, peers, results, retention, steady
+from benchmarks import (
+    backlog,
+    claimshapes,
+    cpu_per_task,
+    drain,
+    enqueue,
+    floor,
+    latency,
+    peers,
+    results,
+    retention,
+    steady,
+)
 from benchmarks.harness import REPO, Context, find_server
 from benchmarks.report import print_report
 
@@ -25,6 +37,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "enqueue-batch": enqueue.run_batch,
     "drain": drain.run,
     "workers": drain.run_processes,
+    "cpu": cpu_per_task.run,
     "steady": steady.run,
     "latency": latency.run,
     "result-latency": results.run,

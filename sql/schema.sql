@@ -597,6 +597,7 @@ CREATE OR REPLACE FUNCTION anchor.complete_v2(ids bigint[], fences bigint[], wor
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
 AS $function$
 #variable_conflict use_column
 declare
@@ -1370,6 +1371,7 @@ CREATE OR REPLACE FUNCTION anchor.hand_back_v2(ids bigint[], fences bigint[], wo
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
@@ -1862,6 +1864,7 @@ CREATE OR REPLACE FUNCTION anchor.record_results(ids bigint[], fences bigint[], 
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$

@@ -10,12 +10,19 @@
 -- primary key for id lists, the claim indexes for the pick), which is the right plan at any size: they
 -- touch a batch, never a table.
 --
+-- complete_v2, hand_back_v2 and record_results join the rows they update to the (id, fence) pairs they were
+-- given. The generic plan expects 10 pairs and picks a nested loop that rescans the whole pair list for every
+-- row: 100 x 100 comparisons and 100 unnests per batch of 100, 6.6 of complete_v2's 7.6 ms (auto_explain)
+-- and half its CPU. With nested loops off they hash the list once (backend CPU per task, drain of 20k,
+-- two interleaved rounds: complete_v2 43 -> 22 us, complete + claim in one statement 76 -> 57 us).
+--
 -- hand_back_v2 and record_results also reach their rows by primary key only, as complete_v2 does since
 -- 0013: written as plain equalities, state and locked_by matched tasks_held_idx, and a generic plan on a
 -- table never analysed could scan every task the worker holds once per id.
 
 alter function anchor.claim_v2(text, integer, text[], text[], interval, integer, timestamptz) set enable_seqscan = off;
 alter function anchor.complete_v2(bigint[], bigint[], text, timestamptz) set enable_seqscan = off;
+alter function anchor.complete_v2(bigint[], bigint[], text, timestamptz) set enable_nestloop = off;
 
 -- Gives unfinished executions back (running → pending, the attempt not spent; running → cancelled when a
 -- cancel was requested), fenced by (id, fence, worker); others come back 'stale'. Outcomes in input order.
@@ -23,6 +30,7 @@ create or replace function anchor.hand_back_v2(ids bigint[], fences bigint[], wo
 returns table (id bigint, outcome text)
 language plpgsql
 set enable_seqscan = off
+set enable_nestloop = off
 set jit = off
 as $$
 #variable_conflict use_column
@@ -77,6 +85,7 @@ create or replace function anchor.record_results(ids bigint[], fences bigint[], 
 returns table (id bigint, outcome text)
 language plpgsql
 set enable_seqscan = off
+set enable_nestloop = off
 set jit = off
 as $$
 #variable_conflict use_column

@@ -31,8 +31,8 @@ def _finish(db: Conn, held: list[tuple[int, int]]) -> tuple[str, str, str]:
     """A result for the first, hand-back for the second, completion for every other; each call's inner plans."""
     ids, fences = [task[0] for task in held], [task[1] for task in held]
     done_ids, done_fences = ids[:1] + ids[2:], fences[:1] + fences[2:]
-    _, recorded = nested_plans(db, "select * from anchor.record_results(%s, %s, array['{}'::jsonb], 'w1')"
-                               % (f"array[{ids[0]}]::bigint[]", f"array[{fences[0]}]::bigint[]"))
+    _, recorded = nested_plans(db, f"select * from anchor.record_results(array[{ids[0]}]::bigint[], "
+                                   f"array[{fences[0]}]::bigint[], array['{{}}'::jsonb], 'w1')")
     _, handed = nested_plans(db, f"select * from anchor.hand_back_v2(array[{ids[1]}]::bigint[], "
                                  f"array[{fences[1]}]::bigint[], 'w1')")
     _, completed = nested_plans(db, f"select * from anchor.complete_v2(array{done_ids}::bigint[], "

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from benchmarks import (
     backlog,
     claimshapes,
+    cpu_per_task,
     drain,
     enqueue,
     floor,
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "drain": drain.run,
     "workers": drain.run_processes,
     "flow": flow.run,
+    "cpu": cpu_per_task.run,
     "steady": steady.run,
     "latency": latency.run,
     "result-latency": results.run,

@@ -1,10 +1,12 @@
 """One benchmark worker process: the real anchor_py Worker running the Noop executor.
 
     python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] [--metrics] [--soak | --flow]
-        --out result.json
+        [--done-at N --done-file PATH] --out result.json
 
 Runs until SIGTERM, or until it has executed N tasks; then writes what it measured (executions,
 the wall-clock time of the N-th execution, enqueue -> start latencies, peak RSS) as JSON to --out.
+``--done-at N`` touches ``--done-file`` after N executions and runs on (its connections stay open, so their
+backends' CPU can still be read).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import resource
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from anchor_py.worker import Worker, WorkerConfig
 from benchmarks.noop import TASKS, NoopExecutor
@@ -43,6 +46,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     stopper: list[asyncio.Task[None]] = []
 
     def on_count(count: int) -> None:
+        if args.done_at and count == args.done_at:
+            Path(args.done_file).touch()
         if args.stop_after and count == args.stop_after:
             result["t_done"] = time.time()
             stopper.append(asyncio.get_running_loop().create_task(worker.stop()))
@@ -66,6 +71,8 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--stop-after", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--done-at", type=int, default=0, help="touch --done-file after this many executions")
+    parser.add_argument("--done-file", default="")
     parser.add_argument("--metrics", action="store_true", help="record Prometheus metrics (as --metrics-port does)")
     parser.add_argument("--soak", action="store_true", help="run the soak task set (Noop + a cron task)")
     parser.add_argument("--flow", action="store_true", help="run the flow task set (Noop + a per-key limited twin)")

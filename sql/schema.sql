@@ -30,14 +30,10 @@ create table anchor.cron_schedules (
     missed_count bigint not null default 0,
     created_at timestamp with time zone not null,
     updated_at timestamp with time zone not null,
-    task_name text not null,
-    source text not null,
     constraint cron_schedules_catch_up_check CHECK (catch_up >= 0),
+    constraint cron_schedules_name_fkey FOREIGN KEY (name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
     constraint cron_schedules_overlap_check CHECK (overlap = ANY (ARRAY['skip'::text, 'allow'::text])),
-    constraint cron_schedules_pkey PRIMARY KEY (name),
-    constraint cron_schedules_source_check CHECK (source = ANY (ARRAY['yaml'::text, 'runtime'::text])),
-    constraint cron_schedules_task_name_fkey FOREIGN KEY (task_name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
-    constraint cron_schedules_yaml_name_check CHECK (source <> 'yaml'::text OR name = task_name)
+    constraint cron_schedules_pkey PRIMARY KEY (name)
 );
 
 create table anchor.function_roles (
@@ -148,7 +144,6 @@ create table anchor.workers (
 CREATE UNIQUE INDEX cron_fires_pkey ON anchor.cron_fires USING btree (name, fire_at);
 CREATE INDEX cron_schedules_due_idx ON anchor.cron_schedules USING btree (next_fire_at NULLS FIRST) WHERE (NOT paused);
 CREATE UNIQUE INDEX cron_schedules_pkey ON anchor.cron_schedules USING btree (name);
-CREATE INDEX cron_schedules_task_name_idx ON anchor.cron_schedules USING btree (task_name);
 CREATE UNIQUE INDEX function_roles_pkey ON anchor.function_roles USING btree (function_name);
 CREATE UNIQUE INDEX schema_migrations_pkey ON anchor.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON anchor.settings USING btree (name);
@@ -359,6 +354,7 @@ CREATE OR REPLACE FUNCTION anchor.claim_v2(worker_id text, max_tasks integer, ta
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 declare
@@ -600,6 +596,8 @@ CREATE OR REPLACE FUNCTION anchor.complete_v2(ids bigint[], fences bigint[], wor
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
 AS $function$
 #variable_conflict use_column
 declare
@@ -673,32 +671,6 @@ begin
         return format('cron.overlap: %s must be "skip" or "allow"', p_cron -> 'overlap');
     end if;
     return null;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.cron_delete(name text)
- RETURNS text
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-#variable_conflict use_column
-declare
-    v_source text;
-begin
-    -- waits for a cron loop holding the schedule (cron_take_due locks it until its round commits)
-    select s.source into v_source from anchor.cron_schedules s where s.name = cron_delete.name for update;
-    if not found then
-        return 'absent';
-    end if;
-    if v_source = 'yaml' then
-        raise exception using errcode = 'AT003',
-            message = format('cron_delete: schedule %L comes from the cronjob of task %s and cannot be deleted', cron_delete.name, cron_delete.name),
-            hint = 'Remove the cronjob from the task definitions (and register them), or pause it: anchor cron pause.';
-    end if;
-    delete from anchor.cron_schedules s where s.name = cron_delete.name;
-    delete from anchor.cron_fires f where f.name = cron_delete.name;
-    return 'deleted';
 end;
 $function$;
 
@@ -803,7 +775,7 @@ begin
             v_skipped := v_skipped + 1;
         else
             v_task_id := anchor.enqueue(
-                name => v_schedule.task_name,
+                name => cron_fire.name,
                 params => cron_fire.fire_params -> (v_fire.ord::integer - 1),
                 scheduled_at => v_fire.at,
                 p_now => v_now
@@ -848,21 +820,6 @@ AS $function$
     order by s.name
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.cron_list_v2()
- RETURNS TABLE(name text, source text, task_name text, task_active boolean, expression text, timezone text, params jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, last_fired_at timestamp with time zone, last_task_id bigint, paused boolean, paused_at timestamp with time zone, last_error text, fired_count bigint, skipped_count bigint, missed_count bigint)
- LANGUAGE sql
- STABLE SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-    select
-        s.name, s.source, s.task_name, d.active, s.expression, s.timezone, s.params, s.catch_up, s.overlap,
-        s.next_fire_at, s.last_fired_at, s.last_task_id, s.paused, s.paused_at, s.last_error, s.fired_count,
-        s.skipped_count, s.missed_count
-    from anchor.cron_schedules s
-    inner join anchor.task_definitions d on d.name = s.task_name
-    order by s.name
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(wake_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE sql
@@ -871,7 +828,6 @@ CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone 
 AS $function$
     select min(coalesce(s.next_fire_at, anchor.clock(p_now))), anchor.clock(p_now)
     from anchor.cron_schedules s
-    inner join anchor.task_definitions d on d.name = s.task_name and d.active
     where not s.paused
 $function$;
 
@@ -915,31 +871,6 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.cron_sample_params(p_schema jsonb, p_params jsonb, p_now timestamp with time zone)
- RETURNS jsonb
- LANGUAGE sql
- STABLE
-AS $function$
-    select case
-        when jsonb_typeof(p_params) is distinct from 'object' or jsonb_typeof(p_schema -> 'required') is distinct from 'array'
-            then p_params
-        else p_params || coalesce((
-            select jsonb_object_agg(
-                r.name,
-                case p_schema -> 'properties' -> r.name ->> 'format'
-                    when 'date' then to_char(p_now at time zone 'UTC', 'YYYY-MM-DD')
-                    else to_char(p_now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')
-                end
-            )
-            from jsonb_array_elements_text(p_schema -> 'required') as r (name)
-            -- given and not null: kept; only a string date or date-time can be filled
-            where coalesce(jsonb_typeof(p_params -> r.name), 'null') = 'null'
-                and coalesce(p_schema -> 'properties' -> r.name ->> 'type', 'string') = 'string'
-                and p_schema -> 'properties' -> r.name ->> 'format' in ('date', 'date-time')
-        ), '{}')
-    end
-$function$;
-
 CREATE OR REPLACE FUNCTION anchor.cron_take_due(max_schedules integer DEFAULT 100, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(name text, expression text, timezone text, params jsonb, params_schema jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE plpgsql
@@ -957,94 +888,11 @@ begin
     return query
     select s.name, s.expression, s.timezone, s.params, d.params_schema, s.catch_up, s.overlap, s.next_fire_at, v_now
     from anchor.cron_schedules s
-    -- a runtime schedule of a task no longer registered waits for the task to come back
-    inner join anchor.task_definitions d on d.name = s.task_name and d.active
+    inner join anchor.task_definitions d on d.name = s.name
     where not s.paused and (s.next_fire_at is null or s.next_fire_at <= v_now)
     order by s.next_fire_at nulls first, s.name
     limit cron_take_due.max_schedules
     for update of s skip locked;
-end;
-$function$;
-
-CREATE OR REPLACE FUNCTION anchor.cron_upsert(name text, task_name text, cron_expression text, params jsonb DEFAULT '{}'::jsonb, timezone text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
- RETURNS text
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-#variable_conflict use_column
-declare
-    v_now timestamptz := anchor.clock(cron_upsert.p_now);
-    v_def anchor.task_definitions;
-    v_zone text := coalesce(cron_upsert.timezone, 'UTC');
-    v_problem text;
-    v_inserted boolean;
-begin
-    v_problem := case
-        when cron_upsert.name is null or btrim(cron_upsert.name) = '' then 'name must be a non-empty string'
-        when octet_length(cron_upsert.name) > 255
-            then format('name %s... of %s bytes is over the limit of 255 bytes', left(cron_upsert.name, 40), octet_length(cron_upsert.name))
-        when cron_upsert.name <> btrim(cron_upsert.name) or cron_upsert.name ~ '[[:cntrl:]]'
-            then format('name %L must not start or end with spaces or hold control characters', cron_upsert.name)
-        when cron_upsert.task_name is null then format('schedule %L: task_name must not be null', cron_upsert.name)
-        when cron_upsert.cron_expression is null or btrim(cron_upsert.cron_expression) = ''
-            then format('schedule %L: cron_expression must be a non-empty string, got %L', cron_upsert.name, cron_upsert.cron_expression)
-        when octet_length(cron_upsert.cron_expression) > 255
-            then format('schedule %L: cron_expression %s... of %s bytes is over the limit of 255 bytes',
-                cron_upsert.name, left(cron_upsert.cron_expression, 40), octet_length(cron_upsert.cron_expression))
-        when btrim(v_zone) = '' or octet_length(v_zone) > 255
-            then format('schedule %L: timezone %L must be a time zone name such as ''Europe/Berlin''', cron_upsert.name, left(v_zone, 40))
-    end;
-    if v_problem is not null then
-        raise exception using errcode = 'AT003', message = format('cron_upsert: %s', v_problem);
-    end if;
-    -- any definition, active or not: a YAML schedule is named after its task (see this file's header)
-    if exists (select 1 from anchor.task_definitions d where d.name = cron_upsert.name) then
-        raise exception using errcode = 'AT003',
-            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name),
-            hint = format('Give the runtime schedule a name of its own, such as %L.', cron_upsert.name || ':' || 'nightly');
-    end if;
-    v_def := anchor.definition_of(cron_upsert.task_name);
-    perform anchor.check_params(v_def, anchor.cron_sample_params(v_def.params_schema, cron_upsert.params, v_now));
-
-    insert into anchor.cron_schedules as s (
-        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
-    ) values (
-        cron_upsert.name, cron_upsert.task_name, 'runtime', btrim(cron_upsert.cron_expression), v_zone,
-        cron_upsert.params, 0, 'skip', v_now, v_now
-    )
-    on conflict (name) do update set
-        task_name = excluded.task_name,
-        expression = excluded.expression,
-        timezone = excluded.timezone,
-        params = excluded.params,
-        -- as anchor.cron_resume when an error pause is lifted; otherwise only a new expression or zone
-        -- changes when it fires
-        next_fire_at = case
-            when s.paused and s.last_error is not null then null
-            when s.expression is distinct from excluded.expression or s.timezone is distinct from excluded.timezone
-                then null
-            else s.next_fire_at
-        end,
-        paused = s.paused and s.last_error is null,
-        paused_at = case when s.last_error is null then s.paused_at end,
-        last_error = null,
-        last_error_at = null,
-        updated_at = excluded.updated_at
-    -- a YAML schedule is never replaced (only a concurrent registration can get here: reported below)
-    where s.source = 'runtime'
-        and (s.task_name, s.expression, s.timezone, s.params)
-        is distinct from (excluded.task_name, excluded.expression, excluded.timezone, excluded.params)
-    -- xmax is 0 on a freshly inserted row version, set on one that updated an existing row
-    returning s.xmax = 0 into v_inserted;
-    if v_inserted is not null then
-        return case when v_inserted then 'created' else 'replaced' end;
-    end if;
-    if exists (select 1 from anchor.cron_schedules s where s.name = cron_upsert.name and s.source = 'yaml') then
-        raise exception using errcode = 'AT003',
-            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name);
-    end if;
-    return 'unchanged';
 end;
 $function$;
 
@@ -1522,6 +1370,9 @@ CREATE OR REPLACE FUNCTION anchor.hand_back_v2(ids bigint[], fences bigint[], wo
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
@@ -1540,21 +1391,31 @@ begin
             run_at = v_now, locked_by = null, deadline = null,
             finished_at = case when t.cancel_requested then v_now end
         from unnest(hand_back_v2.ids, hand_back_v2.fences) as c (id, fence)
-        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.state = 'running' and t.fence = c.fence
-            and t.locked_by = hand_back_v2.worker_id
+        -- only id = any(ids) may reach an index (see complete_v2): IS NOT DISTINCT FROM is the same test
+        -- here (worker_id is checked not null) but keeps tasks_held_idx out of the plan
+        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.fence = c.fence
+            and t.state is not distinct from 'running'
+            and t.locked_by is not distinct from hand_back_v2.worker_id and hand_back_v2.worker_id is not null
         returning t.id, t.state, t.attempts
-    ), recorded as (
+    ),
+
+    recorded as (
         insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
-        select r.id, v_now, case r.state when 'cancelled' then 'cancelled' else 'handed_back' end,
-            case r.state when 'cancelled' then r.attempts end, hand_back_v2.worker_id
+        select
+            r.id,
+            v_now,
+            case r.state when 'cancelled' then 'cancelled' else 'handed_back' end,
+            case r.state when 'cancelled' then r.attempts end,
+            hand_back_v2.worker_id
         from returned as r
     )
+
     select c.id, case when c.first then coalesce(r.state, 'stale') else 'stale' end
     from (
         select u.id, u.ord, row_number() over (partition by u.id order by u.ord) = 1 as first
         from unnest(hand_back_v2.ids) with ordinality as u (id, ord)
     ) as c
-    left join returned as r on r.id = c.id
+    left join returned as r on c.id = r.id
     order by c.ord;
 end;
 $function$;
@@ -1687,7 +1548,7 @@ begin
         raise exception using
             errcode = 'AT007',
             message = format('no cron schedule %L', p_name),
-            hint = 'Schedules come from task definitions with a cronjob and from anchor.cron_upsert; see anchor cron list.';
+            hint = 'Schedules come from task definitions with a cronjob; see anchor cron list.';
     end if;
     return v_schedule;
 end;
@@ -2002,6 +1863,9 @@ CREATE OR REPLACE FUNCTION anchor.record_results(ids bigint[], fences bigint[], 
  RETURNS TABLE(id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET enable_seqscan TO 'off'
+ SET enable_nestloop TO 'off'
+ SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
@@ -2024,9 +1888,10 @@ begin
     stored as (
         update anchor.tasks t set result = g.result
         from given as g
-        -- id = any(ids) drives the update from the primary key, whatever the statistics say
-        where t.id = any(record_results.ids) and t.id = g.id and not g.too_large and t.state = 'running'
-            and t.fence = g.fence and t.locked_by = record_results.worker_id
+        -- only id = any(ids) may reach an index (see hand_back_v2)
+        where t.id = any(record_results.ids) and t.id = g.id and not g.too_large and t.fence = g.fence
+            and t.state is not distinct from 'running'
+            and t.locked_by is not distinct from record_results.worker_id and record_results.worker_id is not null
         returning t.id
     )
 
@@ -2430,14 +2295,13 @@ AS $function$
 declare
     v_problem text;
     v_now timestamptz;
-    v_holder anchor.cron_schedules;
 begin
     if tg_op = 'DELETE' then
-        delete from anchor.cron_schedules s where s.name = old.name and s.source = 'yaml';
+        delete from anchor.cron_schedules s where s.name = old.name;
         return null;
     end if;
     if not new.active or new.cron is null or new.cron = 'null'::jsonb then
-        delete from anchor.cron_schedules s where s.name = new.name and s.source = 'yaml';
+        delete from anchor.cron_schedules s where s.name = new.name;
         return null;
     end if;
     v_problem := anchor.cron_definition_problem(new.cron);
@@ -2446,11 +2310,9 @@ begin
     end if;
     v_now := new.updated_at;
     insert into anchor.cron_schedules as s (
-        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
+        name, expression, timezone, params, catch_up, overlap, created_at, updated_at
     ) values (
         new.name,
-        new.name,
-        'yaml',
         btrim(new.cron ->> 'expression'),
         coalesce(new.cron ->> 'timezone', 'UTC'),
         coalesce(nullif(new.cron -> 'parameters', 'null'), '{}'),
@@ -2472,17 +2334,8 @@ begin
             else s.next_fire_at
         end,
         updated_at = excluded.updated_at
-    -- a runtime schedule holding the name is left alone (and reported below)
-    where s.source = 'yaml'
-        and (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
-        is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
-    select * into v_holder from anchor.cron_schedules s where s.name = new.name and s.source = 'runtime';
-    if found then
-        raise exception using errcode = 'AT003',
-            message = format('task %s: its cronjob''s schedule would be named %L, which the runtime schedule of task %s already has',
-                new.name, new.name, v_holder.task_name),
-            hint = format('Delete that schedule first (select anchor.cron_delete(%L)) and create it again under another name.', new.name);
-    end if;
+    where (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
+    is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
     return null;
 end;
 $function$;
@@ -2643,25 +2496,18 @@ grant execute on function anchor.complete(bigint[],integer[],text,timestamp with
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_definition_problem(jsonb) to anchor_admin;
-grant execute on function anchor.cron_delete(text) to anchor_admin;
-grant execute on function anchor.cron_delete(text) to anchor_enqueuer;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_list() to anchor_admin;
 grant execute on function anchor.cron_list() to anchor_worker;
-grant execute on function anchor.cron_list_v2() to anchor_admin;
-grant execute on function anchor.cron_list_v2() to anchor_worker;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_pause(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_resume(text,timestamp with time zone) to anchor_admin;
-grant execute on function anchor.cron_sample_params(jsonb,jsonb,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_worker;
-grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_admin;
-grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_enqueuer;
 grant execute on function anchor.definition_bounds_problem(jsonb) to anchor_admin;
 grant execute on function anchor.definition_of(text) to anchor_admin;
 grant execute on function anchor.definition_problem(jsonb) to anchor_admin;
@@ -2767,7 +2613,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (11, 'trace_context')
 --   (12, 'results')
 --   (13, 'claim_ready_set')
---   (14, 'runtime_schedules')
+--   (14, 'core_costs')
 -- rows of anchor.settings
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
@@ -2780,16 +2626,13 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('claim_v2', 'anchor_worker')
 --   ('complete', 'anchor_worker')
 --   ('complete_v2', 'anchor_worker')
---   ('cron_delete', 'anchor_enqueuer')
 --   ('cron_fail', 'anchor_worker')
 --   ('cron_fire', 'anchor_worker')
 --   ('cron_list', 'anchor_worker')
---   ('cron_list_v2', 'anchor_worker')
 --   ('cron_next_wake', 'anchor_worker')
 --   ('cron_pause', 'anchor_admin')
 --   ('cron_resume', 'anchor_admin')
 --   ('cron_take_due', 'anchor_worker')
---   ('cron_upsert', 'anchor_enqueuer')
 --   ('deregister_worker', 'anchor_worker')
 --   ('enqueue', 'anchor_enqueuer')
 --   ('enqueue_many', 'anchor_enqueuer')

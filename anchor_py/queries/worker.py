@@ -62,6 +62,64 @@ FROM anchor.complete_v2(
 )
 """
 
+# Completions and the next claim in one statement, one round trip and one transaction. The claim's
+# max_tasks counts the completed rows (the slots they free), so it runs after complete_v2 has finished; the
+# ids complete_v2 refused come back as 'stale' rows after the claim's rows.
+COMPLETE_AND_CLAIM = """
+WITH done AS MATERIALIZED (
+    SELECT
+        r.id,
+        r.outcome
+    FROM anchor.complete_v2(
+        ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
+    ) AS r
+)
+
+SELECT
+    c.kind,
+    c.id,
+    c.name,
+    c.params,
+    c.attempt,
+    c.hook_attempt,
+    c.max_attempts,
+    c.queue,
+    c.timeout,
+    c.deadline,
+    c.scheduled_at,
+    c.run_at,
+    c.fence,
+    now() AS db_now
+FROM (SELECT count(*)::int AS freed FROM done) AS d
+CROSS JOIN
+    LATERAL anchor.claim_v2(
+        worker_id => %(worker_id)s::text,
+        max_tasks => %(max_tasks)s::int + d.freed,
+        task_names => %(task_names)s::text[],
+        queues => %(queues)s::text[],
+        hook_timeout => %(hook_timeout)s::interval,
+        max_hook_attempts => %(max_hook_attempts)s::int
+    ) AS c
+UNION ALL
+SELECT
+    'stale' AS kind,
+    done.id,
+    NULL::text AS name,
+    NULL::jsonb AS params,
+    NULL::int AS attempt,
+    NULL::int AS hook_attempt,
+    NULL::int AS max_attempts,
+    NULL::text AS queue,
+    NULL::interval AS timeout,
+    NULL::timestamptz AS deadline,
+    NULL::timestamptz AS scheduled_at,
+    NULL::timestamptz AS run_at,
+    NULL::bigint AS fence,
+    NULL::timestamptz AS db_now
+FROM done
+WHERE done.outcome = 'stale'
+"""
+
 FAIL = """
 SELECT anchor.fail_v2(
     id => %(id)s::bigint,

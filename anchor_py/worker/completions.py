@@ -117,6 +117,15 @@ class CompletionBuffer:
             "worker_id": self._worker_id,
         }
 
+    @staticmethod
+    def split_outcomes(batch: Batch, rows: list[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
+        """The claim's rows of ``COMPLETE_AND_CLAIM``, and each completion's outcome: its 'stale' rows name
+        the completions complete_v2 refused; the others succeeded."""
+        stale = {row[1] for row in rows if row[0] == "stale"}
+        if stale:
+            rows = [row for row in rows if row[0] != "stale"]
+        return rows, [(entry[0], "stale" if entry[0] in stale else "succeeded") for entry in batch]
+
     def result_arguments(self, batch: Batch) -> dict[str, Any] | None:
         """The arguments of ``anchor.record_results`` for the results in ``batch``; None when it has none."""
         with_result = [entry for entry in batch if entry[2] is not None]

@@ -68,11 +68,13 @@ class UserCodeRunner:
         request or shutdown stops it (a sync call's thread is abandoned)."""
         if is_async:
             # the job's task has a context of its own (create_task copied it): bind there, reset after.
-            # arm() and disarm() written out: this is every async execution's path
+            # arm() and disarm() written out: this is every async execution's path. The timer stays off the
+            # job: its handle keeps a copy of this context (holding ctx, whose progress sink holds the job),
+            # so job -> timer would make every execution a reference cycle left to the garbage collector
             token = set_current_task(ctx)
             job.interrupt_reason = None
             job.interruptible = True
-            timer = job.timer = asyncio.get_running_loop().call_later(timeout, self.interrupt, job, "timeout")
+            timer = asyncio.get_running_loop().call_later(timeout, self.interrupt, job, "timeout")
             try:
                 returned = await function(ctx, *args)
             except asyncio.CancelledError:

@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from anchor_py import queries
 from tests.sql.factories import (
+    WORKER,
     Conn,
     claim,
     claim_rows,
@@ -160,3 +162,22 @@ def test_claim_rows_carry_what_the_worker_needs(db: Conn) -> None:
         "scheduled_at": now - timedelta(seconds=1),
     }
     assert {key: row[key] for key in expected} == expected
+
+
+def test_the_workers_complete_and_claim_statement_completes_first_then_claims_into_the_freed_slots(db: Conn) -> None:
+    register(db, definition("Job"))
+    ids = [enqueue(db, "Job", {"n": i}) for i in range(5)]
+    heartbeat(db, WORKER)
+    held = db.execute("select id, fence from anchor.claim_v2(%s, 2, array['Job']) where kind = 'execute'",
+                      (WORKER,)).fetchall()
+    arguments = {"worker_id": WORKER, "task_names": ["Job"], "queues": None, "hook_timeout": timedelta(minutes=1),
+                 "max_hook_attempts": 5, "ids": [held[0]["id"], held[1]["id"], ids[4]],
+                 "fences": [held[0]["fence"], held[1]["fence"], 1]}  # the last was never claimed: stale
+    rows = db.execute(queries.COMPLETE_AND_CLAIM, {**arguments, "max_tasks": 0}).fetchall()
+
+    claimed = [row["id"] for row in rows if row["kind"] == "execute"]
+    assert len(claimed) == 3  # max_tasks 0 + the 3 completions' slots
+    assert [row["id"] for row in rows if row["kind"] == "stale"] == [ids[4]]
+    states = {row["id"]: row["state"] for row in db.execute("select id, state from anchor.tasks").fetchall()}
+    assert [states[held[0]["id"]], states[held[1]["id"]]] == ["succeeded", "succeeded"]
+    assert {states[i] for i in claimed} == {"running"}

@@ -30,10 +30,35 @@ create table anchor.cron_schedules (
     missed_count bigint not null default 0,
     created_at timestamp with time zone not null,
     updated_at timestamp with time zone not null,
+    task_name text not null,
+    source text not null,
     constraint cron_schedules_catch_up_check CHECK (catch_up >= 0),
-    constraint cron_schedules_name_fkey FOREIGN KEY (name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
     constraint cron_schedules_overlap_check CHECK (overlap = ANY (ARRAY['skip'::text, 'allow'::text])),
-    constraint cron_schedules_pkey PRIMARY KEY (name)
+    constraint cron_schedules_pkey PRIMARY KEY (name),
+    constraint cron_schedules_source_check CHECK (source = ANY (ARRAY['yaml'::text, 'runtime'::text])),
+    constraint cron_schedules_task_name_fkey FOREIGN KEY (task_name) REFERENCES anchor.task_definitions(name) ON DELETE CASCADE,
+    constraint cron_schedules_yaml_name_check CHECK (source <> 'yaml'::text OR name = task_name)
+);
+
+create table anchor.flow_scopes (
+    id bigint generated always as identity not null,
+    kind text not null,
+    owner text not null,
+    key text not null default ''::text,
+    pos bigint not null default 0,
+    ring_size integer,
+    cursor text,
+    constraint flow_scopes_kind_check CHECK (kind = ANY (ARRAY['queue'::text, 'task'::text, 'key'::text])),
+    constraint flow_scopes_pkey PRIMARY KEY (id),
+    constraint flow_scopes_scope_key UNIQUE (kind, owner, key)
+);
+
+create table anchor.flow_starts (
+    scope_id bigint not null,
+    slot integer not null,
+    at timestamp with time zone not null,
+    constraint flow_starts_pkey PRIMARY KEY (scope_id, slot),
+    constraint flow_starts_scope_id_fkey FOREIGN KEY (scope_id) REFERENCES anchor.flow_scopes(id) ON DELETE CASCADE
 );
 
 create table anchor.function_roles (
@@ -41,6 +66,21 @@ create table anchor.function_roles (
     role_name text not null,
     constraint function_roles_pkey PRIMARY KEY (function_name),
     constraint function_roles_role_name_check CHECK (role_name = ANY (ARRAY['anchor_enqueuer'::text, 'anchor_worker'::text, 'anchor_admin'::text]))
+);
+
+create table anchor.queue_settings (
+    name text not null,
+    concurrency integer,
+    rate_limit integer,
+    rate_period interval,
+    paused boolean not null default false,
+    paused_at timestamp with time zone,
+    updated_at timestamp with time zone not null,
+    constraint queue_settings_concurrency_check CHECK (concurrency >= 1 AND concurrency <= 1000000),
+    constraint queue_settings_pkey PRIMARY KEY (name),
+    constraint queue_settings_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
+    constraint queue_settings_rate_limit_check CHECK (rate_limit >= 1 AND rate_limit <= 1000000),
+    constraint queue_settings_rate_period_check CHECK (rate_period >= '00:00:01'::interval AND rate_period <= '100000:00:00'::interval)
 );
 
 create table anchor.schema_migrations (
@@ -71,7 +111,21 @@ create table anchor.task_definitions (
     cron jsonb,
     active boolean not null default true,
     updated_at timestamp with time zone not null,
+    concurrency_limit integer,
+    concurrency_key text,
+    rate_limit integer,
+    rate_period interval,
+    rate_key text,
+    retry_jitter double precision not null default 0,
     constraint task_definitions_pkey PRIMARY KEY (name)
+);
+
+create table anchor.task_dependencies (
+    task_id bigint not null,
+    depends_on bigint not null,
+    constraint task_dependencies_depends_on_fkey FOREIGN KEY (depends_on) REFERENCES anchor.tasks(id) ON DELETE CASCADE,
+    constraint task_dependencies_pkey PRIMARY KEY (task_id, depends_on),
+    constraint task_dependencies_task_id_fkey FOREIGN KEY (task_id) REFERENCES anchor.tasks(id) ON DELETE CASCADE
 );
 
 create table anchor.task_events (
@@ -94,6 +148,7 @@ create table anchor.task_registry (
     version bigint not null,
     definitions jsonb not null,
     registered_at timestamp with time zone not null,
+    queues jsonb,
     constraint task_registry_pkey PRIMARY KEY (singleton),
     constraint task_registry_singleton_check CHECK (singleton)
 );
@@ -127,10 +182,16 @@ create table anchor.tasks (
     progress jsonb,
     waited boolean not null default false,
     waiting_for text,
+    flow_key text,
+    parent_id bigint,
+    unmet_dependencies integer not null default 0,
+    has_dependents boolean not null default false,
+    pause_requested boolean not null default false,
+    start_delay interval,
     constraint tasks_max_attempts_check CHECK (max_attempts = '-1'::integer OR max_attempts >= 1),
     constraint tasks_pkey PRIMARY KEY (id),
-    constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text])),
-    constraint tasks_waiting_for_check CHECK (waiting_for = 'time'::text)
+    constraint tasks_state_check CHECK (state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failing'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text, 'blocked'::text, 'paused'::text])),
+    constraint tasks_waiting_for_check CHECK (waiting_for = ANY (ARRAY['time'::text, 'limit'::text]))
 );
 
 create table anchor.workers (
@@ -144,31 +205,47 @@ create table anchor.workers (
 CREATE UNIQUE INDEX cron_fires_pkey ON anchor.cron_fires USING btree (name, fire_at);
 CREATE INDEX cron_schedules_due_idx ON anchor.cron_schedules USING btree (next_fire_at NULLS FIRST) WHERE (NOT paused);
 CREATE UNIQUE INDEX cron_schedules_pkey ON anchor.cron_schedules USING btree (name);
+CREATE INDEX cron_schedules_task_name_idx ON anchor.cron_schedules USING btree (task_name);
+CREATE UNIQUE INDEX flow_scopes_pkey ON anchor.flow_scopes USING btree (id);
+CREATE UNIQUE INDEX flow_scopes_scope_key ON anchor.flow_scopes USING btree (kind, owner, key);
+CREATE UNIQUE INDEX flow_starts_pkey ON anchor.flow_starts USING btree (scope_id, slot);
 CREATE UNIQUE INDEX function_roles_pkey ON anchor.function_roles USING btree (function_name);
+CREATE UNIQUE INDEX queue_settings_pkey ON anchor.queue_settings USING btree (name);
 CREATE UNIQUE INDEX schema_migrations_pkey ON anchor.schema_migrations USING btree (version);
 CREATE UNIQUE INDEX settings_pkey ON anchor.settings USING btree (name);
 CREATE UNIQUE INDEX task_definitions_pkey ON anchor.task_definitions USING btree (name);
+CREATE INDEX task_dependencies_dependents_idx ON anchor.task_dependencies USING btree (depends_on, task_id);
+CREATE UNIQUE INDEX task_dependencies_pkey ON anchor.task_dependencies USING btree (task_id, depends_on);
 CREATE UNIQUE INDEX task_events_pkey ON anchor.task_events USING btree (id);
 CREATE INDEX task_events_task_idx ON anchor.task_events USING btree (task_id, id);
 CREATE UNIQUE INDEX task_registry_pkey ON anchor.task_registry USING btree (singleton);
 CREATE INDEX tasks_claim_idx ON anchor.tasks USING btree (queue, name, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for IS NULL) AND (rescues = 0));
 CREATE INDEX tasks_finished_idx ON anchor.tasks USING btree (state, finished_at) WHERE (state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]));
+CREATE INDEX tasks_flow_queue_running_idx ON anchor.tasks USING btree (queue) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (queue > ''::text));
+CREATE INDEX tasks_flow_running_idx ON anchor.tasks USING btree (name, flow_key) WHERE ((state = 'running'::text) AND (flow_key IS NOT NULL) AND (name > ''::text));
 CREATE INDEX tasks_held_idx ON anchor.tasks USING btree (locked_by) WHERE (state = ANY (ARRAY['running'::text, 'failing'::text]));
 CREATE INDEX tasks_hook_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE (state = 'failing'::text);
+CREATE INDEX tasks_limit_idx ON anchor.tasks USING btree (queue, name, flow_key, priority, run_at, id) WHERE ((state = 'pending'::text) AND (waiting_for = 'limit'::text));
+CREATE INDEX tasks_parent_idx ON anchor.tasks USING btree (parent_id) WHERE (parent_id IS NOT NULL);
 CREATE UNIQUE INDEX tasks_pkey ON anchor.tasks USING btree (id);
 CREATE INDEX tasks_rescued_claim_idx ON anchor.tasks USING btree (queue, priority, run_at, id) WHERE ((state = 'pending'::text) AND (rescues > 0));
 CREATE INDEX tasks_scheduled_idx ON anchor.tasks USING btree (queue, name, run_at) WHERE ((state = 'pending'::text) AND (waiting_for = 'time'::text));
-CREATE UNIQUE INDEX tasks_unique_tag_idx ON anchor.tasks USING btree (unique_tag) WHERE ((unique_tag IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'running'::text, 'failing'::text])));
+CREATE UNIQUE INDEX tasks_unique_tag_idx ON anchor.tasks USING btree (unique_tag) WHERE ((unique_tag IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'running'::text, 'failing'::text, 'blocked'::text, 'paused'::text])));
 CREATE UNIQUE INDEX workers_pkey ON anchor.workers USING btree (worker_id);
 
+-- sequence anchor.flow_scopes_id_seq as bigint start 1 increment 1 minvalue 1 maxvalue 9223372036854775807 cache 1
 -- sequence anchor.task_events_id_seq as bigint start 1 increment 1 minvalue 1 maxvalue 9223372036854775807 cache 1
 -- sequence anchor.tasks_id_seq as bigint start 1 increment 1 minvalue 1 maxvalue 9223372036854775807 cache 1
 
 CREATE TRIGGER cron_schedules_notify AFTER INSERT OR UPDATE OF next_fire_at, paused ON anchor.cron_schedules FOR EACH ROW WHEN (new.next_fire_at IS NULL AND NOT new.paused) EXECUTE FUNCTION anchor.notify_cron_change();
 CREATE TRIGGER task_definitions_sync_cron AFTER INSERT OR DELETE OR UPDATE ON anchor.task_definitions FOR EACH ROW EXECUTE FUNCTION anchor.sync_cron_schedule();
+CREATE TRIGGER tasks_a_hold_paused BEFORE UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (old.pause_requested AND old.state = 'running'::text AND new.state IS DISTINCT FROM 'running'::text) EXECUTE FUNCTION anchor.hold_paused();
+CREATE TRIGGER tasks_flow_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT WHEN (anchor.flow_in_use()) EXECUTE FUNCTION anchor.flow_mark_inserted();
+CREATE TRIGGER tasks_flow_slot_freed AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (old.state = 'running'::text AND new.state <> 'running'::text AND new.flow_key IS NOT NULL) EXECUTE FUNCTION anchor.notify_flow_slot();
 CREATE TRIGGER tasks_notify_insert AFTER INSERT ON anchor.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION anchor.notify_due_tasks();
 CREATE TRIGGER tasks_notify_outcome AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.waited AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.notify_task_outcome();
 CREATE TRIGGER tasks_notify_update AFTER UPDATE OF state, run_at, locked_by ON anchor.tasks FOR EACH ROW WHEN ((new.state = ANY (ARRAY['pending'::text, 'failing'::text])) AND new.locked_by IS NULL) EXECUTE FUNCTION anchor.notify_due_task();
+CREATE TRIGGER tasks_settle_dependents AFTER UPDATE OF state ON anchor.tasks FOR EACH ROW WHEN (new.has_dependents AND old.state IS DISTINCT FROM new.state AND (new.state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'hook_failed'::text, 'cancelled'::text]))) EXECUTE FUNCTION anchor.settle_dependents();
 CREATE TRIGGER tasks_waiting_for_insert BEFORE INSERT ON anchor.tasks FOR EACH ROW WHEN (new.run_at > now()) EXECUTE FUNCTION anchor.set_waiting_for();
 CREATE TRIGGER tasks_waiting_for_update BEFORE UPDATE OF state, run_at ON anchor.tasks FOR EACH ROW WHEN (new.state = 'pending'::text OR new.waiting_for IS NOT NULL) EXECUTE FUNCTION anchor.set_waiting_for();
 
@@ -235,30 +312,89 @@ $function$;
 
 CREATE OR REPLACE FUNCTION anchor.cancel(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select coalesce(
+        min(c.outcome) filter (where c.task_id = cancel.id),
+        min('unchanged') filter (where c.task_id is not null)
+    )
+    from anchor.cancel_tree(cancel.id, cancel.p_now) as c
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.cancel_new_tasks(p_ids bigint[], p_now timestamp with time zone, p_message text, p_details jsonb)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    with cancelled as (
+        update anchor.tasks t set state = 'cancelled', finished_at = p_now, last_error = p_message
+        where t.id = any(p_ids) and t.state in ('blocked', 'paused')
+        returning t.id
+    )
+    insert into anchor.task_events (task_id, at, kind, attempt, message, details)
+    select c.id, p_now, 'cancelled', 0, p_message, p_details from cancelled as c
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.cancel_tree(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(task_id bigint, outcome text)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := coalesce(p_now, now());
-    v_task anchor.tasks := anchor.lock_task(cancel.id);
+    v_now timestamptz := anchor.clock(cancel_tree.p_now);
+    v_root anchor.tasks := anchor.lock_task(cancel_tree.id);
+    v_ids bigint[] := array[cancel_tree.id]
+        || anchor.lock_subtree(cancel_tree.id, array['pending', 'blocked', 'paused', 'running']);
+    v_changed bigint;
 begin
-    if v_task.state = 'pending' then
-        update anchor.tasks t set state = 'cancelled', finished_at = v_now where t.id = cancel.id;
-        insert into anchor.task_events (task_id, at, kind, attempt) values (cancel.id, v_now, 'cancelled', v_task.attempts);
-        return 'cancelled';
-    elsif v_task.state = 'running' then
-        if not v_task.cancel_requested then
-            update anchor.tasks t set cancel_requested = true where t.id = cancel.id;
-            insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
-            values (cancel.id, v_now, 'cancel_requested', v_task.attempts, v_task.locked_by);
-        end if;
-        perform pg_notify('anchor_cancel', cancel.id::text);
-        return 'cancel_requested';
+    return query
+    with cancelled as (
+        update anchor.tasks t set state = 'cancelled', finished_at = v_now
+        where t.id = any(v_ids) and t.state in ('pending', 'blocked', 'paused')
+        returning t.id, t.attempts
+    ),
+
+    requested as (
+        update anchor.tasks t set cancel_requested = true
+        where t.id = any(v_ids) and t.state = 'running' and not t.cancel_requested
+        returning t.id, t.attempts, t.locked_by
+    ),
+
+    changed as (
+        select c.id, 'cancelled' as outcome, c.attempts, null as worker_id from cancelled as c
+        union all
+        select r.id, 'cancel_requested', r.attempts, r.locked_by from requested as r
+    ),
+
+    recorded as (
+        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
+        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
+            case when c.id <> cancel_tree.id then jsonb_build_object('ancestor', cancel_tree.id) end
+        from changed as c
+    )
+
+    select c.id, c.outcome from (
+        select c.id, c.outcome from changed as c
+        -- the root's cancel was already requested: reported (and its worker notified) again, as cancel did
+        union all
+        select cancel_tree.id, 'cancel_requested'
+        where v_root.state = 'running' and v_root.cancel_requested
+    ) as c
+    order by c.id <> cancel_tree.id, c.id;
+    get diagnostics v_changed = row_count;
+
+    perform pg_notify('anchor_cancel', t.id::text)
+    from anchor.tasks t
+    where t.id = any(v_ids) and t.state = 'running' and t.cancel_requested;
+
+    if v_changed = 0 then
+        raise exception using errcode = 'AT005',
+            message = format('task %s is %s; only pending or running tasks (or blocked or paused ones, or tasks with live descendants) can be cancelled',
+                cancel_tree.id, v_root.state);
     end if;
-    raise exception using errcode = 'AT005',
-        message = format('task %s is %s; only pending or running tasks can be cancelled', cancel.id, v_task.state);
 end;
 $function$;
 
@@ -322,6 +458,22 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.check_queue_name(p_function text, p_queue text)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+begin
+    if p_queue is null or btrim(p_queue) = '' then
+        raise exception using errcode = 'AT003', message = format('%s: queue must be a non-empty name, got %L', p_function, p_queue);
+    end if;
+    if octet_length(p_queue) > 255 then
+        raise exception using errcode = 'AT003',
+            message = format('%s: queue %L... of %s bytes is over the limit of 255 bytes', p_function, left(p_queue, 40), octet_length(p_queue));
+    end if;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.check_times(p_task text, p_run_at timestamp with time zone, p_scheduled_at timestamp with time zone)
  RETURNS void
  LANGUAGE plpgsql
@@ -365,9 +517,16 @@ declare
     ));
     -- no names given: every name a task can have (enqueue needs a definition; definitions are never deleted)
     v_names text[] := coalesce(claim_v2.task_names, array(select d.name from anchor.task_definitions d));
-    -- the (queue, name) pairs served, as two parallel arrays: each pair is one range of the claim indexes
+    -- the (queue, name) pairs served in queues not paused, as two parallel arrays: each pair is one range of
+    -- the claim indexes; split into the pairs whose tasks use no limit (ready set) and those that do (held)
     v_pair_queues text[];
     v_pair_names text[];
+    v_ready_queues text[];
+    v_ready_names text[];
+    v_flow_queues text[];
+    v_flow_names text[];
+    -- the queues served that are not paused
+    v_run_queues text[];
     -- the pairs that have ready work, and how many tasks to take from each
     v_busy_queues text[];
     v_busy_names text[];
@@ -375,6 +534,8 @@ declare
     v_want integer;
     v_claimed integer := 0;
     v_ids bigint[];
+    v_flow_ids bigint[] := '{}';
+    v_flow_wake timestamptz;
 begin
     if coalesce(btrim(claim_v2.worker_id), '') = '' then
         raise exception using errcode = 'AT003', message = 'claim: worker_id must not be empty';
@@ -386,10 +547,23 @@ begin
         raise exception using errcode = 'AT003',
             message = format('claim: hook_timeout must be above zero and at most 100000 hours, got %s', claim_v2.hook_timeout);
     end if;
-    select coalesce(array_agg(q.queue order by q.queue, n.name), '{}'), coalesce(array_agg(n.name order by q.queue, n.name), '{}')
-    into v_pair_queues, v_pair_names
-    from (select distinct u.queue from unnest(v_queues) as u (queue)) as q
-    cross join (select distinct u.name from unnest(v_names) as u (name)) as n;
+    select coalesce(array_agg(p.queue order by p.queue, p.name), '{}'), coalesce(array_agg(p.name order by p.queue, p.name), '{}'),
+        coalesce(array_agg(p.queue order by p.queue, p.name) filter (where not p.limited), '{}'),
+        coalesce(array_agg(p.name order by p.queue, p.name) filter (where not p.limited), '{}'),
+        coalesce(array_agg(p.queue order by p.queue, p.name) filter (where p.limited), '{}'),
+        coalesce(array_agg(p.name order by p.queue, p.name) filter (where p.limited), '{}'),
+        coalesce(array_agg(distinct p.queue), '{}')
+    into v_pair_queues, v_pair_names, v_ready_queues, v_ready_names, v_flow_queues, v_flow_names, v_run_queues
+    from (
+        select q.queue, n.name,
+            s.concurrency is not null or s.rate_limit is not null
+                or d.concurrency_limit is not null or d.rate_limit is not null as limited
+        from (select distinct u.queue from unnest(v_queues) as u (queue)) as q
+        cross join (select distinct u.name from unnest(v_names) as u (name)) as n
+        left join anchor.queue_settings s on s.name = q.queue
+        left join anchor.task_definitions d on d.name = n.name
+        where s.paused is not true  -- a paused queue starts nothing: its pairs are not read at all
+    ) as p;
 
     -- failing tasks are rare: one probe of the small failing index spares the hook claim most of the time
     if exists (
@@ -425,9 +599,9 @@ begin
     end if;
 
     if v_claimed < claim_v2.max_tasks then
-        -- scheduled tasks that have come due join the ready set (one probe per pair when none has);
-        -- a task another claimer is moving right now is skipped: that claimer moves it
-        update anchor.tasks t set waiting_for = null
+        -- scheduled tasks that have come due join the ready set, or are held when they use a limit (one probe
+        -- per pair when none has); a task another claimer is moving right now is skipped: that claimer moves it
+        update anchor.tasks t set waiting_for = case when t.flow_key is not null then 'limit' end
         where t.id = any(array(
             select s.id from unnest(v_pair_queues, v_pair_names) as c (queue, name)
             cross join lateral (
@@ -451,11 +625,12 @@ begin
             where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
         ) then
             v_ids := array(
-                select p.id from unnest(v_queues) as q (queue)
+                select p.id from unnest(v_run_queues) as q (queue)
                 cross join lateral (
                     select t.id, t.priority, t.run_at from anchor.tasks t
                     where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
                         and t.name = any(v_names)
+                        and t.flow_key is null  -- a rescued task that uses a limit starts under its limits
                     order by t.priority, t.run_at, t.id
                     limit 1
                     for update skip locked
@@ -466,12 +641,21 @@ begin
         end if;
         v_want := claim_v2.max_tasks - v_claimed - cardinality(v_ids);
 
+        -- held tasks of limited pairs first: their limits bound them, so they cannot crowd out the rest
+        if cardinality(v_flow_queues) > 0 and v_want > 0 then
+            select f.started, f.wake, f.started_at into v_flow_ids, v_flow_wake, v_now
+            from anchor.flow_start(
+                claim_v2.worker_id, v_want, v_flow_queues, v_flow_names, v_now, claim_v2.p_now is not null
+            ) as f;
+            v_want := v_want - cardinality(v_flow_ids);
+        end if;
+
         -- How many to take from each pair. One pair: all of them. Several: the first v_want ready tasks
         -- across the pairs in claim order, read without locking, tell each pair's share; locking happens
         -- below, per pair, so no row is locked that the claim does not take.
-        if cardinality(v_pair_queues) = 1 then
-            v_busy_queues := v_pair_queues;
-            v_busy_names := v_pair_names;
+        if cardinality(v_ready_queues) = 1 then
+            v_busy_queues := v_ready_queues;
+            v_busy_names := v_ready_names;
             v_takes := array[v_want];
         else
             select coalesce(array_agg(s.queue), '{}'), coalesce(array_agg(s.name), '{}'), coalesce(array_agg(s.n), '{}')
@@ -480,7 +664,7 @@ begin
                 select f.queue, f.name, count(*)::integer as n
                 from (
                     select c.queue, c.name
-                    from unnest(v_pair_queues, v_pair_names) as c (queue, name)
+                    from unnest(v_ready_queues, v_ready_names) as c (queue, name)
                     cross join lateral (
                         select t.priority, t.run_at, t.id from anchor.tasks t
                         where t.state = 'pending' and t.waiting_for is null and t.rescues = 0
@@ -518,14 +702,28 @@ begin
             case when t.scheduled_at between v_now - interval '100 years' and v_now + interval '100 years' then t.scheduled_at end,
             greatest(t.run_at, v_now - interval '100 years'), t.fence;
         v_claimed := v_claimed + cardinality(v_ids);
+
+        if cardinality(v_flow_ids) > 0 then
+            -- started by anchor.flow_start above (in its own statements, so its counts saw them)
+            return query
+            select 'execute'::text, t.id, t.name, t.params, t.attempts, null::integer, t.max_attempts,
+                t.queue, t.priority, least(t.timeout, anchor.longest_duration()), t.deadline,
+                case when t.scheduled_at between v_now - interval '100 years' and v_now + interval '100 years' then t.scheduled_at end,
+                greatest(t.run_at, v_now - interval '100 years'), t.fence
+            from anchor.tasks t
+            where t.id = any(v_flow_ids)
+            order by t.priority, t.run_at, t.id;
+            v_claimed := v_claimed + cardinality(v_flow_ids);
+        end if;
     end if;
 
     if v_claimed < claim_v2.max_tasks then
         return query
         select 'wake'::text, null::bigint, null::text, null::jsonb, null::integer, null::integer, null::integer,
             null::text, null::integer, null::interval, null::timestamptz, null::timestamptz,
-            -- at most 100 years ahead: a run_at written before the bounds may be 'infinity'
-            least(min(n.run_at), v_now + interval '100 years'), null::bigint
+            -- at most 100 years ahead: a run_at written before the bounds may be 'infinity'; the next rate
+            -- token of a held group counts as a run_at
+            least(min(n.run_at), v_flow_wake, v_now + interval '100 years'), null::bigint
         from (
             select s.run_at from unnest(v_pair_queues, v_pair_names) as c (queue, name)
             cross join lateral (
@@ -674,6 +872,32 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_delete(name text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_source text;
+begin
+    -- waits for a cron loop holding the schedule (cron_take_due locks it until its round commits)
+    select s.source into v_source from anchor.cron_schedules s where s.name = cron_delete.name for update;
+    if not found then
+        return 'absent';
+    end if;
+    if v_source = 'yaml' then
+        raise exception using errcode = 'AT003',
+            message = format('cron_delete: schedule %L comes from the cronjob of task %s and cannot be deleted', cron_delete.name, cron_delete.name),
+            hint = 'Remove the cronjob from the task definitions (and register them), or pause it: anchor cron pause.';
+    end if;
+    delete from anchor.cron_schedules s where s.name = cron_delete.name;
+    delete from anchor.cron_fires f where f.name = cron_delete.name;
+    return 'deleted';
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_fail(name text, error_message text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -775,7 +999,7 @@ begin
             v_skipped := v_skipped + 1;
         else
             v_task_id := anchor.enqueue(
-                name => cron_fire.name,
+                name => v_schedule.task_name,
                 params => cron_fire.fire_params -> (v_fire.ord::integer - 1),
                 scheduled_at => v_fire.at,
                 p_now => v_now
@@ -820,6 +1044,21 @@ AS $function$
     order by s.name
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_list_v2()
+ RETURNS TABLE(name text, source text, task_name text, task_active boolean, expression text, timezone text, params jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, last_fired_at timestamp with time zone, last_task_id bigint, paused boolean, paused_at timestamp with time zone, last_error text, fired_count bigint, skipped_count bigint, missed_count bigint)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select
+        s.name, s.source, s.task_name, d.active, s.expression, s.timezone, s.params, s.catch_up, s.overlap,
+        s.next_fire_at, s.last_fired_at, s.last_task_id, s.paused, s.paused_at, s.last_error, s.fired_count,
+        s.skipped_count, s.missed_count
+    from anchor.cron_schedules s
+    inner join anchor.task_definitions d on d.name = s.task_name
+    order by s.name
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(wake_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE sql
@@ -828,6 +1067,7 @@ CREATE OR REPLACE FUNCTION anchor.cron_next_wake(p_now timestamp with time zone 
 AS $function$
     select min(coalesce(s.next_fire_at, anchor.clock(p_now))), anchor.clock(p_now)
     from anchor.cron_schedules s
+    inner join anchor.task_definitions d on d.name = s.task_name and d.active
     where not s.paused
 $function$;
 
@@ -871,6 +1111,31 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.cron_sample_params(p_schema jsonb, p_params jsonb, p_now timestamp with time zone)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case
+        when jsonb_typeof(p_params) is distinct from 'object' or jsonb_typeof(p_schema -> 'required') is distinct from 'array'
+            then p_params
+        else p_params || coalesce((
+            select jsonb_object_agg(
+                r.name,
+                case p_schema -> 'properties' -> r.name ->> 'format'
+                    when 'date' then to_char(p_now at time zone 'UTC', 'YYYY-MM-DD')
+                    else to_char(p_now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')
+                end
+            )
+            from jsonb_array_elements_text(p_schema -> 'required') as r (name)
+            -- given and not null: kept; only a string date or date-time can be filled
+            where coalesce(jsonb_typeof(p_params -> r.name), 'null') = 'null'
+                and coalesce(p_schema -> 'properties' -> r.name ->> 'type', 'string') = 'string'
+                and p_schema -> 'properties' -> r.name ->> 'format' in ('date', 'date-time')
+        ), '{}')
+    end
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.cron_take_due(max_schedules integer DEFAULT 100, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS TABLE(name text, expression text, timezone text, params jsonb, params_schema jsonb, catch_up integer, overlap text, next_fire_at timestamp with time zone, db_now timestamp with time zone)
  LANGUAGE plpgsql
@@ -888,11 +1153,94 @@ begin
     return query
     select s.name, s.expression, s.timezone, s.params, d.params_schema, s.catch_up, s.overlap, s.next_fire_at, v_now
     from anchor.cron_schedules s
-    inner join anchor.task_definitions d on d.name = s.name
+    -- a runtime schedule of a task no longer registered waits for the task to come back
+    inner join anchor.task_definitions d on d.name = s.task_name and d.active
     where not s.paused and (s.next_fire_at is null or s.next_fire_at <= v_now)
     order by s.next_fire_at nulls first, s.name
     limit cron_take_due.max_schedules
     for update of s skip locked;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.cron_upsert(name text, task_name text, cron_expression text, params jsonb DEFAULT '{}'::jsonb, timezone text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(cron_upsert.p_now);
+    v_def anchor.task_definitions;
+    v_zone text := coalesce(cron_upsert.timezone, 'UTC');
+    v_problem text;
+    v_inserted boolean;
+begin
+    v_problem := case
+        when cron_upsert.name is null or btrim(cron_upsert.name) = '' then 'name must be a non-empty string'
+        when octet_length(cron_upsert.name) > 255
+            then format('name %s... of %s bytes is over the limit of 255 bytes', left(cron_upsert.name, 40), octet_length(cron_upsert.name))
+        when cron_upsert.name <> btrim(cron_upsert.name) or cron_upsert.name ~ '[[:cntrl:]]'
+            then format('name %L must not start or end with spaces or hold control characters', cron_upsert.name)
+        when cron_upsert.task_name is null then format('schedule %L: task_name must not be null', cron_upsert.name)
+        when cron_upsert.cron_expression is null or btrim(cron_upsert.cron_expression) = ''
+            then format('schedule %L: cron_expression must be a non-empty string, got %L', cron_upsert.name, cron_upsert.cron_expression)
+        when octet_length(cron_upsert.cron_expression) > 255
+            then format('schedule %L: cron_expression %s... of %s bytes is over the limit of 255 bytes',
+                cron_upsert.name, left(cron_upsert.cron_expression, 40), octet_length(cron_upsert.cron_expression))
+        when btrim(v_zone) = '' or octet_length(v_zone) > 255
+            then format('schedule %L: timezone %L must be a time zone name such as ''Europe/Berlin''', cron_upsert.name, left(v_zone, 40))
+    end;
+    if v_problem is not null then
+        raise exception using errcode = 'AT003', message = format('cron_upsert: %s', v_problem);
+    end if;
+    -- any definition, active or not: a YAML schedule is named after its task (see this file's header)
+    if exists (select 1 from anchor.task_definitions d where d.name = cron_upsert.name) then
+        raise exception using errcode = 'AT003',
+            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name),
+            hint = format('Give the runtime schedule a name of its own, such as %L.', cron_upsert.name || ':' || 'nightly');
+    end if;
+    v_def := anchor.definition_of(cron_upsert.task_name);
+    perform anchor.check_params(v_def, anchor.cron_sample_params(v_def.params_schema, cron_upsert.params, v_now));
+
+    insert into anchor.cron_schedules as s (
+        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
+    ) values (
+        cron_upsert.name, cron_upsert.task_name, 'runtime', btrim(cron_upsert.cron_expression), v_zone,
+        cron_upsert.params, 0, 'skip', v_now, v_now
+    )
+    on conflict (name) do update set
+        task_name = excluded.task_name,
+        expression = excluded.expression,
+        timezone = excluded.timezone,
+        params = excluded.params,
+        -- as anchor.cron_resume when an error pause is lifted; otherwise only a new expression or zone
+        -- changes when it fires
+        next_fire_at = case
+            when s.paused and s.last_error is not null then null
+            when s.expression is distinct from excluded.expression or s.timezone is distinct from excluded.timezone
+                then null
+            else s.next_fire_at
+        end,
+        paused = s.paused and s.last_error is null,
+        paused_at = case when s.last_error is null then s.paused_at end,
+        last_error = null,
+        last_error_at = null,
+        updated_at = excluded.updated_at
+    -- a YAML schedule is never replaced (only a concurrent registration can get here: reported below)
+    where s.source = 'runtime'
+        and (s.task_name, s.expression, s.timezone, s.params)
+        is distinct from (excluded.task_name, excluded.expression, excluded.timezone, excluded.params)
+    -- xmax is 0 on a freshly inserted row version, set on one that updated an existing row
+    returning s.xmax = 0 into v_inserted;
+    if v_inserted is not null then
+        return case when v_inserted then 'created' else 'replaced' end;
+    end if;
+    if exists (select 1 from anchor.cron_schedules s where s.name = cron_upsert.name and s.source = 'yaml') then
+        raise exception using errcode = 'AT003',
+            message = format('cron_upsert: name %L is the name of a task, which only that task''s cronjob may use', cron_upsert.name);
+    end if;
+    return 'unchanged';
 end;
 $function$;
 
@@ -943,7 +1291,7 @@ begin
     select k into v_key from jsonb_object_keys(p_def) as k
     where k not in (
         'name', 'description', 'parameters', 'retry_interval', 'max_attempts', 'timeout', 'queue', 'priority',
-        'on_failed', 'cron'
+        'on_failed', 'cron', 'concurrency', 'rate_limit', 'retry_jitter'
     )
     limit 1;
     if v_key is not null then
@@ -987,8 +1335,22 @@ begin
     if coalesce(jsonb_typeof(p_def -> 'cron'), 'null') not in ('object', 'null') then
         return format('cron: %s must be an object or null', p_def -> 'cron');
     end if;
-    return null;
+    return anchor.flow_definition_problem(p_def);
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.dependency_results(task_id bigint)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select jsonb_agg(
+        jsonb_build_object('task_id', d.id, 'task_name', d.name, 'result', d.result) order by d.id
+    )
+    from anchor.task_dependencies e
+    inner join anchor.tasks d on e.depends_on = d.id
+    where e.task_id = dependency_results.task_id
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.deregister_worker(worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
@@ -1013,7 +1375,7 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.enqueue(name text, params jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tag text DEFAULT NULL::text, retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION anchor.enqueue(name text, params jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tag text DEFAULT NULL::text, retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, depends_on bigint[] DEFAULT NULL::bigint[], parent_id bigint DEFAULT NULL::bigint)
  RETURNS bigint
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1023,6 +1385,13 @@ AS $function$
 declare
     v_now timestamptz := anchor.clock(enqueue.p_now);
     v_def anchor.task_definitions := anchor.definition_of(enqueue.name);
+    v_dependency_ids bigint[];
+    v_unmet integer := 0;
+    v_doomed_id bigint;
+    v_doomed_name text;
+    v_doomed_state text;
+    v_inherited text;
+    v_state text;
     v_id bigint;
     v_holder text;
 begin
@@ -1038,15 +1407,24 @@ begin
         );
         perform anchor.check_times(enqueue.name, enqueue.run_at, enqueue.scheduled_at);
     end if;
+    if enqueue.depends_on is not null then
+        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
+        from anchor.lock_dependencies(enqueue.name, enqueue.depends_on);
+    end if;
+    if enqueue.parent_id is not null then
+        v_inherited := anchor.lock_parent(enqueue.name, enqueue.parent_id);
+    end if;
+    v_state := anchor.initial_state(v_unmet, v_inherited);
     -- a few rounds at most: each round either inserts, finds the live holder of the tag, or sees the
     -- holder finish in between; a holder invisible to the caller's snapshot would loop forever
     for v_round in 1..5 loop
         insert into anchor.tasks (
-            name, params, queue, priority, max_attempts, retry_intervals, timeout, unique_tag,
-            run_at, scheduled_at, created_at
+            name, params, state, queue, priority, max_attempts, retry_intervals, timeout, unique_tag,
+            run_at, scheduled_at, created_at, parent_id, unmet_dependencies, start_delay
         ) values (
             enqueue.name,
             enqueue.params,
+            v_state,
             coalesce(enqueue.queue, v_def.queue),
             coalesce(enqueue.priority, v_def.priority),
             coalesce(enqueue.max_attempts, v_def.max_attempts),
@@ -1055,16 +1433,36 @@ begin
             enqueue.unique_tag,
             coalesce(enqueue.run_at, v_now + coalesce(enqueue.delay, interval '0')),
             enqueue.scheduled_at,
-            v_now
+            v_now,
+            enqueue.parent_id,
+            v_unmet,
+            -- waiting for dependencies without a run_at of its own: the delay counts from the unblocking
+            case when v_unmet > 0 and enqueue.run_at is null then coalesce(enqueue.delay, interval '0') end
         )
-        on conflict (unique_tag) where unique_tag is not null and state in ('pending', 'running', 'failing')
+        on conflict (unique_tag) where unique_tag is not null and state in ('pending', 'running', 'failing', 'blocked', 'paused')
         do nothing
         returning id into v_id;
         if v_id is not null then
+            if v_dependency_ids is not null then
+                insert into anchor.task_dependencies (task_id, depends_on)
+                select v_id, d.id from unnest(v_dependency_ids) as d (id);
+            end if;
+            if v_doomed_id is not null then
+                perform anchor.cancel_new_tasks(
+                    array[v_id], v_now,
+                    format('dependency %s (%s) ended %s', v_doomed_id, v_doomed_name, v_doomed_state),
+                    jsonb_build_object('dependency', v_doomed_id, 'dependency_state', v_doomed_state)
+                );
+            elsif v_inherited = 'cancelled' then
+                perform anchor.cancel_new_tasks(
+                    array[v_id], v_now, format('parent %s was cancelled', enqueue.parent_id),
+                    jsonb_build_object('ancestor', enqueue.parent_id)
+                );
+            end if;
             return v_id;
         end if;
         select t.id, t.name into v_id, v_holder from anchor.tasks t
-        where t.unique_tag = enqueue.unique_tag and t.state in ('pending', 'running', 'failing');
+        where t.unique_tag = enqueue.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
         if v_holder is distinct from enqueue.name and v_id is not null then
             raise exception using errcode = 'AT006',
                 message = format('task %s: unique tag %L is held by a live task of another name, %L', enqueue.name, enqueue.unique_tag, v_holder),
@@ -1080,7 +1478,7 @@ begin
 end;
 $function$;
 
-CREATE OR REPLACE FUNCTION anchor.enqueue_many(name text, params jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tags text[] DEFAULT NULL::text[], retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+CREATE OR REPLACE FUNCTION anchor.enqueue_many(name text, params jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, delay interval DEFAULT NULL::interval, unique_tags text[] DEFAULT NULL::text[], retry_intervals interval[] DEFAULT NULL::interval[], max_attempts integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, priority integer DEFAULT NULL::integer, queue text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, depends_on bigint[] DEFAULT NULL::bigint[], parent_id bigint DEFAULT NULL::bigint)
  RETURNS bigint[]
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1093,6 +1491,13 @@ declare
     v_max_bytes bigint := (select s.value::bigint from anchor.settings s where s.name = 'max_enqueue_many_bytes');
     v_element record;
     v_problem text;
+    v_dependency_ids bigint[];
+    v_unmet integer := 0;
+    v_doomed_id bigint;
+    v_doomed_name text;
+    v_doomed_state text;
+    v_inherited text;
+    v_state text;
     v_ids bigint[];
 begin
     if jsonb_typeof(enqueue_many.params) is distinct from 'array' then
@@ -1135,33 +1540,66 @@ begin
             name => enqueue_many.name, params => e.value, run_at => enqueue_many.run_at, delay => enqueue_many.delay,
             unique_tag => enqueue_many.unique_tags[e.ord], retry_intervals => enqueue_many.retry_intervals,
             max_attempts => enqueue_many.max_attempts, timeout => enqueue_many.timeout,
-            priority => enqueue_many.priority, queue => enqueue_many.queue, p_now => v_now
+            priority => enqueue_many.priority, queue => enqueue_many.queue, p_now => v_now,
+            depends_on => enqueue_many.depends_on, parent_id => enqueue_many.parent_id
         ) order by e.ord) into v_ids
         from jsonb_array_elements(enqueue_many.params) with ordinality as e (value, ord);
         return coalesce(v_ids, '{}');
     end if;
 
+    if enqueue_many.depends_on is not null then
+        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
+        from anchor.lock_dependencies(enqueue_many.name, enqueue_many.depends_on);
+    end if;
+    if enqueue_many.parent_id is not null then
+        v_inherited := anchor.lock_parent(enqueue_many.name, enqueue_many.parent_id);
+    end if;
+    v_state := anchor.initial_state(v_unmet, v_inherited);
+
     with inserted as (
         insert into anchor.tasks (
-            name, params, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at
+            name, params, state, queue, priority, max_attempts, retry_intervals, timeout, run_at, created_at,
+            parent_id, unmet_dependencies, start_delay
         )
         select
             enqueue_many.name,
             e.value,
+            v_state,
             coalesce(enqueue_many.queue, v_def.queue),
             coalesce(enqueue_many.priority, v_def.priority),
             coalesce(enqueue_many.max_attempts, v_def.max_attempts),
             coalesce(enqueue_many.retry_intervals, v_def.retry_intervals),
             coalesce(enqueue_many.timeout, v_def.timeout),
             coalesce(enqueue_many.run_at, v_now + coalesce(enqueue_many.delay, interval '0')),
-            v_now
+            v_now,
+            enqueue_many.parent_id,
+            v_unmet,
+            case when v_unmet > 0 and enqueue_many.run_at is null then coalesce(enqueue_many.delay, interval '0') end
         from jsonb_array_elements(enqueue_many.params) with ordinality as e (value, ord)
         order by e.ord
         returning id
     )
     -- identity values are assigned in insertion order, so sorting the ids restores the input order
     select array_agg(i.id order by i.id) into v_ids from inserted as i;
-    return coalesce(v_ids, '{}');
+    v_ids := coalesce(v_ids, '{}');
+
+    if v_dependency_ids is not null then
+        insert into anchor.task_dependencies (task_id, depends_on)
+        select t.id, d.id from unnest(v_ids) as t (id) cross join unnest(v_dependency_ids) as d (id);
+    end if;
+    if v_doomed_id is not null then
+        perform anchor.cancel_new_tasks(
+            v_ids, v_now,
+            format('dependency %s (%s) ended %s', v_doomed_id, v_doomed_name, v_doomed_state),
+            jsonb_build_object('dependency', v_doomed_id, 'dependency_state', v_doomed_state)
+        );
+    elsif v_inherited = 'cancelled' then
+        perform anchor.cancel_new_tasks(
+            v_ids, v_now, format('parent %s was cancelled', enqueue_many.parent_id),
+            jsonb_build_object('ancestor', enqueue_many.parent_id)
+        );
+    end if;
+    return v_ids;
 end;
 $function$;
 
@@ -1272,7 +1710,7 @@ begin
     update anchor.tasks t set
         state = case v_outcome when 'retry' then 'pending' else v_outcome end,
         run_at = case v_outcome
-            when 'retry' then v_now + anchor.retry_interval(t.retry_intervals, t.attempts)
+            when 'retry' then v_now + anchor.retry_wait(t.name, t.retry_intervals, t.attempts)
             else t.run_at end,
         -- a failing task keeps its lock: the hook is leased to this worker, which runs it right away
         locked_by = case when v_outcome = 'failing' then t.locked_by end,
@@ -1337,6 +1775,436 @@ begin
     values (finish_failure_v2.id, v_now, 'failed', v_hook_attempt, finish_failure_v2.worker_id,
         jsonb_build_object('hook_attempt', v_hook_attempt));
     return 'failed';
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_definition_problem(p_def jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+declare
+    v_problem text;
+    v_params jsonb := coalesce(p_def -> 'parameters', '{"type": "object"}');
+begin
+    if coalesce(jsonb_typeof(p_def -> 'concurrency'), 'null') <> 'null' then
+        v_problem := anchor.limit_problem('concurrency', p_def -> 'concurrency', false, true, v_params);
+        if v_problem is not null then
+            return v_problem;
+        end if;
+    end if;
+    if coalesce(jsonb_typeof(p_def -> 'rate_limit'), 'null') <> 'null' then
+        v_problem := anchor.limit_problem('rate_limit', p_def -> 'rate_limit', true, true, v_params);
+        if v_problem is not null then
+            return v_problem;
+        end if;
+    end if;
+    -- one group per task: when both limits are keyed they name the same parameter
+    if p_def -> 'concurrency' ? 'key' and p_def -> 'rate_limit' ? 'key'
+        and p_def -> 'concurrency' -> 'key' <> p_def -> 'rate_limit' -> 'key' then
+        return format('rate_limit.key: %s must be the same parameter as concurrency.key (%s): a task has one group key',
+            p_def -> 'rate_limit' -> 'key', p_def -> 'concurrency' -> 'key');
+    end if;
+    if coalesce(jsonb_typeof(p_def -> 'retry_jitter'), 'null') <> 'null'
+        and (jsonb_typeof(p_def -> 'retry_jitter') <> 'number' or (p_def ->> 'retry_jitter')::numeric not between 0 and 1) then
+        return format('retry_jitter: %s must be a number from 0 to 1', p_def -> 'retry_jitter');
+    end if;
+    return null;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_forget(p_now timestamp with time zone, p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_count integer;
+begin
+    with stale as (
+        select k.id, k.owner from anchor.flow_scopes k
+        left join anchor.task_definitions d on d.name = k.owner
+        where k.kind = 'key'
+            and not exists (
+                select 1 from anchor.flow_starts f
+                where f.scope_id = k.id and f.at > p_now - coalesce(d.rate_period, interval '0')
+            )
+        limit p_limit
+    ), owners as (
+        -- the name's lock, as claimers take it: a claim using one of these rings right now keeps it
+        select o.owner from anchor.flow_scopes o
+        where o.kind = 'task' and o.key = '' and o.owner in (select stale.owner from stale)
+        for update skip locked
+    )
+    delete from anchor.flow_scopes k using stale
+    where k.id = stale.id and stale.owner in (select owners.owner from owners);
+    get diagnostics v_count = row_count;
+    return v_count;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_group(p_params jsonb, p_key text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select case
+        when p_key is null then ''
+        when octet_length(coalesce(p_params -> p_key, 'null')::text) > 200
+            then 'md5:' || md5(coalesce(p_params -> p_key, 'null')::text)
+        else coalesce(p_params -> p_key, 'null')::text
+    end
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_in_use()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_key_of(p_name text, p_queue text, p_params jsonb)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case
+        when d.concurrency_limit is not null or d.rate_limit is not null or s.concurrency is not null or s.rate_limit is not null
+            then anchor.flow_group(p_params, coalesce(d.concurrency_key, d.rate_key))
+    end
+    from (select 1) as one
+    left join anchor.task_definitions as d on d.name = p_name
+    left join anchor.queue_settings as s on s.name = p_queue
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_mark_inserted()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+    update anchor.tasks t set
+        flow_key = f.flow_key,
+        waiting_for = case when t.state = 'pending' and t.waiting_for is null then 'limit' else t.waiting_for end
+    from (
+        select n.id, anchor.flow_key_of(n.name, n.queue, n.params) as flow_key from new_rows as n
+    ) as f
+    where t.id = f.id and f.flow_key is not null;
+    return null;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_next_token(p_scope bigint, p_limit integer, p_period interval, p_used integer, p_at timestamp with time zone)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select case
+        when p_used >= p_limit then p_at + p_period
+        else (
+            select f.at + p_period
+            from anchor.flow_scopes s
+            inner join anchor.flow_starts f on f.scope_id = s.id and f.slot = ((s.pos + p_used) % p_limit)::integer
+            where s.id = p_scope
+        )
+    end
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_pick(p_queue text, p_name text, p_group text, p_take integer, p_at timestamp with time zone)
+ RETURNS bigint[]
+ LANGUAGE sql
+AS $function$
+    select array(
+        select h.id from anchor.tasks h
+        where h.state = 'pending' and h.waiting_for = 'limit' and h.queue = p_queue and h.name = p_name
+            and h.flow_key = p_group
+            and h.run_at <= p_at  -- always true outside tests that move the clock back (p_now)
+        order by h.priority, h.run_at, h.id
+        limit greatest(p_take, 0)
+        for update skip locked
+    )
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_record_starts(p_scope bigint, p_limit integer, p_count integer, p_at timestamp with time zone)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_pos bigint;
+begin
+    if p_count <= 0 then
+        return;
+    end if;
+    update anchor.flow_scopes s set pos = s.pos + p_count where s.id = p_scope returning s.pos - p_count into v_pos;
+    insert into anchor.flow_starts (scope_id, slot, at)
+    select p_scope, ((v_pos + g.i) % p_limit)::integer, p_at from generate_series(0, p_count - 1) as g (i)
+    on conflict (scope_id, slot) do update set at = excluded.at;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_reflow(p_names text[], p_queues text[])
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+begin
+    update anchor.tasks t set
+        flow_key = f.flow_key,
+        -- only the ready/held distinction changes: a task waiting for its time keeps waiting for it
+        waiting_for = case
+            when t.state = 'pending' and (t.waiting_for is null or t.waiting_for = 'limit')
+                then case when f.flow_key is not null then 'limit' end
+            else t.waiting_for
+        end
+    from (
+        select x.id, anchor.flow_key_of(x.name, x.queue, x.params) as flow_key
+        from anchor.tasks as x
+        -- every task not finished: whatever state a task waits in, it becomes pending with the right group
+        where x.state not in ('succeeded', 'failed', 'hook_failed', 'cancelled')
+            and (x.name = any(p_names) or x.queue = any(p_queues))
+    ) as f
+    where t.id = f.id and t.flow_key is distinct from f.flow_key;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_settings()
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    select coalesce(jsonb_object_agg(k, v), '{}') from (
+        select 'task:' || d.name as k, to_jsonb(coalesce(d.concurrency_key, d.rate_key, '')) as v
+        from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null
+        union all
+        select 'queue:' || s.name, 'true'::jsonb
+        from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null
+    ) as f
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_start(p_worker text, p_want integer, p_queues text[], p_names text[], p_now timestamp with time zone, p_fixed_clock boolean, OUT started bigint[], OUT wake timestamp with time zone, OUT started_at timestamp with time zone)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
+ SET jit TO 'off'
+AS $function$
+declare
+    v_pair record;
+    v_want integer := p_want;
+    v_cap integer;
+    v_tokens integer;
+    v_group_cap integer;
+    v_ids bigint[];
+    v_group text;
+    v_next text;
+    v_last text;
+    v_wrapped boolean;
+    v_key_param text;
+    v_key_scope bigint;
+    -- what the pair starts: the ids, and per keyed rate ring how many
+    v_pair_ids bigint[];
+    v_key_scopes bigint[];
+    v_key_counts integer[];
+begin
+    started := '{}';
+    -- every claimer locks the same rows in the same order: decisions on a limit never overlap, and never deadlock
+    perform 1 from anchor.flow_scopes s
+    where s.key = '' and ((s.kind = 'queue' and s.owner = any(p_queues)) or (s.kind = 'task' and s.owner = any(p_names)))
+    order by s.id
+    for update;
+    started_at := p_now;
+
+    for v_pair in
+        select c.queue, c.name, s.concurrency as q_limit, s.rate_limit as q_rate, s.rate_period as q_period, qs.id as q_scope,
+            d.concurrency_limit, d.concurrency_key, d.rate_limit, d.rate_period, d.rate_key, ts.id as t_scope, ts.cursor
+        from unnest(p_queues, p_names) as c (queue, name)
+        left join anchor.queue_settings s on s.name = c.queue
+        left join anchor.flow_scopes qs on qs.kind = 'queue' and qs.owner = c.queue and qs.key = ''
+        left join anchor.task_definitions d on d.name = c.name
+        left join anchor.flow_scopes ts on ts.kind = 'task' and ts.owner = c.name and ts.key = ''
+        -- the names of a limited queue round robin too: those after the one served last come first
+        order by c.queue, c.name <= coalesce(qs.cursor, ''), c.name
+    loop
+        exit when v_want <= 0;
+        -- a limit whose scope row is missing cannot be decided safely: its tasks wait (registration creates it)
+        continue when (v_pair.q_limit is not null or v_pair.q_rate is not null) and v_pair.q_scope is null;
+        continue when (v_pair.concurrency_limit is not null or v_pair.rate_limit is not null) and v_pair.t_scope is null;
+        -- Tasks of this pair found in the ready set join their group: a task enqueued in a transaction that
+        -- committed after the registration that gave its name or queue a first limit was neither grouped by the
+        -- insert trigger (no limit yet in its snapshot) nor by the registration's re-grouping (not committed
+        -- yet). One probe of the ready index when there is none.
+        update anchor.tasks t set flow_key = anchor.flow_key_of(t.name, t.queue, t.params), waiting_for = 'limit'
+        where t.id = any(array(
+            select r.id from anchor.tasks r
+            where r.state = 'pending' and r.waiting_for is null and r.rescues = 0
+                and r.queue = v_pair.queue and r.name = v_pair.name
+            order by r.priority, r.run_at, r.id
+            limit 1000
+            for update skip locked
+        ));
+        -- nothing held for this pair: one probe (in the index's order, so a generic plan that expects many
+        -- held rows still reads the index rather than the table)
+        continue when (
+            select t.flow_key from anchor.tasks t
+            where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
+            order by t.flow_key
+            limit 1
+        ) is null;
+
+        v_cap := v_want;
+        if v_pair.q_limit is not null then
+            v_cap := least(v_cap, v_pair.q_limit - (
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.queue = v_pair.queue and t.flow_key is not null and t.queue > ''
+            ));
+        end if;
+        -- the name's unkeyed limits (a keyed limit is per group, below)
+        if v_pair.concurrency_limit is not null and v_pair.concurrency_key is null and v_cap > 0 then
+            v_cap := least(v_cap, v_pair.concurrency_limit - (
+                select count(*) from anchor.tasks t
+                where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
+            ));
+        end if;
+        -- Rate tokens are checked at a time read under the lock, so times follow lock order across claimers
+        -- (the rings rely on it); the starts are recorded at a later read (below), which only makes the check
+        -- stricter. Tests pass their own clock.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
+        end if;
+        if v_pair.q_rate is not null and v_cap > 0 then
+            v_tokens := anchor.flow_tokens(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, started_at, v_cap);
+            if v_tokens < v_cap then
+                v_cap := v_tokens;
+                wake := least(wake, anchor.flow_next_token(v_pair.q_scope, v_pair.q_rate, v_pair.q_period, v_tokens, started_at));
+            end if;
+        end if;
+        if v_pair.rate_limit is not null and v_pair.rate_key is null and v_cap > 0 then
+            v_tokens := anchor.flow_tokens(v_pair.t_scope, v_pair.rate_limit, v_pair.rate_period, started_at, v_cap);
+            if v_tokens < v_cap then
+                v_cap := v_tokens;
+                wake := least(wake, anchor.flow_next_token(v_pair.t_scope, v_pair.rate_limit, v_pair.rate_period, v_tokens, started_at));
+            end if;
+        end if;
+        continue when v_cap <= 0;
+
+        v_key_param := coalesce(v_pair.concurrency_key, v_pair.rate_key);
+        v_key_scopes := '{}';
+        v_key_counts := '{}';
+        if v_key_param is null then
+            v_pair_ids := anchor.flow_pick(v_pair.queue, v_pair.name, '', v_cap, started_at);
+        else
+            -- keyed groups round robin: from the group after the one served last, wrapping around once
+            v_pair_ids := '{}';
+            v_group := v_pair.cursor;
+            v_wrapped := false;
+            v_last := null;
+            loop
+                exit when v_cap <= 0;
+                -- the next group with held tasks: one index probe, whatever its backlog
+                v_next := (
+                    select t.flow_key from anchor.tasks t
+                    where t.state = 'pending' and t.waiting_for = 'limit' and t.queue = v_pair.queue and t.name = v_pair.name
+                        and t.flow_key > coalesce(v_group, '')  -- '' sorts first; keyed groups are never ''
+                    order by t.flow_key
+                    limit 1
+                );
+                if v_next is null then
+                    -- past the last group: wrap around once to the groups up to the cursor
+                    exit when v_wrapped or v_pair.cursor is null;
+                    v_wrapped := true;
+                    v_group := null;
+                    continue;
+                end if;
+                -- back past where the round began: every group has been looked at
+                exit when v_wrapped and v_next > v_pair.cursor;
+                v_group := v_next;
+                v_group_cap := v_cap;
+                if v_pair.concurrency_key is not null then
+                    v_group_cap := least(v_group_cap, v_pair.concurrency_limit - (
+                        select count(*) from anchor.tasks t
+                        where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
+                    ));
+                end if;
+                v_key_scope := null;
+                if v_pair.rate_key is not null and v_group_cap > 0 then
+                    -- created by the claim, under the name's lock, so no other claimer creates it at once
+                    select s.id into v_key_scope from anchor.flow_scopes s where s.kind = 'key' and s.owner = v_pair.name and s.key = v_group;
+                    if v_key_scope is null then
+                        insert into anchor.flow_scopes (kind, owner, key) values ('key', v_pair.name, v_group) returning id into v_key_scope;
+                    end if;
+                    v_tokens := anchor.flow_tokens(v_key_scope, v_pair.rate_limit, v_pair.rate_period, started_at, v_group_cap);
+                    if v_tokens < v_group_cap then
+                        v_group_cap := v_tokens;
+                        wake := least(wake, anchor.flow_next_token(v_key_scope, v_pair.rate_limit, v_pair.rate_period, v_tokens, started_at));
+                    end if;
+                end if;
+                if v_group_cap > 0 then
+                    v_ids := anchor.flow_pick(v_pair.queue, v_pair.name, v_group, v_group_cap, started_at);
+                    if cardinality(v_ids) > 0 then
+                        v_pair_ids := v_pair_ids || v_ids;
+                        v_cap := v_cap - cardinality(v_ids);
+                        v_last := v_group;
+                        if v_key_scope is not null then
+                            v_key_scopes := v_key_scopes || v_key_scope;
+                            v_key_counts := v_key_counts || cardinality(v_ids);
+                        end if;
+                    end if;
+                end if;
+            end loop;
+            if v_last is not null then
+                update anchor.flow_scopes s set cursor = v_last where s.id = v_pair.t_scope;
+            end if;
+        end if;
+        continue when cardinality(v_pair_ids) = 0;
+
+        -- Start them all in one statement, at a time read after every count above: a task that stopped running
+        -- before a count saw it stopped before these starts, and the rate rings record exactly these times.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
+        end if;
+        update anchor.tasks t set
+            state = 'running', attempts = t.attempts + 1, locked_by = p_worker, locked_at = started_at,
+            deadline = started_at + least(t.timeout, anchor.longest_duration()), fence = t.fence + 1
+        where t.id = any(v_pair_ids);
+        if v_pair.q_rate is not null then
+            perform anchor.flow_record_starts(v_pair.q_scope, v_pair.q_rate, cardinality(v_pair_ids), started_at);
+        end if;
+        if v_pair.rate_limit is not null and v_pair.rate_key is null then
+            perform anchor.flow_record_starts(v_pair.t_scope, v_pair.rate_limit, cardinality(v_pair_ids), started_at);
+        end if;
+        perform anchor.flow_record_starts(k.scope, v_pair.rate_limit, k.n, started_at)
+        from unnest(v_key_scopes, v_key_counts) as k (scope, n);
+        if v_pair.q_scope is not null then
+            update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
+        end if;
+        v_want := v_want - cardinality(v_pair_ids);
+        started := started || v_pair_ids;
+    end loop;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.flow_tokens(p_scope bigint, p_limit integer, p_period interval, p_at timestamp with time zone, p_want integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_pos bigint;
+    v_size integer;
+begin
+    if p_want <= 0 then
+        return 0;
+    end if;
+    select s.pos, s.ring_size into v_pos, v_size from anchor.flow_scopes s where s.id = p_scope;
+    if v_size is distinct from p_limit then
+        delete from anchor.flow_starts f where f.scope_id = p_scope;
+        update anchor.flow_scopes s set pos = 0, ring_size = p_limit where s.id = p_scope;
+        v_pos := 0;
+    end if;
+    return (
+        select count(*)::integer
+        from generate_series(0, least(p_want, p_limit) - 1) as g (i)
+        left join anchor.flow_starts f on f.scope_id = p_scope and f.slot = ((v_pos + g.i) % p_limit)::integer
+        -- a slot never written, or holding a start at least a period ago
+        where f.at is null or f.at <= p_at - p_period
+    );
 end;
 $function$;
 
@@ -1499,6 +2367,33 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.hold_paused()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+    if new.state = 'pending' then
+        new.state := 'paused';
+        insert into anchor.task_events (task_id, at, kind, attempt, details)
+        values (new.id, now(), 'paused', new.attempts, jsonb_build_object('from_state', 'running'));
+    end if;
+    new.pause_requested := false;
+    return new;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.initial_state(p_unmet integer, p_inherited text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select case
+        when p_inherited = 'paused' then 'paused'
+        when coalesce(p_unmet, 0) > 0 or p_inherited = 'cancelled' then 'blocked'
+        else 'pending'
+    end
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.interval_setting(p_name text)
  RETURNS interval
  LANGUAGE sql
@@ -1536,6 +2431,71 @@ AS $function$
     ), false)
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.jittered(p_wait interval, p_jitter double precision)
+ RETURNS interval
+ LANGUAGE sql
+AS $function$
+    select case
+        when coalesce(p_jitter, 0) <= 0 then p_wait
+        else least(p_wait * (1 + p_jitter * (2 * random() - 1)), anchor.longest_duration())
+    end
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.limit_problem(p_label text, p_value jsonb, p_with_period boolean, p_key_allowed boolean, p_params jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+declare
+    v_key text;
+    v_number numeric;
+    v_type jsonb;
+begin
+    if jsonb_typeof(p_value) is distinct from 'object' then
+        return format('%s: %s must be an object', p_label, coalesce(p_value::text, 'null'));
+    end if;
+    select k into v_key from jsonb_object_keys(p_value) as k
+    where k not in ('limit', 'period', 'key')
+        or (k = 'period' and not p_with_period) or (k = 'key' and not p_key_allowed)
+    limit 1;
+    if v_key is not null then
+        return format('%s.%s: unknown key', p_label, v_key);
+    end if;
+    if jsonb_typeof(p_value -> 'limit') is distinct from 'number' then
+        return format('%s.limit: %s must be a whole number from 1 to 1000000', p_label, coalesce((p_value -> 'limit')::text, 'missing'));
+    end if;
+    v_number := (p_value ->> 'limit')::numeric;
+    if scale(v_number) > 0 or v_number not between 1 and 1000000 then
+        return format('%s.limit: %s must be a whole number from 1 to 1000000', p_label, p_value -> 'limit');
+    end if;
+    if p_with_period then
+        if jsonb_typeof(p_value -> 'period') is distinct from 'string'
+            or anchor.try_parse_duration(p_value ->> 'period') is null
+            or anchor.try_parse_duration(p_value ->> 'period') < interval '1 second' then
+            return format('%s.period: %s must be a duration from 1s to 100000h', p_label, coalesce((p_value -> 'period')::text, 'missing'));
+        end if;
+    end if;
+    if p_value ? 'key' then
+        if jsonb_typeof(p_value -> 'key') is distinct from 'string' or btrim(p_value ->> 'key') = ''
+            or octet_length(p_value ->> 'key') > 255 then
+            return format('%s.key: %s must be the name of a top-level parameter', p_label, left((p_value -> 'key')::text, 60));
+        end if;
+        if not coalesce(p_params -> 'properties' ? (p_value ->> 'key'), false) then
+            return format('%s.key: %s is not a top-level parameter of the task', p_label, p_value -> 'key');
+        end if;
+        v_type := p_params -> 'properties' -> (p_value ->> 'key') -> 'type';
+        -- a group is one value: a key parameter is a string, number, integer or boolean (or one of those or null)
+        if v_type is not null and exists (
+            select 1 from jsonb_array_elements(case jsonb_typeof(v_type) when 'array' then v_type else jsonb_build_array(v_type) end) as t
+            where t not in ('"string"', '"integer"', '"number"', '"boolean"', '"null"')
+        ) then
+            return format('%s.key: parameter %s has type %s; a key must be a string, number, integer or boolean', p_label, p_value -> 'key', v_type);
+        end if;
+    end if;
+    return null;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.lock_cron_schedule(p_name text)
  RETURNS anchor.cron_schedules
  LANGUAGE plpgsql
@@ -1548,9 +2508,102 @@ begin
         raise exception using
             errcode = 'AT007',
             message = format('no cron schedule %L', p_name),
-            hint = 'Schedules come from task definitions with a cronjob; see anchor cron list.';
+            hint = 'Schedules come from task definitions with a cronjob and from anchor.cron_upsert; see anchor cron list.';
     end if;
     return v_schedule;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.lock_dependencies(p_task text, p_depends_on bigint[], OUT dependency_ids bigint[], OUT unmet integer, OUT doomed_id bigint, OUT doomed_name text, OUT doomed_state text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_max integer := (select s.value::integer from anchor.settings s where s.name = 'max_dependencies');
+    v_found integer;
+    v_missing bigint;
+begin
+    if array_ndims(p_depends_on) > 1 then
+        raise exception using errcode = 'AT003',
+            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, p_depends_on);
+    end if;
+    if cardinality(p_depends_on) > v_max then
+        raise exception using errcode = 'AT003',
+            message = format('task %s: %s dependencies are over the limit of %s (anchor.settings max_dependencies)',
+                p_task, cardinality(p_depends_on), v_max);
+    end if;
+    if array_position(p_depends_on, null) is not null then
+        raise exception using errcode = 'AT003',
+            message = format('task %s: depends_on must not contain null, got %s', p_task, p_depends_on);
+    end if;
+    dependency_ids := array(select distinct d.id from unnest(p_depends_on) as d (id) order by d.id);
+    update anchor.tasks t set has_dependents = true
+    where t.id = any(dependency_ids) and not t.has_dependents;
+    perform from anchor.tasks t where t.id = any(dependency_ids) order by t.id for share;
+    select count(*), count(*) filter (where t.state <> 'succeeded') into v_found, unmet
+    from anchor.tasks t where t.id = any(dependency_ids);
+    if v_found < cardinality(dependency_ids) then
+        select d.id into v_missing from unnest(dependency_ids) as d (id)
+        where not exists (select from anchor.tasks t where t.id = d.id)
+        order by d.id
+        limit 1;
+        raise exception using errcode = 'AT004',
+            message = format('task %s: dependency %s does not exist', p_task, v_missing);
+    end if;
+    select t.id, t.name, t.state into doomed_id, doomed_name, doomed_state
+    from anchor.tasks t
+    where t.id = any(dependency_ids) and t.state in ('failed', 'hook_failed', 'cancelled')
+    order by t.id
+    limit 1;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.lock_parent(p_task text, p_parent_id bigint)
+ RETURNS text
+ LANGUAGE plpgsql
+AS $function$
+declare
+    v_parent record;
+begin
+    select t.state, t.cancel_requested, t.pause_requested into v_parent
+    from anchor.tasks t where t.id = p_parent_id
+    for share;
+    if not found then
+        raise exception using errcode = 'AT004', message = format('task %s: parent %s does not exist', p_task, p_parent_id);
+    end if;
+    return case
+        when v_parent.state = 'cancelled' or (v_parent.state = 'running' and v_parent.cancel_requested) then 'cancelled'
+        when v_parent.state = 'paused' or (v_parent.state = 'running' and v_parent.pause_requested) then 'paused'
+    end;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.lock_subtree(p_root bigint, p_states text[])
+ RETURNS bigint[]
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+declare
+    v_locked bigint[];
+    v_previous bigint[];
+begin
+    loop
+        v_locked := array(
+            with recursive tree (id) as (
+                select c.id from anchor.tasks c where c.parent_id = p_root
+                union all
+                select c.id from tree inner join anchor.tasks c on tree.id = c.parent_id
+            )
+
+            select t.id from anchor.tasks t
+            where t.id in (select tree.id from tree) and t.state = any(p_states)
+            order by t.id
+            for update of t
+        );
+        exit when v_locked = v_previous;
+        v_previous := v_locked;
+    end loop;
+    return v_locked;
 end;
 $function$;
 
@@ -1613,6 +2666,16 @@ begin
         -- claimable: pending, or failing with its hook not leased to a worker
         where n.state in ('pending', 'failing') and n.locked_by is null and n.run_at <= now()
     ) as d;
+    return null;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.notify_flow_slot()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+begin
+    perform pg_notify('anchor_tasks', new.queue);
     return null;
 end;
 $function$;
@@ -1803,6 +2866,81 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.pause_queue(queue text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(pause_queue.p_now);
+    v_changed boolean;
+begin
+    perform anchor.check_queue_name('pause_queue', pause_queue.queue);
+    insert into anchor.queue_settings as s (name, paused, paused_at, updated_at)
+    values (pause_queue.queue, true, v_now, v_now)
+    on conflict (name) do update set paused = true, paused_at = v_now, updated_at = v_now
+    where not s.paused
+    returning true into v_changed;
+    return case when v_changed then 'paused' else 'unchanged' end;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.pause_task(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(task_id bigint, outcome text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(pause_task.p_now);
+    v_root anchor.tasks := anchor.lock_task(pause_task.id);
+    v_ids bigint[] := array[pause_task.id]
+        || anchor.lock_subtree(pause_task.id, array['pending', 'blocked', 'running']);
+    v_changed bigint;
+begin
+    return query
+    with paused as (
+        update anchor.tasks t set state = 'paused'
+        from anchor.tasks as before_pause
+        where t.id = any(v_ids) and t.state in ('pending', 'blocked') and before_pause.id = t.id
+        returning t.id, t.attempts, before_pause.state as from_state
+    ),
+
+    requested as (
+        update anchor.tasks t set pause_requested = true
+        where t.id = any(v_ids) and t.state = 'running' and not t.pause_requested
+        returning t.id, t.attempts, t.locked_by
+    ),
+
+    changed as (
+        select p.id, 'paused' as outcome, p.attempts, null as worker_id, jsonb_build_object('from_state', p.from_state) as details
+        from paused as p
+        union all
+        select r.id, 'pause_requested', r.attempts, r.locked_by, '{}'::jsonb from requested as r
+    ),
+
+    recorded as (
+        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
+        select c.id, v_now, c.outcome, c.attempts, c.worker_id,
+            nullif(c.details || case when c.id <> pause_task.id then jsonb_build_object('ancestor', pause_task.id) else '{}' end, '{}')
+        from changed as c
+    )
+
+    select c.id, c.outcome from changed as c
+    order by c.id <> pause_task.id, c.id;
+    get diagnostics v_changed = row_count;
+
+    if v_changed = 0 and v_root.state not in ('pending', 'blocked', 'paused', 'running') then
+        raise exception using errcode = 'AT005',
+            message = format('task %s is %s; only pending, blocked or running tasks (or tasks with live descendants) can be paused',
+                pause_task.id, v_root.state);
+    end if;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.prune(succeeded_after interval DEFAULT '7 days'::interval, failed_after interval DEFAULT '30 days'::interval, batch_size integer DEFAULT 1000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -1832,6 +2970,12 @@ begin
         select d.id from (
             (select t.id, t.finished_at from anchor.tasks t
                 where t.state = 'succeeded' and t.finished_at < v_now - v_succeeded_after
+                    -- a live dependent still needs its result (has_dependents: only those look further)
+                    and not (t.has_dependents and exists (
+                        select from anchor.task_dependencies e
+                        inner join anchor.tasks x on e.task_id = x.id
+                        where e.depends_on = t.id and x.state in ('pending', 'running', 'failing', 'blocked', 'paused')
+                    ))
                 order by t.finished_at
                 limit prune.batch_size)
             union all
@@ -1857,6 +3001,68 @@ begin
     get diagnostics v_deleted = row_count;
     return v_deleted;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.queue_definition_problem(p_queue jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+declare
+    v_key text;
+    v_number numeric;
+begin
+    select k into v_key from jsonb_object_keys(p_queue) as k where k not in ('name', 'concurrency', 'rate_limit') limit 1;
+    if v_key is not null then
+        return format('%s: unknown key', v_key);
+    end if;
+    if octet_length(p_queue ->> 'name') > 255 then
+        return format('name: %s... of %s bytes is over the limit of 255 bytes', left(p_queue ->> 'name', 40), octet_length(p_queue ->> 'name'));
+    end if;
+    if coalesce(jsonb_typeof(p_queue -> 'concurrency'), 'null') <> 'null' then
+        if jsonb_typeof(p_queue -> 'concurrency') <> 'number' then
+            return format('concurrency: %s must be a whole number from 1 to 1000000', p_queue -> 'concurrency');
+        end if;
+        v_number := (p_queue ->> 'concurrency')::numeric;
+        if scale(v_number) > 0 or v_number not between 1 and 1000000 then
+            return format('concurrency: %s must be a whole number from 1 to 1000000', p_queue -> 'concurrency');
+        end if;
+    end if;
+    if coalesce(jsonb_typeof(p_queue -> 'rate_limit'), 'null') <> 'null' then
+        return anchor.limit_problem('rate_limit', p_queue -> 'rate_limit', true, false, null);
+    end if;
+    return null;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.queues()
+ RETURNS TABLE(name text, paused boolean, paused_at timestamp with time zone, concurrency integer, rate_limit integer, rate_period interval, pending bigint, held bigint, running bigint, failing bigint)
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    with counts as (
+        select t.queue,
+            count(*) filter (where t.state = 'pending') as pending,
+            count(*) filter (where t.state = 'pending' and t.waiting_for = 'limit') as held,
+            count(*) filter (where t.state = 'running') as running,
+            count(*) filter (where t.state = 'failing') as failing
+        from anchor.tasks t
+        where t.state in ('pending', 'running', 'failing')
+        group by t.queue
+    ), known as (
+        select s.name from anchor.queue_settings s
+        union
+        select d.queue from anchor.task_definitions d where d.active
+        union
+        select c.queue from counts c
+    )
+    select k.name, coalesce(s.paused, false), s.paused_at, s.concurrency, s.rate_limit, s.rate_period,
+        coalesce(c.pending, 0), coalesce(c.held, 0), coalesce(c.running, 0), coalesce(c.failing, 0)
+    from known k
+    left join anchor.queue_settings s on s.name = k.name
+    left join counts c on c.queue = k.name
+    order by k.name
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.record_results(ids bigint[], fences bigint[], results jsonb[], worker_id text)
@@ -1904,30 +3110,48 @@ $function$;
 
 CREATE OR REPLACE FUNCTION anchor.register_tasks(definitions jsonb, version bigint DEFAULT 0, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    select anchor.register_tasks_v2(definitions, null, version, p_now)
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.register_tasks_v2(definitions jsonb, queues jsonb DEFAULT '[]'::jsonb, version bigint DEFAULT 0, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-    v_now timestamptz := anchor.clock(register_tasks.p_now);
+    v_now timestamptz := anchor.clock(register_tasks_v2.p_now);
     v_registry anchor.task_registry;
     v_def record;
     v_where text;
     v_key text;
     v_problem text;
+    v_queues jsonb;
+    v_before jsonb;
+    v_after jsonb;
+    v_names text[];
+    v_changed_queues text[];
 begin
-    if jsonb_typeof(register_tasks.definitions) is distinct from 'array' then
+    if jsonb_typeof(register_tasks_v2.definitions) is distinct from 'array' then
         raise exception using errcode = 'AT003', message = 'register_tasks: definitions must be a JSON array of task definitions';
     end if;
-    if register_tasks.version is null or register_tasks.version not between 0 and 999999999999 then
+    if register_tasks_v2.queues is not null and jsonb_typeof(register_tasks_v2.queues) <> 'array' then
         raise exception using errcode = 'AT003',
-            message = format('register_tasks: version %s must be a whole number from 0 to 999999999999', coalesce(register_tasks.version::text, 'null')),
+            message = format('register_tasks: queues must be a JSON array of queue settings, got %s', left(register_tasks_v2.queues::text, 60));
+    end if;
+    if register_tasks_v2.version is null or register_tasks_v2.version not between 0 and 999999999999 then
+        raise exception using errcode = 'AT003',
+            message = format('register_tasks: version %s must be a whole number from 0 to 999999999999', coalesce(register_tasks_v2.version::text, 'null')),
             hint = 'A counter, a date like 20261202 or a Unix time all fit.';
     end if;
 
     for v_def in select e.value as d, e.ord - 1 as index
-        from jsonb_array_elements(register_tasks.definitions) with ordinality as e (value, ord) loop
+        from jsonb_array_elements(register_tasks_v2.definitions) with ordinality as e (value, ord) loop
         v_where := format('definitions[%s]', v_def.index);
         if jsonb_typeof(v_def.d) <> 'object' or jsonb_typeof(v_def.d -> 'name') is distinct from 'string'
             or btrim(v_def.d ->> 'name') = '' then
@@ -1940,24 +3164,51 @@ begin
         end if;
     end loop;
 
-    select d ->> 'name' into v_key from jsonb_array_elements(register_tasks.definitions) as d
+    select d ->> 'name' into v_key from jsonb_array_elements(register_tasks_v2.definitions) as d
     group by d ->> 'name' having count(*) > 1 limit 1;
     if v_key is not null then
         raise exception using errcode = 'AT003', message = format('register_tasks: task %L is defined more than once', v_key);
     end if;
 
+    for v_def in select e.value as d, e.ord - 1 as index
+        from jsonb_array_elements(coalesce(register_tasks_v2.queues, '[]')) with ordinality as e (value, ord) loop
+        v_where := format('queues[%s]', v_def.index);
+        if jsonb_typeof(v_def.d) <> 'object' or jsonb_typeof(v_def.d -> 'name') is distinct from 'string'
+            or btrim(v_def.d ->> 'name') = '' then
+            raise exception using errcode = 'AT003', message = format('register_tasks: %s must be an object with a non-empty "name"', v_where);
+        end if;
+        v_problem := anchor.queue_definition_problem(v_def.d);
+        if v_problem is not null then
+            raise exception using errcode = 'AT003',
+                message = format('register_tasks: %s (%s).%s', v_where, left(v_def.d ->> 'name', 255), v_problem);
+        end if;
+    end loop;
+
+    select q ->> 'name' into v_key from jsonb_array_elements(coalesce(register_tasks_v2.queues, '[]')) as q
+    group by q ->> 'name' having count(*) > 1 limit 1;
+    if v_key is not null then
+        raise exception using errcode = 'AT003', message = format('register_tasks: queue %L is listed more than once', v_key);
+    end if;
+
     -- serialise registrations so the version comparison and the upsert see one consistent registry
     perform pg_advisory_xact_lock(hashtext('anchor.register_tasks'));
     select * into v_registry from anchor.task_registry;
-    if found and v_registry.version > register_tasks.version then
+    if found and v_registry.version > register_tasks_v2.version then
         return 'ignored_older';
     end if;
-    if found and v_registry.version = register_tasks.version and v_registry.definitions = register_tasks.definitions then
+    -- queues null (register_tasks): the stored queue settings stay as they are
+    v_queues := coalesce(register_tasks_v2.queues, v_registry.queues);
+    if v_registry.version = register_tasks_v2.version and v_registry.definitions = register_tasks_v2.definitions
+        and v_registry.queues is not distinct from v_queues then
         return 'unchanged';
     end if;
 
+    -- what decides each name's and queue's grouping, before: compared with after to re-group only what changed
+    v_before := anchor.flow_settings();
+
     insert into anchor.task_definitions as t (
-        name, description, params_schema, retry_intervals, max_attempts, timeout, queue, priority, on_failed, cron, active, updated_at
+        name, description, params_schema, retry_intervals, max_attempts, timeout, queue, priority, on_failed, cron, active, updated_at,
+        concurrency_limit, concurrency_key, rate_limit, rate_period, rate_key, retry_jitter
     )
     select
         d ->> 'name',
@@ -1972,8 +3223,14 @@ begin
         coalesce((d ->> 'on_failed')::boolean, false),
         nullif(d -> 'cron', 'null'),
         true,
-        v_now
-    from jsonb_array_elements(register_tasks.definitions) as d
+        v_now,
+        (d -> 'concurrency' ->> 'limit')::int,
+        d -> 'concurrency' ->> 'key',
+        (d -> 'rate_limit' ->> 'limit')::int,
+        anchor.try_parse_duration(d -> 'rate_limit' ->> 'period'),
+        d -> 'rate_limit' ->> 'key',
+        coalesce((d ->> 'retry_jitter')::double precision, 0)
+    from jsonb_array_elements(register_tasks_v2.definitions) as d
     on conflict (name) do update set
         description = excluded.description,
         params_schema = excluded.params_schema,
@@ -1985,17 +3242,62 @@ begin
         on_failed = excluded.on_failed,
         cron = excluded.cron,
         active = true,
-        updated_at = excluded.updated_at;
+        updated_at = excluded.updated_at,
+        concurrency_limit = excluded.concurrency_limit,
+        concurrency_key = excluded.concurrency_key,
+        rate_limit = excluded.rate_limit,
+        rate_period = excluded.rate_period,
+        rate_key = excluded.rate_key,
+        retry_jitter = excluded.retry_jitter;
 
     update anchor.task_definitions t set active = false, updated_at = v_now
     where t.active and not exists (
-        select 1 from jsonb_array_elements(register_tasks.definitions) as d where d ->> 'name' = t.name
+        select 1 from jsonb_array_elements(register_tasks_v2.definitions) as d where d ->> 'name' = t.name
     );
 
-    insert into anchor.task_registry (singleton, version, definitions, registered_at)
-    values (true, register_tasks.version, register_tasks.definitions, v_now)
+    if register_tasks_v2.queues is not null then
+        insert into anchor.queue_settings as s (name, concurrency, rate_limit, rate_period, updated_at)
+        select q ->> 'name', (q ->> 'concurrency')::int, (q -> 'rate_limit' ->> 'limit')::int,
+            anchor.try_parse_duration(q -> 'rate_limit' ->> 'period'), v_now
+        from jsonb_array_elements(register_tasks_v2.queues) as q
+        order by q ->> 'name'
+        on conflict (name) do update set
+            concurrency = excluded.concurrency, rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+            updated_at = excluded.updated_at
+        where (s.concurrency, s.rate_limit, s.rate_period) is distinct from (excluded.concurrency, excluded.rate_limit, excluded.rate_period);
+        -- registration is declarative for limits: a queue no longer listed has none
+        update anchor.queue_settings s set concurrency = null, rate_limit = null, rate_period = null, updated_at = v_now
+        where (s.concurrency is not null or s.rate_limit is not null) and not exists (
+            select 1 from jsonb_array_elements(register_tasks_v2.queues) as q where q ->> 'name' = s.name
+        );
+    end if;
+
+    -- every limited queue and name has its scope row, which claimers lock to decide on its limits
+    insert into anchor.flow_scopes (kind, owner)
+    select 'queue', s.name from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null
+    union all
+    select 'task', d.name from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null
+    on conflict (kind, owner, key) do nothing;
+
+    v_after := anchor.flow_settings();
+    if v_after is distinct from v_before then
+        select coalesce(array_agg(k) filter (where k like 'task:%'), '{}'), coalesce(array_agg(k) filter (where k like 'queue:%'), '{}')
+        into v_names, v_changed_queues
+        from (
+            select k from jsonb_object_keys(v_before || v_after) as k
+            where v_before -> k is distinct from v_after -> k
+        ) as c;
+        perform anchor.flow_reflow(
+            array(select substr(n, 6) from unnest(v_names) as n),
+            array(select substr(q, 7) from unnest(v_changed_queues) as q)
+        );
+    end if;
+
+    insert into anchor.task_registry (singleton, version, definitions, registered_at, queues)
+    values (true, register_tasks_v2.version, register_tasks_v2.definitions, v_now, v_queues)
     on conflict (singleton) do update set
-        version = excluded.version, definitions = excluded.definitions, registered_at = excluded.registered_at;
+        version = excluded.version, definitions = excluded.definitions, registered_at = excluded.registered_at,
+        queues = excluded.queues;
     return 'applied';
 end;
 $function$;
@@ -2046,7 +3348,7 @@ begin
                     state = v_outcome,
                     rescues = t.rescues + 1,
                     run_at = case v_outcome
-                        when 'pending' then v_now + anchor.retry_interval(t.retry_intervals, t.attempts)
+                        when 'pending' then v_now + anchor.retry_wait(t.name, t.retry_intervals, t.attempts)
                         else v_now end,
                     locked_by = null,
                     deadline = null,
@@ -2090,6 +3392,83 @@ AS $function$
     where pg_column_size(p_value) > (select s.value::bigint from anchor.settings s where s.name = 'max_result_bytes')
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.resume_queue(queue text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(resume_queue.p_now);
+    v_changed boolean;
+begin
+    perform anchor.check_queue_name('resume_queue', resume_queue.queue);
+    update anchor.queue_settings s set paused = false, paused_at = null, updated_at = v_now
+    where s.name = resume_queue.queue and s.paused
+    returning true into v_changed;
+    perform pg_notify('anchor_tasks', resume_queue.queue);
+    return case when v_changed then 'resumed' else 'unchanged' end;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.resume_task(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS TABLE(task_id bigint, outcome text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(resume_task.p_now);
+    v_root anchor.tasks := anchor.lock_task(resume_task.id);
+    v_ids bigint[] := array[resume_task.id] || anchor.lock_subtree(resume_task.id, array['paused', 'running']);
+    v_changed bigint;
+begin
+    return query
+    with resumed as (
+        update anchor.tasks t set
+            state = case when t.unmet_dependencies > 0 then 'blocked' else 'pending' end,
+            run_at = case
+                when t.unmet_dependencies = 0 and t.start_delay is not null then v_now + t.start_delay else t.run_at
+            end,
+            start_delay = case when t.unmet_dependencies = 0 then null else t.start_delay end
+        where t.id = any(v_ids) and t.state = 'paused'
+        returning t.id, t.state, t.attempts
+    ),
+
+    withdrawn as (
+        update anchor.tasks t set pause_requested = false
+        where t.id = any(v_ids) and t.state = 'running' and t.pause_requested
+        returning t.id, t.attempts, t.locked_by
+    ),
+
+    changed as (
+        select r.id, r.state as outcome, r.attempts, null as worker_id from resumed as r
+        union all
+        select w.id, 'running', w.attempts, w.locked_by from withdrawn as w
+    ),
+
+    recorded as (
+        insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
+        select c.id, v_now, 'resumed', c.attempts, c.worker_id,
+            jsonb_build_object('to_state', c.outcome)
+            || case when c.id <> resume_task.id then jsonb_build_object('ancestor', resume_task.id) else '{}' end
+        from changed as c
+    )
+
+    select c.id, c.outcome from changed as c
+    order by c.id <> resume_task.id, c.id;
+    get diagnostics v_changed = row_count;
+
+    if v_changed = 0 then
+        raise exception using errcode = 'AT005',
+            message = format('task %s is %s and nothing under it is paused; only paused tasks (or running ones asked to pause) can be resumed',
+                resume_task.id, v_root.state);
+    end if;
+end;
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.retry_hook(id bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS text
  LANGUAGE plpgsql
@@ -2107,7 +3486,7 @@ begin
             message = format('task %s is %s; only hook_failed tasks can retry their hook', retry_hook.id, v_task.state);
     end if;
     select t.id into v_holder from anchor.tasks t
-    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing');
+    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
     if v_holder is not null then
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_hook.id, v_task.unique_tag, v_holder);
@@ -2147,6 +3526,12 @@ declare
     v_now timestamptz := anchor.clock(retry_now.p_now);
     v_task anchor.tasks := anchor.lock_task(retry_now.id);
     v_holder bigint;
+    v_dependency_ids bigint[];
+    v_unmet integer := 0;
+    v_doomed_id bigint;
+    v_doomed_name text;
+    v_doomed_state text;
+    v_state text;
 begin
     if v_task.state = 'pending' then
         update anchor.tasks t set run_at = v_now where t.id = retry_now.id;
@@ -2157,15 +3542,31 @@ begin
             message = format('task %s is %s; only pending, failed, hook_failed or cancelled tasks can be retried', retry_now.id, v_task.state);
     end if;
     select t.id into v_holder from anchor.tasks t
-    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing');
+    where t.unique_tag = v_task.unique_tag and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
     if v_holder is not null then
         raise exception using errcode = 'AT006',
             message = format('task %s: unique tag %L is held by live task %s', retry_now.id, v_task.unique_tag, v_holder);
     end if;
+    -- a task without dependencies has no edge: one probe of the primary key
+    if exists (select from anchor.task_dependencies e where e.task_id = retry_now.id) then
+        select * into v_dependency_ids, v_unmet, v_doomed_id, v_doomed_name, v_doomed_state
+        from anchor.lock_dependencies(
+            format('%s (%s)', retry_now.id, v_task.name),
+            array(select e.depends_on from anchor.task_dependencies e where e.task_id = retry_now.id)
+        );
+        if v_doomed_id is not null then
+            raise exception using errcode = 'AT005',
+                message = format('task %s: its dependency %s (%s) ended %s; retry that one first',
+                    retry_now.id, v_doomed_id, v_doomed_name, v_doomed_state);
+        end if;
+    end if;
+    v_state := case when v_unmet > 0 then 'blocked' else 'pending' end;
     begin
         update anchor.tasks t set
-            state = 'pending', attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
-            run_at = v_now, locked_by = null, deadline = null, finished_at = null
+            state = v_state, attempts = 0, hook_attempts = 0, rescues = 0, cancel_requested = false,
+            pause_requested = false, run_at = v_now, locked_by = null, deadline = null, finished_at = null,
+            unmet_dependencies = v_unmet,
+            start_delay = case when v_state = 'blocked' then interval '0' end
         where t.id = retry_now.id;
     exception when unique_violation then
         -- a task that committed after the check above holds the tag now
@@ -2173,9 +3574,19 @@ begin
             message = format('task %s: unique tag %L was just taken by another live task', retry_now.id, v_task.unique_tag);
     end;
     insert into anchor.task_events (task_id, at, kind, details)
-    values (retry_now.id, v_now, 'retried', jsonb_build_object('from_state', v_task.state));
-    return 'pending';
+    values (retry_now.id, v_now, 'retried', jsonb_build_object('from_state', v_task.state, 'to_state', v_state));
+    return v_state;
 end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.retry_wait(p_name text, p_intervals interval[], p_retry integer)
+ RETURNS interval
+ LANGUAGE sql
+AS $function$
+    select anchor.jittered(
+        anchor.retry_interval(p_intervals, p_retry),
+        (select d.retry_jitter from anchor.task_definitions d where d.name = p_name)
+    )
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.schema_problem(p_schema jsonb, p_path text DEFAULT '$'::text)
@@ -2283,8 +3694,149 @@ CREATE OR REPLACE FUNCTION anchor.set_waiting_for()
  LANGUAGE plpgsql
 AS $function$
 begin
-    new.waiting_for := case when new.state = 'pending' and new.run_at > now() then 'time' end;
+    new.waiting_for := case
+        when new.state <> 'pending' then null
+        when new.run_at > now() then 'time'
+        when new.flow_key is not null then 'limit'
+    end;
     return new;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.settle_dependents()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+declare
+    v_now timestamptz := coalesce(new.finished_at, now());
+begin
+    if new.state = 'succeeded' then
+        -- Locked first, in id order like every other path that locks dependents, so two transactions
+        -- finishing dependencies of the same tasks queue up instead of deadlocking; the UPDATE after it is
+        -- a new statement and counts down the rows as the transaction before it left them, so two
+        -- dependencies of one task succeeding at once in two transactions count down once each, in turn.
+        perform from anchor.tasks x
+        where x.id in (select e.task_id from anchor.task_dependencies e where e.depends_on = new.id)
+            and x.state in ('blocked', 'paused')
+        order by x.id
+        for update;
+        with counted as (
+            update anchor.tasks x set
+                unmet_dependencies = x.unmet_dependencies - 1,
+                state = case when x.state = 'blocked' and x.unmet_dependencies = 1 then 'pending' else x.state end,
+                run_at = case
+                    when x.state <> 'blocked' or x.unmet_dependencies <> 1 then x.run_at
+                    when x.start_delay is null then greatest(x.run_at, v_now)
+                    else v_now + x.start_delay
+                end,
+                start_delay = case when x.state = 'blocked' and x.unmet_dependencies = 1 then null else x.start_delay end
+            from anchor.task_dependencies e
+            where e.depends_on = new.id and x.id = e.task_id and x.state in ('blocked', 'paused')
+            returning x.id, x.state
+        )
+        insert into anchor.task_events (task_id, at, kind, details)
+        select c.id, v_now, 'unblocked', jsonb_build_object('dependency', new.id)
+        from counted as c
+        where c.state = 'pending';
+        return null;
+    end if;
+
+    -- The closure in one statement, however deep or wide: no trigger recursion, no statement per task.
+    -- UNION (not UNION ALL) visits each edge once, so diamonds do not multiply the work.
+    with recursive doomed (id, dependency) as (
+        select e.task_id, e.depends_on
+        from anchor.task_dependencies e
+        inner join anchor.tasks x on e.task_id = x.id
+        where e.depends_on = new.id and x.state in ('blocked', 'paused')
+        union
+        select e.task_id, e.depends_on
+        from doomed as d
+        inner join anchor.task_dependencies e on d.id = e.depends_on
+        inner join anchor.tasks x on e.task_id = x.id
+        where x.state in ('blocked', 'paused')
+    ),
+
+    -- one row per task: the dependency it was first reached through (the lowest id, for a stable record)
+    reached as (
+        select distinct on (d.id)
+            d.id,
+            d.dependency,
+            case when d.dependency = new.id then new.state else 'cancelled' end as dependency_state
+        from doomed as d
+        order by d.id, d.dependency
+    ),
+
+    -- in id order, as above
+    locked as (
+        select x.id from anchor.tasks x
+        where x.id in (select r.id from reached as r) and x.state in ('blocked', 'paused')
+        order by x.id
+        for update
+    ),
+
+    cancelled as (
+        update anchor.tasks x set
+            state = 'cancelled',
+            finished_at = v_now,
+            last_error = format('dependency %s (%s) ended %s', r.dependency, dep.name, r.dependency_state)
+        from reached as r
+        inner join locked as l on r.id = l.id
+        inner join anchor.tasks dep on r.dependency = dep.id
+        -- re-checked on the current row: one cancelled or released meanwhile is left alone
+        where x.id = r.id and x.state in ('blocked', 'paused')
+        returning x.id, x.attempts, x.last_error, r.dependency, r.dependency_state
+    )
+
+    insert into anchor.task_events (task_id, at, kind, attempt, message, details)
+    select
+        c.id, v_now, 'cancelled', c.attempts, c.last_error,
+        jsonb_build_object('dependency', c.dependency, 'dependency_state', c.dependency_state, 'cause', new.id)
+    from cancelled as c;
+    -- The cancelled rows that have dependents run this trigger once more each, nested: their blocked
+    -- dependents are all cancelled already, so it finds nothing, except a dependent enqueued while this
+    -- statement waited for its row lock (invisible to the closure above), which it cancels now.
+    return null;
+end;
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.snooze(id bigint, fence bigint, worker_id text, delay interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_now timestamptz := anchor.clock(snooze.p_now);
+    v_task anchor.tasks;
+begin
+    if snooze.delay is null or snooze.delay <= interval '0' or snooze.delay > anchor.longest_duration() then
+        raise exception using errcode = 'AT003',
+            message = format('snooze: task %s: delay must be above zero and at most 100000 hours, got %s', snooze.id, coalesce(snooze.delay::text, 'null'));
+    end if;
+    select * into v_task from anchor.tasks t where t.id = snooze.id for update;
+    if not found or v_task.state <> 'running' or v_task.fence is distinct from snooze.fence
+        or v_task.locked_by is distinct from snooze.worker_id then
+        return 'stale';
+    end if;
+    if v_task.cancel_requested then
+        update anchor.tasks t set state = 'cancelled', locked_by = null, deadline = null, finished_at = v_now
+        where t.id = snooze.id;
+        insert into anchor.task_events (task_id, at, kind, attempt, worker_id)
+        values (snooze.id, v_now, 'cancelled', v_task.attempts, snooze.worker_id);
+        return 'cancelled';
+    end if;
+    update anchor.tasks t set
+        state = 'pending', attempts = t.attempts - 1, run_at = v_now + snooze.delay, locked_by = null, deadline = null
+    where t.id = snooze.id;
+    insert into anchor.task_events (task_id, at, kind, attempt, worker_id, details)
+    values (snooze.id, v_now, 'snoozed', v_task.attempts, snooze.worker_id, jsonb_build_object(
+        'delay', snooze.delay::text,
+        'delay_seconds', extract(epoch from snooze.delay),
+        'run_at', v_now + snooze.delay
+    ));
+    return 'snoozed';
 end;
 $function$;
 
@@ -2295,13 +3847,14 @@ AS $function$
 declare
     v_problem text;
     v_now timestamptz;
+    v_holder anchor.cron_schedules;
 begin
     if tg_op = 'DELETE' then
-        delete from anchor.cron_schedules s where s.name = old.name;
+        delete from anchor.cron_schedules s where s.name = old.name and s.source = 'yaml';
         return null;
     end if;
     if not new.active or new.cron is null or new.cron = 'null'::jsonb then
-        delete from anchor.cron_schedules s where s.name = new.name;
+        delete from anchor.cron_schedules s where s.name = new.name and s.source = 'yaml';
         return null;
     end if;
     v_problem := anchor.cron_definition_problem(new.cron);
@@ -2310,9 +3863,11 @@ begin
     end if;
     v_now := new.updated_at;
     insert into anchor.cron_schedules as s (
-        name, expression, timezone, params, catch_up, overlap, created_at, updated_at
+        name, task_name, source, expression, timezone, params, catch_up, overlap, created_at, updated_at
     ) values (
         new.name,
+        new.name,
+        'yaml',
         btrim(new.cron ->> 'expression'),
         coalesce(new.cron ->> 'timezone', 'UTC'),
         coalesce(nullif(new.cron -> 'parameters', 'null'), '{}'),
@@ -2334,8 +3889,17 @@ begin
             else s.next_fire_at
         end,
         updated_at = excluded.updated_at
-    where (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
-    is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
+    -- a runtime schedule holding the name is left alone (and reported below)
+    where s.source = 'yaml'
+        and (s.expression, s.timezone, s.params, s.catch_up, s.overlap)
+        is distinct from (excluded.expression, excluded.timezone, excluded.params, excluded.catch_up, excluded.overlap);
+    select * into v_holder from anchor.cron_schedules s where s.name = new.name and s.source = 'runtime';
+    if found then
+        raise exception using errcode = 'AT003',
+            message = format('task %s: its cronjob''s schedule would be named %L, which the runtime schedule of task %s already has',
+                new.name, new.name, v_holder.task_name),
+            hint = format('Delete that schedule first (select anchor.cron_delete(%L)) and create it again under another name.', new.name);
+    end if;
     return null;
 end;
 $function$;
@@ -2359,6 +3923,49 @@ AS $function$
     from unnest(ids) with ordinality as u (id, ord)
     inner join anchor.tasks as t on u.id = t.id
     order by u.ord
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.task_tree(id bigint, max_each integer DEFAULT 100)
+ RETURNS TABLE(relation text, task_id bigint, name text, state text, created_at timestamp with time zone, finished_at timestamp with time zone, total bigint)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+    v_parent_id bigint;
+begin
+    if task_tree.max_each is null or task_tree.max_each not between 1 and 10000 then
+        raise exception using errcode = 'AT003',
+            message = format('task_tree: task %s: max_each must be from 1 to 10000, got %s', task_tree.id, task_tree.max_each);
+    end if;
+    select t.parent_id into v_parent_id from anchor.tasks t where t.id = task_tree.id;
+    if not found then
+        raise exception using errcode = 'AT004', message = format('task %s does not exist', task_tree.id);
+    end if;
+    return query
+    select 'parent'::text, p.id, p.name, p.state, p.created_at, p.finished_at, 1::bigint
+    from anchor.tasks p where p.id = v_parent_id;
+    return query
+    select 'child'::text, c.id, c.name, c.state, c.created_at, c.finished_at, count(*) over ()
+    from anchor.tasks c where c.parent_id = task_tree.id
+    order by c.id
+    limit task_tree.max_each;
+    return query
+    select 'dependency'::text, d.id, d.name, d.state, d.created_at, d.finished_at, count(*) over ()
+    from anchor.task_dependencies e
+    inner join anchor.tasks d on e.depends_on = d.id
+    where e.task_id = task_tree.id
+    order by d.id
+    limit task_tree.max_each;
+    return query
+    select 'dependent'::text, d.id, d.name, d.state, d.created_at, d.finished_at, count(*) over ()
+    from anchor.task_dependencies e
+    inner join anchor.tasks d on e.task_id = d.id
+    where e.depends_on = task_tree.id
+    order by d.id
+    limit task_tree.max_each;
+end;
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.time_problem(p_label text, p_value timestamp with time zone)
@@ -2401,7 +4008,8 @@ begin
                              task_ids, left(trace_context::text, 200));
     end if;
     update anchor.tasks as t set trace_context = trace_tasks.trace_context
-    where t.id = any(task_ids) and t.trace_context is null and t.state = 'pending' and t.attempts = 0;
+    where t.id = any(task_ids) and t.trace_context is null and t.state in ('pending', 'blocked', 'paused')
+        and t.attempts = 0;
     return task_ids;
 end;
 $function$;
@@ -2483,8 +4091,11 @@ grant execute on function anchor.apply_privileges() to anchor_admin;
 grant execute on function anchor.at_least_unless_admin(interval,interval) to anchor_admin;
 grant execute on function anchor.caller_is_admin() to anchor_admin;
 grant execute on function anchor.cancel(bigint,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.cancel_new_tasks(bigint[],timestamp with time zone,text,jsonb) to anchor_admin;
+grant execute on function anchor.cancel_tree(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.check_overrides(text,timestamp with time zone,interval,text,interval[],integer,interval,text) to anchor_admin;
 grant execute on function anchor.check_params(anchor.task_definitions,jsonb) to anchor_admin;
+grant execute on function anchor.check_queue_name(text,text) to anchor_admin;
 grant execute on function anchor.check_times(text,timestamp with time zone,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.claim(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.claim(text,integer,text[],text[],interval,integer,timestamp with time zone) to anchor_worker;
@@ -2496,27 +4107,36 @@ grant execute on function anchor.complete(bigint[],integer[],text,timestamp with
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.complete_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.cron_delete(text) to anchor_admin;
+grant execute on function anchor.cron_delete(text) to anchor_enqueuer;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fail(text,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_fire(text,timestamp with time zone,timestamp with time zone[],jsonb,timestamp with time zone,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_list() to anchor_admin;
 grant execute on function anchor.cron_list() to anchor_worker;
+grant execute on function anchor.cron_list_v2() to anchor_admin;
+grant execute on function anchor.cron_list_v2() to anchor_worker;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_next_wake(timestamp with time zone) to anchor_worker;
 grant execute on function anchor.cron_pause(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_resume(text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.cron_sample_params(jsonb,jsonb,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.cron_take_due(integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.cron_upsert(text,text,text,jsonb,text,timestamp with time zone) to anchor_enqueuer;
 grant execute on function anchor.definition_bounds_problem(jsonb) to anchor_admin;
 grant execute on function anchor.definition_of(text) to anchor_admin;
 grant execute on function anchor.definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.dependency_results(bigint) to anchor_admin;
+grant execute on function anchor.dependency_results(bigint) to anchor_worker;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_worker;
-grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone) to anchor_admin;
-grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone) to anchor_enqueuer;
-grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone) to anchor_admin;
-grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone) to anchor_enqueuer;
+grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone,bigint[],bigint) to anchor_admin;
+grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone,bigint[],bigint) to anchor_enqueuer;
+grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone,bigint[],bigint) to anchor_admin;
+grant execute on function anchor.enqueue_many(text,jsonb,timestamp with time zone,interval,text[],interval[],integer,interval,integer,text,timestamp with time zone,bigint[],bigint) to anchor_enqueuer;
 grant execute on function anchor.ensure_roles() to anchor_admin;
 grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.fail(bigint,integer,text,text,text,text,boolean,boolean,interval,timestamp with time zone) to anchor_worker;
@@ -2531,6 +4151,19 @@ grant execute on function anchor.finish_failure(bigint,integer,text,timestamp wi
 grant execute on function anchor.finish_failure(bigint,integer,text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.finish_failure_v2(bigint,bigint,text,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.flow_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.flow_forget(timestamp with time zone,integer) to anchor_admin;
+grant execute on function anchor.flow_group(jsonb,text) to anchor_admin;
+grant execute on function anchor.flow_in_use() to anchor_admin;
+grant execute on function anchor.flow_key_of(text,text,jsonb) to anchor_admin;
+grant execute on function anchor.flow_mark_inserted() to anchor_admin;
+grant execute on function anchor.flow_next_token(bigint,integer,interval,integer,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.flow_pick(text,text,text,integer,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.flow_record_starts(bigint,integer,integer,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.flow_reflow(text[],text[]) to anchor_admin;
+grant execute on function anchor.flow_settings() to anchor_admin;
+grant execute on function anchor.flow_start(text,integer,text[],text[],timestamp with time zone,boolean) to anchor_admin;
+grant execute on function anchor.flow_tokens(bigint,integer,interval,timestamp with time zone,integer) to anchor_admin;
 grant execute on function anchor.hand_back(bigint[],integer[],text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.hand_back(bigint[],integer[],text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp with time zone) to anchor_admin;
@@ -2538,43 +4171,64 @@ grant execute on function anchor.hand_back_v2(bigint[],bigint[],text,timestamp w
 grant execute on function anchor.has_failure_hook(text) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.heartbeat_v2(text,bigint[],jsonb,interval,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.hold_paused() to anchor_admin;
+grant execute on function anchor.initial_state(integer,text) to anchor_admin;
 grant execute on function anchor.interval_setting(text) to anchor_admin;
 grant execute on function anchor.is_iso_date(text) to anchor_admin;
 grant execute on function anchor.is_iso_datetime(text) to anchor_admin;
+grant execute on function anchor.jittered(interval,double precision) to anchor_admin;
+grant execute on function anchor.limit_problem(text,jsonb,boolean,boolean,jsonb) to anchor_admin;
 grant execute on function anchor.lock_cron_schedule(text) to anchor_admin;
+grant execute on function anchor.lock_dependencies(text,bigint[]) to anchor_admin;
+grant execute on function anchor.lock_parent(text,bigint) to anchor_admin;
+grant execute on function anchor.lock_subtree(bigint,text[]) to anchor_admin;
 grant execute on function anchor.lock_task(bigint) to anchor_admin;
 grant execute on function anchor.longest_duration() to anchor_admin;
 grant execute on function anchor.notify_cron_change() to anchor_admin;
 grant execute on function anchor.notify_due_task() to anchor_admin;
 grant execute on function anchor.notify_due_tasks() to anchor_admin;
+grant execute on function anchor.notify_flow_slot() to anchor_admin;
 grant execute on function anchor.notify_task_outcome() to anchor_admin;
 grant execute on function anchor.params_shape_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_size_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_violation(jsonb,jsonb,text) to anchor_admin;
 grant execute on function anchor.parse_duration(text) to anchor_admin;
 grant execute on function anchor.parse_intervals(text) to anchor_admin;
+grant execute on function anchor.pause_queue(text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.pause_task(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.prune(interval,interval,integer,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.queue_definition_problem(jsonb) to anchor_admin;
+grant execute on function anchor.queues() to anchor_admin;
 grant execute on function anchor.record_results(bigint[],bigint[],jsonb[],text) to anchor_admin;
 grant execute on function anchor.record_results(bigint[],bigint[],jsonb[],text) to anchor_worker;
 grant execute on function anchor.register_tasks(jsonb,bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.register_tasks(jsonb,bigint,timestamp with time zone) to anchor_worker;
+grant execute on function anchor.register_tasks_v2(jsonb,jsonb,bigint,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.register_tasks_v2(jsonb,jsonb,bigint,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.rescue(interval,interval,integer,integer,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.result_oversize(jsonb) to anchor_admin;
 grant execute on function anchor.result_oversize(jsonb) to anchor_worker;
+grant execute on function anchor.resume_queue(text,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.resume_task(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_hook(bigint,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.retry_interval(interval[],integer) to anchor_admin;
 grant execute on function anchor.retry_now(bigint,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.retry_wait(text,interval[],integer) to anchor_admin;
 grant execute on function anchor.schema_problem(jsonb,text) to anchor_admin;
 grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_admin;
 grant execute on function anchor.set_progress(bigint,bigint,text,jsonb) to anchor_worker;
 grant execute on function anchor.set_waiting_for() to anchor_admin;
+grant execute on function anchor.settle_dependents() to anchor_admin;
+grant execute on function anchor.snooze(bigint,bigint,text,interval,timestamp with time zone) to anchor_admin;
+grant execute on function anchor.snooze(bigint,bigint,text,interval,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.sync_cron_schedule() to anchor_admin;
 grant execute on function anchor.task_outcome(bigint) to anchor_admin;
 grant execute on function anchor.task_outcome(bigint) to anchor_enqueuer;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_admin;
 grant execute on function anchor.task_outcomes(bigint[]) to anchor_enqueuer;
+grant execute on function anchor.task_tree(bigint,integer) to anchor_admin;
 grant execute on function anchor.time_problem(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_admin;
 grant execute on function anchor.trace_contexts(bigint[]) to anchor_worker;
@@ -2589,16 +4243,21 @@ grant usage on schema anchor to anchor_admin;
 grant usage on schema anchor to anchor_enqueuer;
 grant delete, insert, select, update on table anchor.cron_fires to anchor_admin;
 grant delete, insert, select, update on table anchor.cron_schedules to anchor_admin;
+grant delete, insert, select, update on table anchor.flow_scopes to anchor_admin;
+grant delete, insert, select, update on table anchor.flow_starts to anchor_admin;
 grant delete, insert, select, update on table anchor.function_roles to anchor_admin;
+grant delete, insert, select, update on table anchor.queue_settings to anchor_admin;
 grant delete, insert, select, update on table anchor.schema_migrations to anchor_admin;
 grant delete, insert, select, update on table anchor.settings to anchor_admin;
 grant delete, insert, select, update on table anchor.task_definitions to anchor_admin;
+grant delete, insert, select, update on table anchor.task_dependencies to anchor_admin;
 grant delete, insert, select, update on table anchor.task_events to anchor_admin;
 grant delete, insert, select, update on table anchor.task_registry to anchor_admin;
 grant delete, insert, select, update on table anchor.tasks to anchor_admin;
 grant delete, insert, select, update on table anchor.workers to anchor_admin;
 
 -- comment on table anchor.function_roles: Which role may call each API function; a row covers the function of that name and its _vN twins.
+-- comment on table anchor.queue_settings: Per-queue limits (set by anchor.register_tasks_v2) and the operator's pause (anchor.pause_queue / resume_queue).
 -- rows of anchor.schema_migrations
 --   (1, 'schema')
 --   (2, 'parameter_validation')
@@ -2613,8 +4272,12 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (11, 'trace_context')
 --   (12, 'results')
 --   (13, 'claim_ready_set')
---   (14, 'core_costs')
+--   (14, 'flow_control')
+--   (15, 'workflows')
+--   (16, 'runtime_schedules')
+--   (17, 'core_costs')
 -- rows of anchor.settings
+--   ('max_dependencies', '10000', 'most dependencies one task may have (enqueue depends_on)')
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')
 --   ('max_params_bytes', '1048576', 'largest params document enqueue accepts, in bytes (pg_column_size)')
 --   ('max_result_bytes', '1048576', 'largest result or progress document a worker may store, in bytes (pg_column_size)')
@@ -2622,17 +4285,22 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('worker_min_retention', '1 day', 'shortest retention period prune applies for a non-admin caller')
 -- rows of anchor.function_roles
 --   ('cancel', 'anchor_admin')
+--   ('cancel_tree', 'anchor_admin')
 --   ('claim', 'anchor_worker')
 --   ('claim_v2', 'anchor_worker')
 --   ('complete', 'anchor_worker')
 --   ('complete_v2', 'anchor_worker')
+--   ('cron_delete', 'anchor_enqueuer')
 --   ('cron_fail', 'anchor_worker')
 --   ('cron_fire', 'anchor_worker')
 --   ('cron_list', 'anchor_worker')
+--   ('cron_list_v2', 'anchor_worker')
 --   ('cron_next_wake', 'anchor_worker')
 --   ('cron_pause', 'anchor_admin')
 --   ('cron_resume', 'anchor_admin')
 --   ('cron_take_due', 'anchor_worker')
+--   ('cron_upsert', 'anchor_enqueuer')
+--   ('dependency_results', 'anchor_worker')
 --   ('deregister_worker', 'anchor_worker')
 --   ('enqueue', 'anchor_enqueuer')
 --   ('enqueue_many', 'anchor_enqueuer')
@@ -2645,16 +4313,24 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('hand_back', 'anchor_worker')
 --   ('hand_back_v2', 'anchor_worker')
 --   ('heartbeat_v2', 'anchor_worker')
+--   ('pause_queue', 'anchor_admin')
+--   ('pause_task', 'anchor_admin')
 --   ('prune', 'anchor_worker')
+--   ('queues', 'anchor_admin')
 --   ('record_results', 'anchor_worker')
 --   ('register_tasks', 'anchor_worker')
+--   ('register_tasks_v2', 'anchor_worker')
 --   ('rescue', 'anchor_worker')
 --   ('result_oversize', 'anchor_worker')
+--   ('resume_queue', 'anchor_admin')
+--   ('resume_task', 'anchor_admin')
 --   ('retry_hook', 'anchor_admin')
 --   ('retry_now', 'anchor_admin')
 --   ('set_progress', 'anchor_worker')
+--   ('snooze', 'anchor_worker')
 --   ('task_outcome', 'anchor_enqueuer')
 --   ('task_outcomes', 'anchor_enqueuer')
+--   ('task_tree', 'anchor_admin')
 --   ('trace_contexts', 'anchor_worker')
 --   ('trace_tasks', 'anchor_enqueuer')
 --   ('wait_for_task', 'anchor_enqueuer')

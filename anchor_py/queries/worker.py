@@ -89,7 +89,8 @@ SELECT
     c.scheduled_at,
     c.run_at,
     c.fence,
-    now() AS db_now
+    now() AS db_now,
+    CASE WHEN c.kind = 'execute' THEN anchor.dependency_results(c.id) END AS dependencies
 FROM (SELECT count(*)::int AS freed FROM done) AS d
 CROSS JOIN
     LATERAL anchor.claim_v2(
@@ -115,7 +116,8 @@ SELECT
     NULL::timestamptz AS scheduled_at,
     NULL::timestamptz AS run_at,
     NULL::bigint AS fence,
-    NULL::timestamptz AS db_now
+    NULL::timestamptz AS db_now,
+    NULL::jsonb AS dependencies
 FROM done
 WHERE done.outcome = 'stale'
 """

@@ -183,7 +183,7 @@ def payment_has_no_result(tasks: TaskSet) -> bool:
 def test_tasks_carry_the_registration_definitions(guide: ModuleType, every_type: ModuleType) -> None:
     tasks: TaskSet = guide.TASKS
     assert list(tasks.names) == sorted(tasks.names)
-    assert len(tasks) == 13
+    assert len(tasks) == 16
     report = tasks.by_name("GenerateReport")
     assert report.result_model is guide.GenerateReportResult and payment_has_no_result(tasks)
     payment = tasks.by_name("ProcessPayment")

@@ -1088,6 +1088,7 @@ begin
     delete from anchor.tasks t using locked
     where t.id = locked.id;
     get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
     return v_deleted;
 end;
 $$;

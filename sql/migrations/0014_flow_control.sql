@@ -1098,38 +1098,20 @@ as $$
     end
 $$;
 
--- Starts up to p_take held tasks of one group (pending 'limit' → running, attempts + 1, new fence), in claim
--- order; returns their ids.
-create function anchor.flow_take(
-    p_worker text, p_queue text, p_name text, p_group text, p_take integer, p_at timestamptz
-)
+-- Locks up to p_take held tasks of one group, in claim order (the caller starts them); returns their ids.
+create function anchor.flow_pick(p_queue text, p_name text, p_group text, p_take integer, p_at timestamptz)
 returns bigint[]
-language plpgsql
+language sql
 as $$
-declare
-    v_ids bigint[];
-begin
-    if p_take <= 0 then
-        return '{}';
-    end if;
-    with started as (
-        update anchor.tasks t set
-            state = 'running', attempts = t.attempts + 1, locked_by = p_worker, locked_at = p_at,
-            deadline = p_at + least(t.timeout, anchor.longest_duration()), fence = t.fence + 1
-        where t.id = any(array(
-            select h.id from anchor.tasks h
-            where h.state = 'pending' and h.waiting_for = 'limit' and h.queue = p_queue and h.name = p_name
-                and h.flow_key = p_group
-                and h.run_at <= p_at  -- always true outside tests that move the clock back (p_now)
-            order by h.priority, h.run_at, h.id
-            limit p_take
-            for update skip locked
-        ))
-        returning t.id
+    select array(
+        select h.id from anchor.tasks h
+        where h.state = 'pending' and h.waiting_for = 'limit' and h.queue = p_queue and h.name = p_name
+            and h.flow_key = p_group
+            and h.run_at <= p_at  -- always true outside tests that move the clock back (p_now)
+        order by h.priority, h.run_at, h.id
+        limit greatest(p_take, 0)
+        for update skip locked
     )
-    select coalesce(array_agg(s.id), '{}') into v_ids from started as s;
-    return v_ids;
-end;
 $$;
 
 -- The claim's flow-control step: starts up to p_want held tasks of the limited (queue, name) pairs, as many as
@@ -1157,6 +1139,10 @@ declare
     v_wrapped boolean;
     v_key_param text;
     v_key_scope bigint;
+    -- what the pair starts: the ids, and per keyed rate ring how many
+    v_pair_ids bigint[];
+    v_key_scopes bigint[];
+    v_key_counts integer[];
 begin
     started := '{}';
     -- every claimer locks the same rows in the same order: decisions on a limit never overlap, and never deadlock
@@ -1217,9 +1203,9 @@ begin
                 where t.state = 'running' and t.name = v_pair.name and t.flow_key is not null and t.name > ''
             ));
         end if;
-        -- Start times are read after the counts, under the lock: a task that stopped running before the count
-        -- saw it stopped before this start, and start times follow lock order across claimers (the rate rings
-        -- rely on both). Tests pass their own clock.
+        -- Rate tokens are checked at a time read under the lock, so times follow lock order across claimers
+        -- (the rings rely on it); the starts are recorded at a later read (below), which only makes the check
+        -- stricter. Tests pass their own clock.
         if not p_fixed_clock then
             started_at := greatest(started_at, clock_timestamp());
         end if;
@@ -1240,11 +1226,13 @@ begin
         continue when v_cap <= 0;
 
         v_key_param := coalesce(v_pair.concurrency_key, v_pair.rate_key);
+        v_key_scopes := '{}';
+        v_key_counts := '{}';
         if v_key_param is null then
-            v_ids := anchor.flow_take(p_worker, v_pair.queue, v_pair.name, '', v_cap, started_at);
+            v_pair_ids := anchor.flow_pick(v_pair.queue, v_pair.name, '', v_cap, started_at);
         else
             -- keyed groups round robin: from the group after the one served last, wrapping around once
-            v_ids := '{}';
+            v_pair_ids := '{}';
             v_group := v_pair.cursor;
             v_wrapped := false;
             v_last := null;
@@ -1274,9 +1262,6 @@ begin
                         select count(*) from anchor.tasks t
                         where t.state = 'running' and t.name = v_pair.name and t.flow_key = v_group and t.name > ''
                     ));
-                    if not p_fixed_clock then
-                        started_at := greatest(started_at, clock_timestamp());
-                    end if;
                 end if;
                 v_key_scope := null;
                 if v_pair.rate_key is not null and v_group_cap > 0 then
@@ -1292,44 +1277,46 @@ begin
                     end if;
                 end if;
                 if v_group_cap > 0 then
-                    v_ids := anchor.flow_take(p_worker, v_pair.queue, v_pair.name, v_group, v_group_cap, started_at);
-                    if v_key_scope is not null then
-                        perform anchor.flow_record_starts(v_key_scope, v_pair.rate_limit, cardinality(v_ids), started_at);
-                    end if;
-                    v_cap := v_cap - cardinality(v_ids);
-                    v_want := v_want - cardinality(v_ids);
-                    started := started || v_ids;
-                    -- the queue's and name's rings record every start of every group
-                    if v_pair.q_rate is not null then
-                        perform anchor.flow_record_starts(v_pair.q_scope, v_pair.q_rate, cardinality(v_ids), started_at);
-                    end if;
-                    if v_pair.rate_limit is not null and v_pair.rate_key is null then
-                        perform anchor.flow_record_starts(v_pair.t_scope, v_pair.rate_limit, cardinality(v_ids), started_at);
-                    end if;
+                    v_ids := anchor.flow_pick(v_pair.queue, v_pair.name, v_group, v_group_cap, started_at);
                     if cardinality(v_ids) > 0 then
+                        v_pair_ids := v_pair_ids || v_ids;
+                        v_cap := v_cap - cardinality(v_ids);
                         v_last := v_group;
+                        if v_key_scope is not null then
+                            v_key_scopes := v_key_scopes || v_key_scope;
+                            v_key_counts := v_key_counts || cardinality(v_ids);
+                        end if;
                     end if;
                 end if;
             end loop;
             if v_last is not null then
                 update anchor.flow_scopes s set cursor = v_last where s.id = v_pair.t_scope;
-                if v_pair.q_scope is not null then
-                    update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
-                end if;
             end if;
-            continue;
         end if;
-        if cardinality(v_ids) > 0 and v_pair.q_scope is not null then
+        continue when cardinality(v_pair_ids) = 0;
+
+        -- Start them all in one statement, at a time read after every count above: a task that stopped running
+        -- before a count saw it stopped before these starts, and the rate rings record exactly these times.
+        if not p_fixed_clock then
+            started_at := greatest(started_at, clock_timestamp());
+        end if;
+        update anchor.tasks t set
+            state = 'running', attempts = t.attempts + 1, locked_by = p_worker, locked_at = started_at,
+            deadline = started_at + least(t.timeout, anchor.longest_duration()), fence = t.fence + 1
+        where t.id = any(v_pair_ids);
+        if v_pair.q_rate is not null then
+            perform anchor.flow_record_starts(v_pair.q_scope, v_pair.q_rate, cardinality(v_pair_ids), started_at);
+        end if;
+        if v_pair.rate_limit is not null and v_pair.rate_key is null then
+            perform anchor.flow_record_starts(v_pair.t_scope, v_pair.rate_limit, cardinality(v_pair_ids), started_at);
+        end if;
+        perform anchor.flow_record_starts(k.scope, v_pair.rate_limit, k.n, started_at)
+        from unnest(v_key_scopes, v_key_counts) as k (scope, n);
+        if v_pair.q_scope is not null then
             update anchor.flow_scopes s set cursor = v_pair.name where s.id = v_pair.q_scope;
         end if;
-        v_want := v_want - cardinality(v_ids);
-        started := started || v_ids;
-        if v_pair.q_rate is not null then
-            perform anchor.flow_record_starts(v_pair.q_scope, v_pair.q_rate, cardinality(v_ids), started_at);
-        end if;
-        if v_pair.rate_limit is not null then
-            perform anchor.flow_record_starts(v_pair.t_scope, v_pair.rate_limit, cardinality(v_ids), started_at);
-        end if;
+        v_want := v_want - cardinality(v_pair_ids);
+        started := started || v_pair_ids;
     end loop;
 end;
 $$;

@@ -215,7 +215,7 @@ def test_many_workers_finishing_shared_dependencies_release_each_fan_in_once(
     rng = random.Random(18)
     dependencies = [add(db) for _ in range(20)]
     failing = set(rng.sample(dependencies, 3))
-    fan_ins = {add(db, depends_on=(deps := rng.sample(dependencies, 5))): set(deps) for _ in range(40)}
+    fan_ins = {add(db, depends_on=(chosen := rng.sample(dependencies, 5))): set(chosen) for _ in range(40)}
     fences = {d: start(db, d) for d in dependencies}
     heartbeat(db)
     order = dependencies[:]

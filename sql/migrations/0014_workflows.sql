@@ -992,6 +992,9 @@ begin
         raise exception using errcode = 'AT003',
             message = format('task_tree: task %s: max_each must be from 1 to 10000, got %s', task_tree.id, task_tree.max_each);
     end if;
+    if task_tree.id is null then
+        raise exception using errcode = 'AT003', message = 'task_tree: task id must not be null';
+    end if;
     select t.parent_id into v_parent_id from anchor.tasks t where t.id = task_tree.id;
     if not found then
         raise exception using errcode = 'AT004', message = format('task %s does not exist', task_tree.id);

@@ -1743,7 +1743,7 @@ declare
 begin
     if array_ndims(p_depends_on) > 1 then
         raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, p_depends_on);
+            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, left(p_depends_on::text, 200));
     end if;
     if cardinality(p_depends_on) > v_max then
         raise exception using errcode = 'AT003',
@@ -1752,7 +1752,7 @@ begin
     end if;
     if array_position(p_depends_on, null) is not null then
         raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must not contain null, got %s', p_task, p_depends_on);
+            message = format('task %s: depends_on must not contain null, got %s', p_task, left(p_depends_on::text, 200));
     end if;
     dependency_ids := array(select distinct d.id from unnest(p_depends_on) as d (id) order by d.id);
     update anchor.tasks t set has_dependents = true

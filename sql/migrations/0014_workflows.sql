@@ -94,6 +94,7 @@ language plpgsql
 as $$
 declare
     v_max integer := (select s.value::integer from anchor.settings s where s.name = 'max_dependencies');
+    v_found integer;
     v_missing bigint;
 begin
     if array_ndims(p_depends_on) > 1 then
@@ -113,16 +114,16 @@ begin
     update anchor.tasks t set has_dependents = true
     where t.id = any(dependency_ids) and not t.has_dependents;
     perform from anchor.tasks t where t.id = any(dependency_ids) order by t.id for share;
-    select d.id into v_missing from unnest(dependency_ids) as d (id)
-    where not exists (select from anchor.tasks t where t.id = d.id)
-    order by d.id
-    limit 1;
-    if v_missing is not null then
+    select count(*), count(*) filter (where t.state <> 'succeeded') into v_found, unmet
+    from anchor.tasks t where t.id = any(dependency_ids);
+    if v_found < cardinality(dependency_ids) then
+        select d.id into v_missing from unnest(dependency_ids) as d (id)
+        where not exists (select from anchor.tasks t where t.id = d.id)
+        order by d.id
+        limit 1;
         raise exception using errcode = 'AT004',
             message = format('task %s: dependency %s does not exist', p_task, v_missing);
     end if;
-    select count(*) filter (where t.state <> 'succeeded') into unmet
-    from anchor.tasks t where t.id = any(dependency_ids);
     select t.id, t.name, t.state into doomed_id, doomed_name, doomed_state
     from anchor.tasks t
     where t.id = any(dependency_ids) and t.state in ('failed', 'hook_failed', 'cancelled')
@@ -491,13 +492,24 @@ $$;
 create function anchor.settle_dependents()
 returns trigger
 language plpgsql
+-- Every step reaches tasks by index, a few probes per task it touches; the planner, without statistics
+-- (right after a bulk enqueue) or on a generic plan, would rather hash-join a sequential scan of all tasks
+-- on each call: 8 ms per finished dependency at 10,000 tasks instead of 0.1. No sequential scans here.
+set enable_seqscan = off
 as $$
 declare
     v_now timestamptz := coalesce(new.finished_at, now());
 begin
     if new.state = 'succeeded' then
-        -- One UPDATE: rows a concurrent transaction changes are re-read before they are counted down, so
-        -- two dependencies of one task succeeding at once in two transactions count down once each, in turn.
+        -- Locked first, in id order like every other path that locks dependents, so two transactions
+        -- finishing dependencies of the same tasks queue up instead of deadlocking; the UPDATE after it is
+        -- a new statement and counts down the rows as the transaction before it left them, so two
+        -- dependencies of one task succeeding at once in two transactions count down once each, in turn.
+        perform from anchor.tasks x
+        where x.id in (select e.task_id from anchor.task_dependencies e where e.depends_on = new.id)
+            and x.state in ('blocked', 'paused')
+        order by x.id
+        for update;
         with counted as (
             update anchor.tasks x set
                 unmet_dependencies = x.unmet_dependencies - 1,
@@ -544,12 +556,21 @@ begin
         order by d.id, d.dependency
     ),
 
+    -- in id order, as above
+    locked as (
+        select x.id from anchor.tasks x
+        where x.id in (select r.id from reached as r) and x.state in ('blocked', 'paused')
+        order by x.id
+        for update
+    ),
+
     cancelled as (
         update anchor.tasks x set
             state = 'cancelled',
             finished_at = v_now,
             last_error = format('dependency %s (%s) ended %s', r.dependency, dep.name, r.dependency_state)
         from reached as r
+        inner join locked as l on r.id = l.id
         inner join anchor.tasks dep on r.dependency = dep.id
         -- re-checked on the current row: one cancelled or released meanwhile is left alone
         where x.id = r.id and x.state in ('blocked', 'paused')
@@ -611,6 +632,8 @@ execute function anchor.hold_paused();
 create function anchor.lock_subtree(p_root bigint, p_states text[])
 returns bigint[]
 language plpgsql
+-- a walk of the subtree by its parent index, never a scan of all tasks (see settle_dependents)
+set enable_seqscan = off
 as $$
 declare
     v_locked bigint[];

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.sql.factories import (
     WORKER,
@@ -474,3 +475,49 @@ def test_task_tree_shows_the_neighbours_bounded(db: Conn) -> None:
         db.execute("select * from anchor.task_tree(%s, 0)", (middle,))
     with pytest.raises(psycopg.Error, match=f"task {middle + 100} does not exist"):
         db.execute("select * from anchor.task_tree(%s)", (middle + 100,))
+
+
+def test_a_task_asked_to_pause_whose_worker_died_is_rescued_into_paused(db: Conn) -> None:
+    task_id = add(db, "Flaky")
+    start(db, task_id)
+    outcomes(db, "pause_task", task_id)
+    later = db_now(db) + timedelta(minutes=5)
+    rows = db.execute("select * from anchor.rescue(p_now => %s)", (later,)).fetchall()
+    assert [(r["id"], r["outcome"]) for r in rows] == [(task_id, "pending")]
+    assert (task(db, task_id)["state"], task(db, task_id)["rescues"]) == ("paused", 1)
+    assert outcomes(db, "resume_task", task_id) == {task_id: "pending"}
+
+
+# Roles ------------------------------------------------------------------------------------------------
+
+
+def test_each_role_does_its_part_of_workflows(db: Conn, dsn: str) -> None:
+    """The application enqueues with dependencies and a parent (the locks and checks run as the schema's
+    owner), the worker reads dependency results, and only the operator cancels, pauses or resumes a tree."""
+    db.execute("select anchor.ensure_roles()")
+    dsns = {}
+    for role in ("anchor_enqueuer", "anchor_worker"):
+        login = f"anchor_test_wf_{role.removeprefix('anchor_')}"
+        db.execute(
+            f"do $$ begin if not exists (select from pg_roles where rolname = '{login}') then"
+            f" create role {login} login; end if; end $$"
+        )
+        db.execute(f"grant {role} to {login}")
+        dsns[role] = make_conninfo(**{**conninfo_to_dict(dsn), "user": login})
+    dependency = add(db)
+    with psycopg.connect(dsns["anchor_enqueuer"], autocommit=True) as app:
+        row = app.execute(
+            "select anchor.enqueue('Step', depends_on => array[%s]::bigint[], parent_id => %s) as id",
+            (dependency, dependency),
+        ).fetchone()
+        assert row is not None
+        for call in ("pause_task", "resume_task", "cancel_tree", "task_tree"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(f"select * from anchor.{call}(%s)", (dependency,))
+    assert states(db, row[0]) == ["blocked"]
+    succeed(db, dependency, result={"ok": True})
+    with psycopg.connect(dsns["anchor_worker"], autocommit=True) as worker:
+        deps = worker.execute("select anchor.dependency_results(%s)", (row[0],)).fetchone()
+        assert deps == ([{"task_id": dependency, "task_name": "Step", "result": {"ok": True}}],)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            worker.execute("select * from anchor.pause_task(%s)", (row[0],))

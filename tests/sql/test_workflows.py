@@ -521,3 +521,14 @@ def test_each_role_does_its_part_of_workflows(db: Conn, dsn: str) -> None:
         assert deps == ([{"task_id": dependency, "task_name": "Step", "result": {"ok": True}}],)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             worker.execute("select * from anchor.pause_task(%s)", (row[0],))
+
+
+def test_rescue_giving_up_on_a_dependency_cancels_its_dependents(db: Conn) -> None:
+    dependency = add(db)
+    dependent = add(db, depends_on=[dependency])
+    start(db, dependency)
+    later = db_now(db) + timedelta(minutes=5)
+    rows = db.execute("select * from anchor.rescue(max_rescues => 1, p_now => %s)", (later,)).fetchall()
+    assert [(r["id"], r["outcome"]) for r in rows] == [(dependency, "failed")]
+    assert states(db, dependent) == ["cancelled"]
+    assert task(db, dependent)["finished_at"] == later

@@ -20,9 +20,13 @@
 --     recursive query: any depth and width, no trigger recursion, no statement per task).
 --   - Races. Enqueue locks its dependencies (FOR SHARE) before reading their state, so a dependency
 --     finishing meanwhile either commits first (enqueue sees its final state) or waits for the enqueue to
---     commit (its trigger then sees the new edge). The count-down is one UPDATE of the dependent rows, so two
---     dependencies of one fan-in finishing at once in two transactions serialize on the dependent's row
---     and count down once each; a dependent cancelled meanwhile no longer matches and is left alone.
+--     commit (its trigger then sees the new edge). The count-down locks the dependent rows (in id order, as
+--     every path that locks dependents) and then counts them down, so two dependencies of one fan-in
+--     finishing at once in two transactions serialize on the dependent's row and count down once each; a
+--     dependent cancelled meanwhile no longer matches and is left alone.
+--
+-- Upgrade cost: the new state check scans anchor.tasks once, and the unique-tag index is rebuilt (it holds
+-- only live tasks with a tag); the new columns rewrite nothing.
 --   - parent_id makes trees. cancel, pause_task and resume_task lock the subtree's live rows (repeating
 --     until no new child appeared under a locked one) and change them in one transaction. A running task
 --     asked to pause finishes its attempt; a BEFORE UPDATE trigger turns its next running → pending (retry,
@@ -99,7 +103,7 @@ declare
 begin
     if array_ndims(p_depends_on) > 1 then
         raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, p_depends_on);
+            message = format('task %s: depends_on must be a flat list of task ids, got %s', p_task, left(p_depends_on::text, 200));
     end if;
     if cardinality(p_depends_on) > v_max then
         raise exception using errcode = 'AT003',
@@ -108,7 +112,7 @@ begin
     end if;
     if array_position(p_depends_on, null) is not null then
         raise exception using errcode = 'AT003',
-            message = format('task %s: depends_on must not contain null, got %s', p_task, p_depends_on);
+            message = format('task %s: depends_on must not contain null, got %s', p_task, left(p_depends_on::text, 200));
     end if;
     dependency_ids := array(select distinct d.id from unnest(p_depends_on) as d (id) order by d.id);
     update anchor.tasks t set has_dependents = true
@@ -991,6 +995,9 @@ begin
     if task_tree.max_each is null or task_tree.max_each not between 1 and 10000 then
         raise exception using errcode = 'AT003',
             message = format('task_tree: task %s: max_each must be from 1 to 10000, got %s', task_tree.id, task_tree.max_each);
+    end if;
+    if task_tree.id is null then
+        raise exception using errcode = 'AT003', message = 'task_tree: task id must not be null';
     end if;
     select t.parent_id into v_parent_id from anchor.tasks t where t.id = task_tree.id;
     if not found then

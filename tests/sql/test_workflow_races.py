@@ -243,3 +243,53 @@ def test_many_workers_finishing_shared_dependencies_release_each_fan_in_once(
         else:
             assert (row["state"], row["unmet_dependencies"]) == ("pending", 0), fan_in
             assert [e["kind"] for e in events(db, fan_in)] == ["unblocked"]
+
+
+def pause(conn: Conn, task_id: int) -> list[str]:
+    return [r["outcome"] for r in conn.execute("select * from anchor.pause_task(%s)", (task_id,)).fetchall()]
+
+
+def resume(conn: Conn, task_id: int) -> list[str]:
+    return [r["outcome"] for r in conn.execute("select * from anchor.resume_task(%s)", (task_id,)).fetchall()]
+
+
+@pytest.mark.parametrize("first", ["pause", "retry"])
+def test_a_pause_racing_an_attempt_that_will_retry_ends_paused(
+    db: Conn, connect: Callable[[], Conn], first: str
+) -> None:
+    register(db, definition("Step"), definition("Flaky", max_attempts=3, retry_interval="1m"), version=2)
+    task_id = add(db, "Flaky")
+    fence = start(db, task_id)
+    a, b = connect(), connect()
+    retry = "select anchor.fail_v2(%s, %s, %s, 'flaky') as o"
+    if first == "pause":
+        assert pause(a, task_id) == ["pause_requested"]
+        other = Blocked(db, b, lambda conn: conn.execute(retry, (task_id, fence, WORKER)).fetchone()["o"])  # type: ignore[index]
+        a.commit()
+        assert other.join() == "retry"
+    else:
+        assert a.execute(retry, (task_id, fence, WORKER)).fetchone() == {"o": "retry"}
+        other = Blocked(db, b, lambda conn: pause(conn, task_id))
+        a.commit()
+        assert other.join() == ["paused"]
+    assert (task(db, task_id)["state"], task(db, task_id)["pause_requested"]) == ("paused", False)
+
+
+@pytest.mark.parametrize("first", ["resume", "dependency"])
+def test_a_resume_racing_the_last_dependency_ends_pending(db: Conn, connect: Callable[[], Conn], first: str) -> None:
+    dependency = add(db)
+    waiting = add(db, depends_on=[dependency])
+    pause(db, waiting)
+    fence = start(db, dependency)
+    a, b = connect(), connect()
+    if first == "resume":
+        assert resume(a, waiting) == ["blocked"]
+        other = Blocked(db, b, lambda conn: complete(conn, dependency, fence))
+        a.commit()
+        assert other.join() == "succeeded"
+    else:
+        assert complete(a, dependency, fence) == "succeeded"
+        other = Blocked(db, b, lambda conn: resume(conn, waiting))
+        a.commit()
+        assert other.join() == ["pending"]
+    assert (task(db, waiting)["state"], task(db, waiting)["unmet_dependencies"]) == ("pending", 0)

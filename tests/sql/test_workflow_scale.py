@@ -15,7 +15,19 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.sql.factories import WORKER, Conn, add, definition, fail_now, heartbeat, register, start, succeed, task
+from tests.sql.factories import (
+    WORKER,
+    Conn,
+    add,
+    definition,
+    fail_now,
+    heartbeat,
+    nested_plans,
+    register,
+    start,
+    succeed,
+    task,
+)
 
 WIDE = 10_000
 DEEP = 1_000
@@ -147,3 +159,13 @@ def test_tasks_nobody_depends_on_never_call_the_dependency_trigger(db: Conn) -> 
         # the control: a task somebody depends on runs it, once
         succeed(db, dependency)
         assert trigger_calls(db) == {"settle_dependents": 1}
+
+
+def test_dependency_results_of_a_task_without_dependencies_is_one_index_probe(db: Conn) -> None:
+    fan_out(db, add(db))
+    db.execute("analyze anchor.tasks")
+    db.execute("analyze anchor.task_dependencies")
+    rows, plans = nested_plans(db, f"select anchor.dependency_results({add(db)}) as deps")
+    assert rows == [{"deps": None}]
+    assert "Index Only Scan using task_dependencies_pkey" in plans or "Index Scan using task_dependencies_pkey" in plans
+    assert "Seq Scan" not in plans

@@ -475,6 +475,10 @@ def test_task_tree_shows_the_neighbours_bounded(db: Conn) -> None:
         db.execute("select * from anchor.task_tree(%s, 0)", (middle,))
     with pytest.raises(psycopg.Error, match=f"task {middle + 100} does not exist"):
         db.execute("select * from anchor.task_tree(%s)", (middle + 100,))
+    for call in ("task_tree", "pause_task", "resume_task", "cancel_tree"):
+        with pytest.raises(psycopg.Error, match="task id must not be null") as err:
+            db.execute(f"select * from anchor.{call}(null)")
+        assert err.value.sqlstate == "AT003"
 
 
 def test_a_task_asked_to_pause_whose_worker_died_is_rescued_into_paused(db: Conn) -> None:

@@ -26,7 +26,7 @@ MERGE = taskgen.MergeChunksParameters(path="f")
 @pytest.fixture
 def guide_db(db: Conn) -> Conn:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     return db
 
 

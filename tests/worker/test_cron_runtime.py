@@ -28,7 +28,7 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def register(db: Conn, tasks: TaskSet) -> None:
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
 
 
 def schedule_row(db: Conn, name: str) -> dict[str, Any] | None:

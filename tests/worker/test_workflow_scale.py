@@ -33,7 +33,7 @@ BOUND_S = 120.0
 @pytest.fixture
 def guide_db(db: Conn) -> Conn:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     return db
 
 

@@ -35,7 +35,7 @@ def anchor(*args: str, dsn: str, check: int | None = 0) -> subprocess.CompletedP
 def tree(db: Conn) -> dict[str, int]:
     """A delayed SplitFile with two chunk children and a merge child depending on both."""
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     runner = taskgen.TaskRunner(db)
     parent = runner.run_split_file(taskgen.SplitFileParameters(path="f", lines_per_chunk=1), with_delay("1h"))
     flow = runner.run_fan_out(
@@ -108,7 +108,7 @@ def test_show_lists_parent_children_dependencies_and_dependents(dsn: str, tree: 
 
 def test_show_bounds_long_lists(dsn: str, db: Conn) -> None:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     runner = taskgen.TaskRunner(db)
     flow = runner.run_fan_out([taskgen.ProcessChunkParameters(path="f", chunk=n, text="x") for n in range(120)],
                               taskgen.MergeChunksParameters(path="f"), with_delay("1h"))
@@ -118,7 +118,7 @@ def test_show_bounds_long_lists(dsn: str, db: Conn) -> None:
 
 def test_enqueue_builds_a_tree_from_the_shell(dsn: str, db: Conn) -> None:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     parent = int(anchor("enqueue", "SplitFile", '{"path": "f", "linesPerChunk": 1}', "--delay", "1h", dsn=dsn).stdout)
     child = int(anchor("enqueue", "ProcessChunk", '{"path": "f", "chunk": 0, "text": "x"}', "--parent", str(parent),
                        dsn=dsn).stdout)

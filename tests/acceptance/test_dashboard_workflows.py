@@ -34,7 +34,7 @@ def states(db: Conn) -> dict[int, str]:
 
 def test_a_task_page_links_its_tree_and_acts_on_the_subtree(dsn: str, db: Conn) -> None:
     tasks = taskgen.TASKS
-    db.execute(queries.REGISTER_TASKS, {"definitions": tasks.definitions_json(), "version": tasks.version})
+    db.execute(queries.REGISTER_TASKS, tasks.registration())
     runner = taskgen.TaskRunner(db)
     parent = runner.run_split_file(taskgen.SplitFileParameters(path="f", lines_per_chunk=1), with_delay("1h"))
     flow = runner.run_fan_out([taskgen.ProcessChunkParameters(path="f", chunk=n, text="x") for n in range(2)],

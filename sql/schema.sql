@@ -793,9 +793,8 @@ CREATE OR REPLACE FUNCTION anchor.complete_v2(ids bigint[], fences bigint[], wor
  SECURITY DEFINER
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
- SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
- SET enable_nestloop TO 'off'
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
@@ -808,13 +807,9 @@ begin
     return query
     with done as (
         update anchor.tasks t set state = 'succeeded', finished_at = v_now, deadline = null
-        from unnest(complete_v2.ids, complete_v2.fences) as c (id, fence)
-        -- Only id = any(ids) may reach an index, so the update is driven by the primary key whatever the
-        -- statistics say. Written as plain equalities, state and locked_by also matched tasks_held_idx,
-        -- and on a table never analysed (right after a bulk enqueue) the generic plan scanned every task
-        -- the worker holds once per completed id: 10 ms per batch of 100 instead of 1. IS NOT DISTINCT
-        -- FROM is the same test here (worker_id is checked not null) but no index can serve it.
-        where t.id = any(complete_v2.ids) and t.id = c.id and t.fence = c.fence
+        -- only id = any(ids) may reach an index (see 0013); an id given twice is checked against its first fence
+        where t.id = any(complete_v2.ids)
+            and t.fence = complete_v2.fences[array_position(complete_v2.ids, t.id)]
             and t.state is not distinct from 'running'
             and t.locked_by is not distinct from complete_v2.worker_id and complete_v2.worker_id is not null
         returning t.id
@@ -1351,6 +1346,25 @@ AS $function$
     from anchor.task_dependencies e
     inner join anchor.tasks d on e.depends_on = d.id
     where e.task_id = dependency_results.task_id
+$function$;
+
+CREATE OR REPLACE FUNCTION anchor.dependency_results_of(task_ids bigint[])
+ RETURNS TABLE(task_id bigint, dependencies jsonb)
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+begin
+    return query
+    select e.task_id, jsonb_agg(
+        jsonb_build_object('task_id', d.id, 'task_name', d.name, 'result', d.result) order by d.id
+    )
+    from anchor.task_dependencies e
+    inner join anchor.tasks d on e.depends_on = d.id
+    where e.task_id = any(dependency_results_of.task_ids)
+    group by e.task_id;
+end;
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.deregister_worker(worker_id text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone)
@@ -2239,7 +2253,6 @@ CREATE OR REPLACE FUNCTION anchor.hand_back_v2(ids bigint[], fences bigint[], wo
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET enable_seqscan TO 'off'
- SET enable_nestloop TO 'off'
  SET jit TO 'off'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
@@ -2258,10 +2271,10 @@ begin
             attempts = t.attempts - (not t.cancel_requested)::integer,
             run_at = v_now, locked_by = null, deadline = null,
             finished_at = case when t.cancel_requested then v_now end
-        from unnest(hand_back_v2.ids, hand_back_v2.fences) as c (id, fence)
         -- only id = any(ids) may reach an index (see complete_v2): IS NOT DISTINCT FROM is the same test
         -- here (worker_id is checked not null) but keeps tasks_held_idx out of the plan
-        where t.id = any(hand_back_v2.ids) and t.id = c.id and t.fence = c.fence
+        where t.id = any(hand_back_v2.ids)
+            and t.fence = hand_back_v2.fences[array_position(hand_back_v2.ids, t.id)]
             and t.state is not distinct from 'running'
             and t.locked_by is not distinct from hand_back_v2.worker_id and hand_back_v2.worker_id is not null
         returning t.id, t.state, t.attempts
@@ -2999,6 +3012,7 @@ begin
     delete from anchor.tasks t using locked
     where t.id = locked.id;
     get diagnostics v_deleted = row_count;
+    perform anchor.flow_forget(v_now, prune.batch_size);
     return v_deleted;
 end;
 $function$;
@@ -4134,6 +4148,8 @@ grant execute on function anchor.definition_of(text) to anchor_admin;
 grant execute on function anchor.definition_problem(jsonb) to anchor_admin;
 grant execute on function anchor.dependency_results(bigint) to anchor_admin;
 grant execute on function anchor.dependency_results(bigint) to anchor_worker;
+grant execute on function anchor.dependency_results_of(bigint[]) to anchor_admin;
+grant execute on function anchor.dependency_results_of(bigint[]) to anchor_worker;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_admin;
 grant execute on function anchor.deregister_worker(text,timestamp with time zone) to anchor_worker;
 grant execute on function anchor.enqueue(text,jsonb,timestamp with time zone,interval,text,interval[],integer,interval,integer,text,timestamp with time zone,timestamp with time zone,bigint[],bigint) to anchor_admin;
@@ -4304,6 +4320,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   ('cron_take_due', 'anchor_worker')
 --   ('cron_upsert', 'anchor_enqueuer')
 --   ('dependency_results', 'anchor_worker')
+--   ('dependency_results_of', 'anchor_worker')
 --   ('deregister_worker', 'anchor_worker')
 --   ('enqueue', 'anchor_enqueuer')
 --   ('enqueue_many', 'anchor_enqueuer')

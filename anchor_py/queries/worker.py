@@ -24,8 +24,34 @@ DEREGISTER_WORKER = "SELECT anchor.deregister_worker(worker_id => %(worker_id)s:
 
 # A batch of work sized to free capacity: execute and hook rows, then a wake row (earliest future run_at).
 # Each claimed row carries its fence token: COMPLETE, FAIL, HAND_BACK, FINISH_FAILURE and FAIL_HOOK take it back.
-# An execution also carries its dependencies' results (ctx.dependencies), so a fan-in costs no extra round trip.
+# An execution also carries its dependencies' results (ctx.dependencies), read for the whole batch in one call,
+# so a fan-in costs no extra round trip and a task without dependencies no extra function call.
 CLAIM = """
+WITH c AS MATERIALIZED (
+    SELECT
+        claimed.kind,
+        claimed.id,
+        claimed.name,
+        claimed.params,
+        claimed.attempt,
+        claimed.hook_attempt,
+        claimed.max_attempts,
+        claimed.queue,
+        claimed.timeout,
+        claimed.deadline,
+        claimed.scheduled_at,
+        claimed.run_at,
+        claimed.fence
+    FROM anchor.claim_v2(
+        worker_id => %(worker_id)s::text,
+        max_tasks => %(max_tasks)s::int,
+        task_names => %(task_names)s::text[],
+        queues => %(queues)s::text[],
+        hook_timeout => %(hook_timeout)s::interval,
+        max_hook_attempts => %(max_hook_attempts)s::int
+    ) AS claimed
+)
+
 SELECT
     c.kind,
     c.id,
@@ -40,16 +66,15 @@ SELECT
     c.scheduled_at,
     c.run_at,
     c.fence,
-    now() AS db_now,
-    CASE WHEN c.kind = 'execute' THEN anchor.dependency_results(c.id) END AS dependencies
-FROM anchor.claim_v2(
-    worker_id => %(worker_id)s::text,
-    max_tasks => %(max_tasks)s::int,
-    task_names => %(task_names)s::text[],
-    queues => %(queues)s::text[],
-    hook_timeout => %(hook_timeout)s::interval,
-    max_hook_attempts => %(max_hook_attempts)s::int
-) AS c
+    r.dependencies,
+    now() AS db_now
+FROM c
+LEFT JOIN anchor.dependency_results_of(
+    array(
+        SELECT e.id FROM c AS e
+        WHERE e.kind = 'execute'
+    )
+) AS r ON c.id = r.task_id
 """
 
 # Successful executions, many per round trip; each comes back succeeded or stale.
@@ -73,6 +98,33 @@ WITH done AS MATERIALIZED (
     FROM anchor.complete_v2(
         ids => %(ids)s::bigint[], fences => %(fences)s::bigint[], worker_id => %(worker_id)s::text
     ) AS r
+),
+
+c AS MATERIALIZED (
+    SELECT
+        claimed.kind,
+        claimed.id,
+        claimed.name,
+        claimed.params,
+        claimed.attempt,
+        claimed.hook_attempt,
+        claimed.max_attempts,
+        claimed.queue,
+        claimed.timeout,
+        claimed.deadline,
+        claimed.scheduled_at,
+        claimed.run_at,
+        claimed.fence
+    FROM (SELECT count(*)::int AS freed FROM done) AS d
+    CROSS JOIN
+        LATERAL anchor.claim_v2(
+            worker_id => %(worker_id)s::text,
+            max_tasks => %(max_tasks)s::int + d.freed,
+            task_names => %(task_names)s::text[],
+            queues => %(queues)s::text[],
+            hook_timeout => %(hook_timeout)s::interval,
+            max_hook_attempts => %(max_hook_attempts)s::int
+        ) AS claimed
 )
 
 SELECT
@@ -89,18 +141,15 @@ SELECT
     c.scheduled_at,
     c.run_at,
     c.fence,
-    now() AS db_now,
-    CASE WHEN c.kind = 'execute' THEN anchor.dependency_results(c.id) END AS dependencies
-FROM (SELECT count(*)::int AS freed FROM done) AS d
-CROSS JOIN
-    LATERAL anchor.claim_v2(
-        worker_id => %(worker_id)s::text,
-        max_tasks => %(max_tasks)s::int + d.freed,
-        task_names => %(task_names)s::text[],
-        queues => %(queues)s::text[],
-        hook_timeout => %(hook_timeout)s::interval,
-        max_hook_attempts => %(max_hook_attempts)s::int
-    ) AS c
+    r.dependencies,
+    now() AS db_now
+FROM c
+LEFT JOIN anchor.dependency_results_of(
+    array(
+        SELECT e.id FROM c AS e
+        WHERE e.kind = 'execute'
+    )
+) AS r ON c.id = r.task_id
 UNION ALL
 SELECT
     'stale' AS kind,
@@ -116,8 +165,8 @@ SELECT
     NULL::timestamptz AS scheduled_at,
     NULL::timestamptz AS run_at,
     NULL::bigint AS fence,
-    NULL::timestamptz AS db_now,
-    NULL::jsonb AS dependencies
+    NULL::jsonb AS dependencies,
+    NULL::timestamptz AS db_now
 FROM done
 WHERE done.outcome = 'stale'
 """

@@ -175,7 +175,7 @@ class ClaimLoop:
         execute = self._executions.run
         run_hook = self._hooks.run
         for kind, task_id, name, params, attempt, hook_attempt, max_attempts, queue, timeout, deadline, \
-                scheduled_at, run_at, fence, db_now, dependencies in rows:
+                scheduled_at, run_at, fence, dependencies, db_now in rows:
             if kind == "wake":
                 if run_at is not None:
                     # the database clock decides when work is due: wait for its distance, not our clock

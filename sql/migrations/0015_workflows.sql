@@ -978,6 +978,29 @@ as $$
     where e.task_id = dependency_results.task_id
 $$;
 
+-- dependency_results for a batch of tasks, one call per claim: a row (task_id, its dependencies' JSON array)
+-- for each given task that has dependencies, none for the others. The worker's claim reads it; a batch
+-- without dependencies costs one probe of the primary key per id and no function call per task (calling
+-- dependency_results per claimed task made a claim of 100 over 60% slower). Reads only.
+create function anchor.dependency_results_of(task_ids bigint[])
+returns table (task_id bigint, dependencies jsonb)
+language plpgsql
+stable
+-- PL/pgSQL keeps the plan for the session; a SQL function not inlined (SECURITY DEFINER) plans on every call
+as $$
+#variable_conflict use_column
+begin
+    return query
+    select e.task_id, jsonb_agg(
+        jsonb_build_object('task_id', d.id, 'task_name', d.name, 'result', d.result) order by d.id
+    )
+    from anchor.task_dependencies e
+    inner join anchor.tasks d on e.depends_on = d.id
+    where e.task_id = any(dependency_results_of.task_ids)
+    group by e.task_id;
+end;
+$$;
+
 -- A task's neighbours for the operator (CLI, dashboard): its parent, children, dependencies and dependents,
 -- at most max_each (1 .. 10000) of each relation in id order, each row with the relation's total count.
 -- Reads only. AT004 for an unknown id, AT003 for max_each out of range.
@@ -1102,6 +1125,7 @@ $$;
 
 insert into anchor.function_roles (function_name, role_name) values
 ('dependency_results', 'anchor_worker'),
+('dependency_results_of', 'anchor_worker'),
 ('cancel_tree', 'anchor_admin'),
 ('pause_task', 'anchor_admin'),
 ('resume_task', 'anchor_admin'),

@@ -973,7 +973,7 @@ begin
     -- each other (catch_up asked for them)
     if v_schedule.overlap = 'skip' and v_schedule.last_task_id is not null then
         select t.id into v_blocker from anchor.tasks t
-        where t.id = v_schedule.last_task_id and t.state in ('pending', 'running', 'failing');
+        where t.id = v_schedule.last_task_id and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
     end if;
     v_last_task_id := v_schedule.last_task_id;
 

@@ -314,7 +314,7 @@ $$;
 -- Fires one schedule: for each of fire_times (ascending, none in the future; fire_params holds the params
 -- of each, a JSON array in the same order) records the fire in cron_fires and → 'enqueued' (a task of the
 -- schedule's task_name with scheduled_at = the fire time) or, with overlap 'skip' while the task of the
--- schedule's previous fire is still live (pending, running, failing), → 'skipped' (nothing enqueued); a
+-- schedule's previous fire is still live (pending, running, failing, blocked, paused), → 'skipped' (nothing enqueued); a
 -- fire time already recorded → 'duplicate'. Then next_fire_at := the given one. Fenced: unless the schedule
 -- is unpaused and its next_fire_at is still expected_next_fire_at, changes nothing and returns one 'stale'
 -- row. The new next_fire_at must be within 100 years of now (AT003). As 0010's, but enqueueing task_name.
@@ -382,7 +382,7 @@ begin
     -- each other (catch_up asked for them)
     if v_schedule.overlap = 'skip' and v_schedule.last_task_id is not null then
         select t.id into v_blocker from anchor.tasks t
-        where t.id = v_schedule.last_task_id and t.state in ('pending', 'running', 'failing');
+        where t.id = v_schedule.last_task_id and t.state in ('pending', 'running', 'failing', 'blocked', 'paused');
     end if;
     v_last_task_id := v_schedule.last_task_id;
 

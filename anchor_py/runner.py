@@ -199,6 +199,8 @@ def _fan_out_query_args(
 
 def _fan_out(row: tuple[Any, ...] | None, expected: int) -> FanOut:
     return FanOut(_returned_ids(row, expected), _returned_id(None if row is None else row[1:]))
+
+
 def _schedule_query_args(
     runner: object, task_name: str, name: str, cron_expression: str, params: pydantic.BaseModel, timezone: str | None
 ) -> dict[str, Any]:
@@ -323,6 +325,7 @@ class TaskRunnerBase:
         _refuse_autocommit(tx)
         arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
         return _fan_out(_fetch_row(tx, queries.FAN_OUT, arguments), len(params_list))
+
     def schedule(
         self,
         task_name: str,
@@ -432,6 +435,7 @@ class AsyncTaskRunnerBase:
         _refuse_autocommit(tx)
         arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
         return _fan_out(await _fetch_row_async(tx, queries.FAN_OUT, arguments), len(params_list))
+
     async def schedule(
         self,
         task_name: str,

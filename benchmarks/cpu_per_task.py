@@ -57,7 +57,7 @@ def _backends(conn: psycopg.Connection[Any]) -> dict[int, float]:
     return {pid: _cpu_seconds(pid) for (pid,) in rows}
 
 
-def _tree_root(tree: Path | None) -> Path:
+def tree_root(tree: Path | None) -> Path:
     """The directory the worker process runs in: the tree's anchor_py and sql beside our benchmarks."""
     if tree is None:
         return REPO
@@ -129,7 +129,7 @@ def run(ctx: Context) -> None:
         ctx.emit("cpu", SYSTEM, "Worker, 1 process, concurrency 100, per no-op task", **measure(dsn, n))
 
 
-def _install(dsn: str, root: Path) -> None:
+def install(dsn: str, root: Path) -> None:
     subprocess.run([sys.executable, "-c", "import sys; from anchor_py.migrate import install; install(sys.argv[1])",
                     dsn], cwd=root, check=True)
 
@@ -146,14 +146,14 @@ def main() -> None:
     args = parser.parse_args()
     ctx = Context(server=find_server(args.dsn), quick=False, peers=False)
     trees: list[Path | None] = list(args.tree) if args.tree else [None]
-    roots = {str(tree): _tree_root(tree) for tree in trees}
+    roots = {str(tree): tree_root(tree) for tree in trees}
     figures: dict[str, list[dict[str, Any]]] = {str(tree): [] for tree in trees}
     try:
         for round_ in range(args.rounds):
             for tree in trees:
                 root = roots[str(tree)]
                 with ctx.scratch("cpu", migrate=False) as dsn:
-                    _install(dsn, root)
+                    install(dsn, root)
                     profile = Path(tempfile.mkstemp(suffix=".prof")[1]) if args.profile else None
                     result = measure(dsn, args.n, root=root, profile=profile, analyse=args.analyse, py_spy=args.py_spy)
                 figures[str(tree)].append(result)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,32 +24,40 @@ import psycopg
 from anchor_py.runner import AsyncTaskRunnerBase, TaskRunnerBase
 from anchor_py.worker import Worker, WorkerConfig
 from benchmarks import noop
-from benchmarks.harness import Context, percentile, timed_clients
+from benchmarks.harness import REPO, Context, percentile, timed_clients
 from benchmarks.workers import start_workers
 
 SYSTEM = "anchor-py"
 
 
-def send(dsn: str, n: int, rate: float, clients: int) -> float:
-    """Enqueues n tasks at `rate` per second in total (paced on absolute times); returns the achieved rate."""
+def send(dsn: str, n: int, rate: float, clients: int, *, through_sql: bool = False) -> float:
+    """Enqueues n tasks at `rate` per second in total (paced on absolute times); returns the achieved rate.
+    ``through_sql``: plain ``anchor.enqueue(name, params)``, which every schema has (benchmarks.ab), instead of
+    this checkout's runner."""
     per_client = n // clients
 
     def enqueue_paced(conn: psycopg.Connection[Any]) -> None:
         runner = TaskRunnerBase(conn)
         pace = time.perf_counter()
         for i in range(per_client):
-            runner.enqueue(noop.NAME, noop.NoopParameters(i=i, sent=time.time()))
+            params = noop.NoopParameters(i=i, sent=time.time())
+            if through_sql:
+                conn.execute("select anchor.enqueue(%s, %s::jsonb)", (noop.NAME, params.model_dump_json()))
+            else:
+                runner.enqueue(noop.NAME, params)
             pace += clients / rate
             time.sleep(max(0.0, pace - time.perf_counter()))
 
     return per_client * clients / timed_clients(dsn, clients, enqueue_paced)
 
 
-def measure(dsn: str, n: int, rate: float, clients: int, concurrency: int = 100) -> dict[str, Any]:
-    [worker] = start_workers(dsn, 1, concurrency=concurrency, stop_after=n)
+def measure(dsn: str, n: int, rate: float, clients: int, concurrency: int = 100, root: Path | None = None
+            ) -> dict[str, Any]:
+    """``root``: the worker runs another checkout's anchor_py (benchmarks.ab), enqueued to through plain SQL."""
+    [worker] = start_workers(dsn, 1, concurrency=concurrency, stop_after=n, root=root or REPO)
     try:
         time.sleep(0.5)  # let it go idle: waiting on LISTEN, not in the middle of start-up
-        achieved = send(dsn, n, rate, clients)
+        achieved = send(dsn, n, rate, clients, through_sql=root is not None)
         worker.process.wait(60)
     finally:
         result = worker.stop()

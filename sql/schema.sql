@@ -505,8 +505,8 @@ CREATE OR REPLACE FUNCTION anchor.claim_v2(worker_id text, max_tasks integer, ta
  SECURITY DEFINER
  SET plan_cache_mode TO 'force_generic_plan'
  SET jit TO 'off'
- SET search_path TO 'pg_catalog', 'pg_temp'
  SET enable_seqscan TO 'off'
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
@@ -547,11 +547,13 @@ begin
         raise exception using errcode = 'AT003',
             message = format('claim: hook_timeout must be above zero and at most 100000 hours, got %s', claim_v2.hook_timeout);
     end if;
-    select coalesce(array_agg(p.queue order by p.queue, p.name), '{}'), coalesce(array_agg(p.name order by p.queue, p.name), '{}'),
-        coalesce(array_agg(p.queue order by p.queue, p.name) filter (where not p.limited), '{}'),
-        coalesce(array_agg(p.name order by p.queue, p.name) filter (where not p.limited), '{}'),
-        coalesce(array_agg(p.queue order by p.queue, p.name) filter (where p.limited), '{}'),
-        coalesce(array_agg(p.name order by p.queue, p.name) filter (where p.limited), '{}'),
+    -- the aggregates read the pairs in the subquery's order: one sort per claim instead of one per aggregate
+    -- (the order only makes claims repeatable; flow_start locks its scopes in id order whatever it is given)
+    select coalesce(array_agg(p.queue), '{}'), coalesce(array_agg(p.name), '{}'),
+        coalesce(array_agg(p.queue) filter (where not p.limited), '{}'),
+        coalesce(array_agg(p.name) filter (where not p.limited), '{}'),
+        coalesce(array_agg(p.queue) filter (where p.limited), '{}'),
+        coalesce(array_agg(p.name) filter (where p.limited), '{}'),
         coalesce(array_agg(distinct p.queue), '{}')
     into v_pair_queues, v_pair_names, v_ready_queues, v_ready_names, v_flow_queues, v_flow_names, v_run_queues
     from (
@@ -563,6 +565,7 @@ begin
         left join anchor.queue_settings s on s.name = q.queue
         left join anchor.task_definitions d on d.name = n.name
         where s.paused is not true  -- a paused queue starts nothing: its pairs are not read at all
+        order by q.queue, n.name
     ) as p;
 
     -- failing tasks are rare: one probe of the small failing index spares the hook claim most of the time
@@ -1871,11 +1874,13 @@ $function$;
 
 CREATE OR REPLACE FUNCTION anchor.flow_in_use()
  RETURNS boolean
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    select exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
-        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null)
+begin
+    return exists (select 1 from anchor.task_definitions d where d.concurrency_limit is not null or d.rate_limit is not null)
+        or exists (select 1 from anchor.queue_settings s where s.concurrency is not null or s.rate_limit is not null);
+end;
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.flow_key_of(p_name text, p_queue text, p_params jsonb)
@@ -2703,6 +2708,17 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.number_range_problem(p_number jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    select case when p_number is not null then format(
+        '$: number %s (%s digits) is out of range: a JSON number must fit a double (at most 1.7976931348623157e308 in magnitude)',
+        left(p_number::text, 20) || case when length(p_number::text) > 20 then '...' else '' end, length(p_number::text)
+    ) end
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.params_shape_problem(p_params jsonb)
  RETURNS text
  LANGUAGE sql
@@ -2710,31 +2726,26 @@ CREATE OR REPLACE FUNCTION anchor.params_shape_problem(p_params jsonb)
 AS $function$
     select case
         when jsonb_path_exists(p_params, 'strict $.**{101}') then '$: nested deeper than 100 levels'
-        else (
-            select format(
-                '$: number %s (%s digits) is out of range: a JSON number must fit a double (at most 1.7976931348623157e308 in magnitude)',
-                left(n.value::text, 20) || case when length(n.value::text) > 20 then '...' else '' end, length(n.value::text)
-            )
-            from jsonb_path_query_first(
-                p_params, 'strict $.** ? (@.type() == "number" && @.abs() > 1.7976931348623157e308)'
-            ) as n (value)
-            where n.value is not null
+        else anchor.number_range_problem(
+            jsonb_path_query_first(p_params, 'strict $.** ? (@.type() == "number" && @.abs() > 1.7976931348623157e308)')
         )
     end
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.params_size_problem(p_params jsonb)
  RETURNS text
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-    select format('$: %s bytes is over the limit of %s bytes (anchor.settings max_params_bytes)', s.size, s.max_size)
-    from (
-        select
-            pg_column_size(p_params) as size,
-            (select c.value::bigint from anchor.settings c where c.name = 'max_params_bytes') as max_size
-    ) as s
-    where s.size > s.max_size
+declare
+    v_size integer := pg_column_size(p_params);
+    v_max_size bigint := (select c.value::bigint from anchor.settings c where c.name = 'max_params_bytes');
+begin
+    if v_size > v_max_size then
+        return format('$: %s bytes is over the limit of %s bytes (anchor.settings max_params_bytes)', v_size, v_max_size);
+    end if;
+    return null;
+end;
 $function$;
 
 CREATE OR REPLACE FUNCTION anchor.params_violation(p_schema jsonb, p_value jsonb, p_path text DEFAULT '$'::text)
@@ -4208,6 +4219,7 @@ grant execute on function anchor.notify_due_task() to anchor_admin;
 grant execute on function anchor.notify_due_tasks() to anchor_admin;
 grant execute on function anchor.notify_flow_slot() to anchor_admin;
 grant execute on function anchor.notify_task_outcome() to anchor_admin;
+grant execute on function anchor.number_range_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_shape_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_size_problem(jsonb) to anchor_admin;
 grant execute on function anchor.params_violation(jsonb,jsonb,text) to anchor_admin;
@@ -4295,6 +4307,7 @@ grant delete, insert, select, update on table anchor.workers to anchor_admin;
 --   (15, 'workflows')
 --   (16, 'runtime_schedules')
 --   (17, 'core_costs')
+--   (18, 'fixed_costs')
 -- rows of anchor.settings
 --   ('max_dependencies', '10000', 'most dependencies one task may have (enqueue depends_on)')
 --   ('max_enqueue_many_bytes', '16777216', 'largest params array one enqueue_many call accepts, in bytes (pg_column_size)')

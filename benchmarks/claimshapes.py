@@ -64,8 +64,8 @@ def claim_buffers(conn: psycopg.Connection[Any]) -> int:
     return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
 
 
-def measure(conn: psycopg.Connection[Any], claims: int) -> dict[str, Any]:
-    buffers = claim_buffers(conn)
+def claim_times(conn: psycopg.Connection[Any], claims: int) -> list[float]:
+    """Milliseconds of each of ``claims`` claims of 100, each completed before the next."""
     times: list[float] = []
     for _ in range(claims):
         t = time.perf_counter()
@@ -74,6 +74,12 @@ def measure(conn: psycopg.Connection[Any], claims: int) -> dict[str, Any]:
         conn.execute(COMPLETE, ([r[0] for r in rows], [r[1] for r in rows])).fetchone()
         if len(rows) < 100:
             raise RuntimeError(f"claim returned {len(rows)} tasks, the shape ran out of due work")
+    return times
+
+
+def measure(conn: psycopg.Connection[Any], claims: int) -> dict[str, Any]:
+    buffers = claim_buffers(conn)
+    times = claim_times(conn, claims)
     return {"n": claims, "p50_ms": percentile(times, 0.5), "p99_ms": percentile(times, 0.99), "buffers": buffers}
 
 

@@ -41,7 +41,7 @@ SYSTEM = "anchor-py"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads) so far; 0 once it has gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -50,11 +50,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15 of proc(5))
 
 
-def _backends(conn: psycopg.Connection[Any]) -> dict[int, float]:
+def backends(conn: psycopg.Connection[Any]) -> dict[int, float]:
     # client backends only: an autovacuum worker's rounds depend on timing, not on the tasks
     rows = conn.execute("select pid from pg_stat_activity where datname = current_database() "
                         "and backend_type = 'client backend' and pid <> pg_backend_pid()").fetchall()
-    return {pid: _cpu_seconds(pid) for (pid,) in rows}
+    return {pid: cpu_seconds(pid) for (pid,) in rows}
 
 
 def tree_root(tree: Path | None) -> Path:
@@ -90,7 +90,7 @@ def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None,
                                             str(process.pid), "--rate", "250", "--gil", "--native", "--format", "raw",
                                             "--output", str(py_spy)], stdout=subprocess.DEVNULL)
                 time.sleep(1.0)
-            worker_before, backends_before = _cpu_seconds(process.pid), _backends(conn)
+            worker_before, backends_before = cpu_seconds(process.pid), backends(conn)
             began = time.perf_counter()
             with conn.transaction():
                 for offset in range(0, n, 10_000):
@@ -107,8 +107,8 @@ def measure(dsn: str, n: int, *, root: Path = REPO, profile: Path | None = None,
 
             wait_until(all_succeeded, 30, 0.01)
             seconds = time.perf_counter() - began
-            worker_cpu = _cpu_seconds(process.pid) - worker_before
-            backends_after = _backends(conn)
+            worker_cpu = cpu_seconds(process.pid) - worker_before
+            backends_after = backends(conn)
             server_cpu = sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_after.items())
             if sampler is not None:
                 sampler.send_signal(signal.SIGINT)

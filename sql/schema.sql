@@ -623,24 +623,27 @@ begin
         -- rescued tasks are rare: one probe of their small index spares the rest most of the time
         if exists (
             select 1 from anchor.tasks t where t.state = 'pending' and t.rescues > 0 and t.run_at <= v_now
-        ) and not exists (
-            select 1 from anchor.tasks t
-            where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
         ) then
-            v_ids := array(
-                select p.id from unnest(v_run_queues) as q (queue)
-                cross join lateral (
-                    select t.id, t.priority, t.run_at from anchor.tasks t
-                    where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
-                        and t.name = any(v_names)
-                        and t.flow_key is null  -- a rescued task that uses a limit starts under its limits
-                    order by t.priority, t.run_at, t.id
+            perform anchor.lock_rescued_slot(claim_v2.worker_id);
+            if not exists (
+                select 1 from anchor.tasks t
+                where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
+            ) then
+                v_ids := array(
+                    select p.id from unnest(v_run_queues) as q (queue)
+                    cross join lateral (
+                        select t.id, t.priority, t.run_at from anchor.tasks t
+                        where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
+                            and t.name = any(v_names)
+                            and t.flow_key is null  -- a rescued task that uses a limit starts under its limits
+                        order by t.priority, t.run_at, t.id
+                        limit 1
+                        for update skip locked
+                    ) as p
+                    order by p.priority, p.run_at, p.id
                     limit 1
-                    for update skip locked
-                ) as p
-                order by p.priority, p.run_at, p.id
-                limit 1
-            );
+                );
+            end if;
         end if;
         v_want := claim_v2.max_tasks - v_claimed - cardinality(v_ids);
 
@@ -2596,6 +2599,13 @@ begin
 end;
 $function$;
 
+CREATE OR REPLACE FUNCTION anchor.lock_rescued_slot(p_worker_id text)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    select pg_catalog.pg_advisory_xact_lock(hashtext('anchor rescued slot ' || p_worker_id))
+$function$;
+
 CREATE OR REPLACE FUNCTION anchor.lock_subtree(p_root bigint, p_states text[])
  RETURNS bigint[]
  LANGUAGE plpgsql
@@ -4211,6 +4221,7 @@ grant execute on function anchor.limit_problem(text,jsonb,boolean,boolean,jsonb)
 grant execute on function anchor.lock_cron_schedule(text) to anchor_admin;
 grant execute on function anchor.lock_dependencies(text,bigint[]) to anchor_admin;
 grant execute on function anchor.lock_parent(text,bigint) to anchor_admin;
+grant execute on function anchor.lock_rescued_slot(text) to anchor_admin;
 grant execute on function anchor.lock_subtree(bigint,text[]) to anchor_admin;
 grant execute on function anchor.lock_task(bigint) to anchor_admin;
 grant execute on function anchor.longest_duration() to anchor_admin;

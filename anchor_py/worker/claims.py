@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ClaimLoop"]
 
+# With a backlog, the next claim is sent while the previous one is still in the database.
+MAX_CLAIMS_IN_FLIGHT = 2
+
 log = logging.getLogger("anchor_py.worker")
 
 
@@ -58,6 +61,9 @@ class ClaimLoop:
         self._metrics = metrics
         self._spans = spans
         self._next_wake: float | None = None
+        self._requested = 0  # slots asked for by claims in flight
+        self._with_completions = True  # false after completions sent along made a claim fail: the next goes alone
+        self._recovering = asyncio.Lock()
         # the same for every claim: only max_tasks changes
         self._arguments: dict[str, Any] = {
             "worker_id": worker_id,
@@ -73,50 +79,76 @@ class ClaimLoop:
         inflight = self._inflight
         completions = self._completions
         concurrency = self._concurrency
-        # with a backlog, claim half the slots at a time, as soon as half are free: the next claim then
-        # runs in the database while the worker runs the previous half, and claims stay large
+        # with a backlog, claim half the slots at a time, as soon as half are free; and send the next claim
+        # while the previous one is still in the database: each then runs in the database while the worker
+        # starts the other's tasks, instead of the two taking turns
         backlog_batch = max(1, concurrency // 2)
-        with_completions = True
-        while not self._stopping.is_set():
-            # a finished task holds its slot until its completion is written: otherwise a slow complete
-            # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
-            # completions are sent with the claim, ahead of it in one transaction, so they count as free.
-            waiting = min(completions.waiting, completions.batch_size) if with_completions else 0
-            capacity = concurrency - len(inflight.jobs) - completions.held + waiting
-            if capacity < (backlog_batch if inflight.backlog else 1):
+        claims: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                self._raise_failed_claim(claims)
+                # a finished task holds its slot until its completion is written: otherwise a slow complete
+                # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
+                # completions are sent with the claim, ahead of it in one transaction, so they count as free;
+                # slots asked for by a claim still in flight are not.
+                waiting = min(completions.waiting, completions.batch_size) if self._with_completions else 0
+                capacity = concurrency - len(inflight.jobs) - completions.held + waiting - self._requested
                 if capacity <= 0:
                     # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
                     inflight.backlog = True
-            else:
-                if inflight.backlog:
-                    # half a batch at a time: while this claim runs in the database, Python runs the
-                    # previous half (measured on a quiet machine: +10-20% over full serial batches)
-                    capacity = min(capacity, backlog_batch)
-                try:
-                    claimed = await self._claim(capacity, with_completions=waiting > 0)
-                except TRANSIENT_ERRORS as exc:
-                    log.warning("lost the database while claiming (%s); reconnecting", one_line(exc))
-                    await self._recover()
+                elif len(claims) < (MAX_CLAIMS_IN_FLIGHT if inflight.backlog else 1) and \
+                        capacity >= (backlog_batch if inflight.backlog else 1):
+                    if inflight.backlog:
+                        capacity = min(capacity, backlog_batch)
+                    self._requested += capacity
+                    claim = loop.create_task(self._claim_in_flight(capacity, with_completions=waiting > 0))
+                    claims.add(claim)
                     continue
-                except psycopg.Error as exc:
-                    if not waiting:
-                        raise
-                    # the completions sent along failed (or made the claim fail): claim alone, and let
-                    # the completion buffer retry them on its own
-                    log.warning("could not complete %s tasks with the claim (%s); retrying apart", waiting,
-                                one_line(exc))
-                    with_completions = False
-                    continue
-                with_completions = True
-                inflight.backlog = claimed == capacity
-                if inflight.backlog:
-                    continue
-            wait = self._poll_interval
-            if self._next_wake is not None:
-                wait = max(0.0, min(wait, self._next_wake - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inflight.wake_event.wait(), wait)
-            inflight.wake_event.clear()
+                if not (claims and inflight.backlog):
+                    wait = self._poll_interval
+                    if self._next_wake is not None:
+                        wait = max(0.0, min(wait, self._next_wake - loop.time()))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(inflight.wake_event.wait(), wait)
+                else:
+                    await inflight.wake_event.wait()  # a claim in flight sets it when it is back
+                inflight.wake_event.clear()
+        finally:
+            # what a claim in flight brings back must become jobs before the worker hands its tasks back
+            await asyncio.gather(*claims, return_exceptions=True)
+        self._raise_failed_claim(claims)
+
+    def _raise_failed_claim(self, claims: set[asyncio.Task[None]]) -> None:
+        """Forget finished claims; the error of one that failed for good ends the loop."""
+        for claim in [claim for claim in claims if claim.done()]:
+            claims.discard(claim)
+            error = None if claim.cancelled() else claim.exception()
+            if error is not None:
+                raise error
+
+    async def _claim_in_flight(self, capacity: int, *, with_completions: bool) -> None:
+        """One claim of up to ``capacity`` slots (already counted in ``_requested``), beside the loop."""
+        inflight = self._inflight
+        try:
+            claimed = await self._claim(capacity, with_completions=with_completions)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("lost the database while claiming (%s); reconnecting", one_line(exc))
+            async with self._recovering:
+                await self._recover()
+            return
+        except psycopg.Error as exc:
+            if not with_completions:
+                raise
+            # the completions sent along failed (or made the claim fail): claim alone, and let the
+            # completion buffer retry them on its own
+            log.warning("could not complete tasks with the claim (%s); retrying apart", one_line(exc))
+            self._with_completions = False
+            return
+        finally:
+            self._requested -= capacity
+            inflight.wake_event.set()
+        self._with_completions = True
+        inflight.backlog = claimed == capacity
 
     async def _claim(self, capacity: int, *, with_completions: bool = True) -> int:
         """Claim up to ``capacity`` tasks and start them; waiting completions are written first, in the
@@ -127,7 +159,7 @@ class ClaimLoop:
         inflight = self._inflight
         batch = completions.take() if with_completions else []
         outcomes: list[tuple[int, str]] = []
-        inflight.claiming = True
+        inflight.claiming += 1
         try:
             async with self._pool.connection() as conn:
                 results = completions.result_arguments(batch) if batch else None
@@ -162,7 +194,7 @@ class ClaimLoop:
             completions.failed(batch)
             raise
         finally:
-            inflight.claiming = False
+            inflight.claiming -= 1
         if batch:
             completions.done(batch, outcomes)
         if self._metrics is not None:

@@ -120,7 +120,7 @@ class InFlight:
         self.jobs: dict[int, Job] = {}
         self.wake_event = asyncio.Event()
         self.backlog = False
-        self.claiming = False
+        self.claiming = 0  # claims in flight
 
     def release(self, job: Job) -> None:
         """The job no longer holds its slot."""

@@ -9,7 +9,8 @@
 -- (plans kept for the session) and params_shape_problem is a single expression the planner inlines into its
 -- caller. Same signatures, same results, same messages.
 --
--- claim_v2 built its (queue, name) pairs into seven arrays with seven sorts, one per array: 25-37 us per
+-- claim_v2 takes a worker's slot for a rescued task under a lock, as a worker may now have two claims in
+-- flight. And it built its (queue, name) pairs into seven arrays with seven sorts, one per array: 25-37 us per
 -- claim where 0013's two arrays took 13. One sort now. A claim of one task costs about 600 us in all.
 
 -- Whether any task name or queue has a limit: while none has, inserts call no flow-control trigger at all.
@@ -67,6 +68,16 @@ as $$
             jsonb_path_query_first(p_params, 'strict $.** ? (@.type() == "number" && @.abs() > 1.7976931348623157e308)')
         )
     end
+$$;
+
+-- A worker may have two claims in flight (one finishing while the next is sent). Its slot for a rescued task
+-- is decided by one claim at a time: this takes a lock for the rest of the claim's transaction (two workers
+-- whose ids share a hash only wait for each other); the other claim then sees the first one's rescued task.
+create function anchor.lock_rescued_slot(p_worker_id text)
+returns void
+language sql
+as $$
+    select pg_catalog.pg_advisory_xact_lock(hashtext('anchor rescued slot ' || p_worker_id))
 $$;
 
 -- claim_v2 as 0014 left it (with 0017's enable_seqscan = off), but for the (queue, name) pairs: one sort of the
@@ -213,24 +224,27 @@ begin
         -- rescued tasks are rare: one probe of their small index spares the rest most of the time
         if exists (
             select 1 from anchor.tasks t where t.state = 'pending' and t.rescues > 0 and t.run_at <= v_now
-        ) and not exists (
-            select 1 from anchor.tasks t
-            where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
         ) then
-            v_ids := array(
-                select p.id from unnest(v_run_queues) as q (queue)
-                cross join lateral (
-                    select t.id, t.priority, t.run_at from anchor.tasks t
-                    where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
-                        and t.name = any(v_names)
-                        and t.flow_key is null  -- a rescued task that uses a limit starts under its limits
-                    order by t.priority, t.run_at, t.id
+            perform anchor.lock_rescued_slot(claim_v2.worker_id);
+            if not exists (
+                select 1 from anchor.tasks t
+                where t.locked_by = claim_v2.worker_id and t.state = 'running' and t.rescues > 0
+            ) then
+                v_ids := array(
+                    select p.id from unnest(v_run_queues) as q (queue)
+                    cross join lateral (
+                        select t.id, t.priority, t.run_at from anchor.tasks t
+                        where t.state = 'pending' and t.rescues > 0 and t.queue = q.queue and t.run_at <= v_now
+                            and t.name = any(v_names)
+                            and t.flow_key is null  -- a rescued task that uses a limit starts under its limits
+                        order by t.priority, t.run_at, t.id
+                        limit 1
+                        for update skip locked
+                    ) as p
+                    order by p.priority, p.run_at, p.id
                     limit 1
-                    for update skip locked
-                ) as p
-                order by p.priority, p.run_at, p.id
-                limit 1
-            );
+                );
+            end if;
         end if;
         v_want := claim_v2.max_tasks - v_claimed - cardinality(v_ids);
 

@@ -3,7 +3,11 @@ server restart does not make live workers look dead; max_rescues ends a task tha
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from typing import Any
+
+import psycopg
 
 from tests.sql.factories import (
     WORKER,
@@ -162,3 +166,34 @@ def test_rescued_tasks_run_one_per_worker_so_bystanders_of_a_crash_are_not_faile
     assert sorted(rescue(db, now)) == sorted([(culprit, "pending"), (fresh, "pending")])
     assert task(db, culprit)["rescues"] == 2
     assert task(db, bystanders[0])["rescues"] == 1
+
+
+def test_two_claims_of_one_worker_at_once_still_start_one_rescued_task(dsn: str, db: Conn) -> None:
+    """A worker with a backlog sends its next claim while the previous one is still in the database. The
+    second claim waits for the first one's decision on the worker's rescued slot, then sees its rescued task:
+    the worker still holds one."""
+    register(db, definition("Job", retry_interval="1s", max_attempts=-1))
+    ids = sorted(enqueue(db, "Job", {"n": i}) for i in range(2))
+    now = db_now(db)
+    assert len(claim(db, worker="w0", now=now)) == 2
+    now += timedelta(minutes=1)
+    assert sorted(rescue(db, now)) == [(ids[0], "pending"), (ids[1], "pending")]
+    now += timedelta(seconds=2)
+    heartbeat(db, "w1", now)
+    claim_sql = "select id from anchor.claim_v2('w1', 10, p_now => %s) where kind = 'execute'"
+    second: dict[str, Any] = {}
+
+    def second_claim() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            second["ids"] = [row[0] for row in conn.execute(claim_sql, (now,)).fetchall()]
+
+    with psycopg.connect(dsn) as first:  # its transaction stays open: the first claim has not committed
+        assert [row[0] for row in first.execute(claim_sql, (now,)).fetchall()] == [ids[0]]
+        thread = threading.Thread(target=second_claim)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the second claim did not wait for the first one's rescued slot"
+        first.commit()
+    thread.join(10)
+    assert second["ids"] == []
+    assert task(db, ids[1])["state"] == "pending"

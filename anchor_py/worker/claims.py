@@ -8,7 +8,6 @@ time, a notification, a freed slot (with a backlog), or ``poll_interval``, which
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -84,35 +83,47 @@ class ClaimLoop:
         # starts the other's tasks, instead of the two taking turns
         backlog_batch = max(1, concurrency // 2)
         claims: set[asyncio.Task[None]] = set()
+        # a claim is due at start, after a wake-up (a notification, a freed slot with a backlog, a retry) or a
+        # timer, and at once while there is a backlog; never merely because the previous claim came back
+        due = True
         try:
             while not self._stopping.is_set():
                 self._raise_failed_claim(claims)
-                # a finished task holds its slot until its completion is written: otherwise a slow complete
-                # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
-                # completions are sent with the claim, ahead of it in one transaction, so they count as free;
-                # slots asked for by a claim still in flight are not.
-                waiting = min(completions.waiting, completions.batch_size) if self._with_completions else 0
-                capacity = concurrency - len(inflight.jobs) - completions.held + waiting - self._requested
-                if capacity <= 0:
-                    # whatever woke us (a notification, a timer) found no free slot: claim when one frees up
-                    inflight.backlog = True
-                elif len(claims) < (MAX_CLAIMS_IN_FLIGHT if inflight.backlog else 1) and \
-                        capacity >= (backlog_batch if inflight.backlog else 1):
-                    if inflight.backlog:
-                        capacity = min(capacity, backlog_batch)
-                    self._requested += capacity
-                    claim = loop.create_task(self._claim_in_flight(capacity, with_completions=waiting > 0))
-                    claims.add(claim)
-                    continue
-                if not (claims and inflight.backlog):
+                if due or inflight.backlog:
+                    # a finished task holds its slot until its completion is written: otherwise a slow complete
+                    # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
+                    # completions are sent with the claim, ahead of it in one transaction, so they count as
+                    # free; slots asked for by a claim still in flight are not.
+                    waiting = min(completions.waiting, completions.batch_size) if self._with_completions else 0
+                    capacity = concurrency - len(inflight.jobs) - completions.held + waiting - self._requested
+                    if capacity <= 0:
+                        # whatever woke us found no free slot: claim when one frees up
+                        inflight.backlog = True
+                        due = False
+                    elif len(claims) < (MAX_CLAIMS_IN_FLIGHT if inflight.backlog else 1) and \
+                            capacity >= (backlog_batch if inflight.backlog else 1):
+                        if inflight.backlog:
+                            capacity = min(capacity, backlog_batch)
+                        self._requested += capacity
+                        claims.add(loop.create_task(self._claim_in_flight(capacity, with_completions=waiting > 0)))
+                        due = False
+                        continue
+                if claims and (due or inflight.backlog):
+                    # only a claim in flight stands in the way: go on when one is back (or something wakes us)
+                    woken = loop.create_task(inflight.wake_event.wait())
+                    await asyncio.wait({*claims, woken}, return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                else:
                     wait = self._poll_interval
                     if self._next_wake is not None:
                         wait = max(0.0, min(wait, self._next_wake - loop.time()))
-                    with contextlib.suppress(TimeoutError):
+                    try:
                         await asyncio.wait_for(inflight.wake_event.wait(), wait)
-                else:
-                    await inflight.wake_event.wait()  # a claim in flight sets it when it is back
-                inflight.wake_event.clear()
+                    except TimeoutError:
+                        due = True
+                if inflight.wake_event.is_set():
+                    inflight.wake_event.clear()
+                    due = True
         finally:
             # what a claim in flight brings back must become jobs before the worker hands its tasks back
             await asyncio.gather(*claims, return_exceptions=True)
@@ -135,6 +146,7 @@ class ClaimLoop:
             log.warning("lost the database while claiming (%s); reconnecting", one_line(exc))
             async with self._recovering:
                 await self._recover()
+            inflight.wake_event.set()  # claim again now that the database is back
             return
         except psycopg.Error as exc:
             if not with_completions:
@@ -143,12 +155,14 @@ class ClaimLoop:
             # completion buffer retry them on its own
             log.warning("could not complete tasks with the claim (%s); retrying apart", one_line(exc))
             self._with_completions = False
+            inflight.wake_event.set()  # claim again at once, alone
             return
         finally:
             self._requested -= capacity
-            inflight.wake_event.set()
         self._with_completions = True
         inflight.backlog = claimed == capacity
+        if inflight.backlog:
+            inflight.wake_event.set()  # more is likely due: claim again at once
 
     async def _claim(self, capacity: int, *, with_completions: bool = True) -> int:
         """Claim up to ``capacity`` tasks and start them; waiting completions are written first, in the

@@ -52,3 +52,25 @@ def test_with_a_backlog_the_next_claim_is_sent_while_the_previous_one_is_in_the_
 
     asyncio.run(scenario())
     assert max(seen) == 2, f"claims of the worker seen in the database at once: {sorted(set(seen))}"
+
+
+def test_an_idle_worker_claims_on_its_poll_not_in_a_loop(dsn: str, app_db: Db) -> None:
+    """A claim that comes back with nothing is not a reason to claim again: an idle worker (poll 0.5 s,
+    heartbeat and rescue every 0.5 s) commits a few transactions a second, not hundreds."""
+
+    def commits() -> int:
+        app_db.execute("select pg_stat_clear_snapshot()")
+        row = app_db.execute(
+            "select xact_commit as n from pg_stat_database where datname = current_database()"
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
+    async def scenario() -> int:
+        async with running_worker(dsn):
+            await asyncio.sleep(1.5)  # started and settled
+            before = commits()
+            await asyncio.sleep(3.0)
+            await asyncio.sleep(1.0)  # backends report their counters within a second
+            return commits() - before
+
+    assert asyncio.run(scenario()) < 100

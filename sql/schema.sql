@@ -697,6 +697,12 @@ begin
                 for update skip locked
             ) as p
         );
+        -- they start now, after the pick saw them: a task another transaction released (a fan-in's last
+        -- dependency completing) after this claim began starts after that transaction's time, not before it.
+        -- A test's fixed clock (p_now) stays as given.
+        if claim_v2.p_now is null then
+            v_now := greatest(v_now, clock_timestamp());
+        end if;
         return query
         update anchor.tasks t set
             state = 'running', attempts = t.attempts + 1, locked_by = claim_v2.worker_id, locked_at = v_now,

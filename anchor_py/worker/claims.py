@@ -93,7 +93,7 @@ class ClaimLoop:
                     # a finished task holds its slot until its completion is written: otherwise a slow complete
                     # lets the worker claim without bound, and a crash would leave all of it to rescue. Waiting
                     # completions are sent with the claim, ahead of it in one transaction, so they count as
-                    # free; slots asked for by a claim still in flight are not.
+                    # free; the slots a claim in flight asks for beyond those its completions free are not.
                     waiting = min(completions.waiting, completions.batch_size) if self._with_completions else 0
                     capacity = concurrency - len(inflight.jobs) - completions.held + waiting - self._requested
                     if capacity <= 0:
@@ -104,8 +104,10 @@ class ClaimLoop:
                             capacity >= (backlog_batch if inflight.backlog else 1):
                         if inflight.backlog:
                             capacity = min(capacity, backlog_batch)
-                        self._requested += capacity
-                        claims.add(loop.create_task(self._claim_in_flight(capacity, with_completions=waiting > 0)))
+                        # the completions riding along still count as held until the claim is back
+                        requested = max(0, capacity - waiting)
+                        self._requested += requested
+                        claims.add(loop.create_task(self._claim_in_flight(capacity, requested, waiting > 0)))
                         due = False
                         continue
                 if claims and (due or inflight.backlog):
@@ -137,8 +139,9 @@ class ClaimLoop:
             if error is not None:
                 raise error
 
-    async def _claim_in_flight(self, capacity: int, *, with_completions: bool) -> None:
-        """One claim of up to ``capacity`` slots (already counted in ``_requested``), beside the loop."""
+    async def _claim_in_flight(self, capacity: int, requested: int, with_completions: bool) -> None:
+        """One claim of up to ``capacity`` slots beside the loop; ``requested`` of them are counted in
+        ``_requested`` until it is back."""
         inflight = self._inflight
         try:
             claimed = await self._claim(capacity, with_completions=with_completions)
@@ -158,7 +161,7 @@ class ClaimLoop:
             inflight.wake_event.set()  # claim again at once, alone
             return
         finally:
-            self._requested -= capacity
+            self._requested -= requested
         self._with_completions = True
         inflight.backlog = claimed == capacity
         if inflight.backlog:

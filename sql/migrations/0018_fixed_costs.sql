@@ -10,7 +10,9 @@
 -- caller. Same signatures, same results, same messages.
 --
 -- claim_v2 takes a worker's slot for a rescued task under a lock, as a worker may now have two claims in
--- flight. And it built its (queue, name) pairs into seven arrays with seven sorts, one per array: 25-37 us per
+-- flight, and stamps the tasks it starts with the clock at the start rather than its transaction's start (a
+-- claim sent while another was completing a fan-in's last dependency stamped the fan-in as started before that
+-- dependency finished). And it built its (queue, name) pairs into seven arrays with seven sorts, one per array: 25-37 us per
 -- claim where 0013's two arrays took 13. One sort now. A claim of one task costs about 600 us in all.
 
 -- Whether any task name or queue has a limit: while none has, inserts call no flow-control trigger at all.
@@ -80,8 +82,9 @@ as $$
     select pg_catalog.pg_advisory_xact_lock(hashtext('anchor rescued slot ' || p_worker_id))
 $$;
 
--- claim_v2 as 0014 left it (with 0017's enable_seqscan = off), but for the (queue, name) pairs: one sort of the
--- pairs, not seven (one per array built from them), 13 us per claim measured against 0013's two arrays.
+-- claim_v2 as 0014 left it (with 0017's enable_seqscan = off), but: the (queue, name) pairs sorted once, not seven
+-- times (one per array built from them); the rescued slot decided under anchor.lock_rescued_slot; the tasks it
+-- starts stamped with the clock at their start.
 -- Hands a worker up to max_tasks items of work: failing tasks whose hook must run (failing, leased; paused
 -- queues included) and pending tasks (pending → running; the only place attempts are counted): ready ones from
 -- the ready set, held ones of limited pairs as their limits allow (anchor.flow_start); paused queues start
@@ -298,6 +301,12 @@ begin
                 for update skip locked
             ) as p
         );
+        -- they start now, after the pick saw them: a task another transaction released (a fan-in's last
+        -- dependency completing) after this claim began starts after that transaction's time, not before it.
+        -- A test's fixed clock (p_now) stays as given.
+        if claim_v2.p_now is null then
+            v_now := greatest(v_now, clock_timestamp());
+        end if;
         return query
         update anchor.tasks t set
             state = 'running', attempts = t.attempts + 1, locked_by = claim_v2.worker_id, locked_at = v_now,

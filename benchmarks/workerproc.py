@@ -1,7 +1,7 @@
 """One benchmark worker process: the real anchor_py Worker running the Noop executor.
 
     python -m benchmarks.workerproc DSN --concurrency 100 [--stop-after N] [--metrics] [--soak | --flow]
-        [--done-at N --done-file PATH] --out result.json
+        [--done-at N --done-file PATH] [--latency-file PATH] --out result.json
 
 Runs until SIGTERM, or until it has executed N tasks; then writes what it measured (executions,
 the wall-clock time of the N-th execution, enqueue -> start latencies, peak RSS) as JSON to --out.
@@ -53,6 +53,20 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             stopper.append(asyncio.get_running_loop().create_task(worker.stop()))
 
     executor.on_count = on_count
+    if args.latency_file:  # each latency as it is measured, one per line (benchmarks.ab reads them turn by turn)
+        latency_file = open(args.latency_file, "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
+
+        written = 0
+
+        def on_count_and_latency(count: int) -> None:
+            nonlocal written
+            if len(executor.latencies_ms) > written:
+                latency_file.writelines(f"{value}\n" for value in executor.latencies_ms[written:])
+                latency_file.flush()
+                written = len(executor.latencies_ms)
+            on_count(count)
+
+        executor.on_count = on_count_and_latency
     await worker.run(install_signal_handlers=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(
@@ -73,6 +87,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--done-at", type=int, default=0, help="touch --done-file after this many executions")
     parser.add_argument("--done-file", default="")
+    parser.add_argument("--latency-file", default="", help="append each enqueue -> start latency (ms) to this file")
     parser.add_argument("--metrics", action="store_true", help="record Prometheus metrics (as --metrics-port does)")
     parser.add_argument("--soak", action="store_true", help="run the soak task set (Noop + a cron task)")
     parser.add_argument("--flow", action="store_true", help="run the flow task set (Noop + a per-key limited twin)")

@@ -108,14 +108,20 @@ class TreeWorker:
         return {"latency_p50_ms": percentile(turn, 0.5), "latency_p99_ms": percentile(turn, 0.99)}
 
 
+def tree_database(stack: contextlib.ExitStack, ctx: Context, name: str, root: Path
+                  ) -> tuple[str, psycopg.Connection[Any]]:
+    """A scratch database migrated by the tree at ``root``, and a connection to it, both closed by ``stack``."""
+    dsn = stack.enter_context(ctx.scratch(name, migrate=False))
+    cpu_per_task.install(dsn, root)
+    return dsn, stack.enter_context(psycopg.connect(dsn, autocommit=True))
+
+
 @contextlib.contextmanager
 def tree_workers(ctx: Context, roots: dict[str, Path], name: str) -> Iterator[dict[str, TreeWorker]]:
     with contextlib.ExitStack() as stack:
         trees = {}
         for k, (tree, root) in enumerate(roots.items()):
-            dsn = stack.enter_context(ctx.scratch(f"ab_{name}_{k}", migrate=False))
-            cpu_per_task.install(dsn, root)
-            conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            dsn, conn = tree_database(stack, ctx, f"ab_{name}_{k}", root)
             noop.register(conn)
             out = Path(tempfile.mkstemp(prefix="anchor-ab-", suffix=".json")[1])
             latency_file = out.with_suffix(".latencies")
@@ -137,9 +143,7 @@ def claim_databases(ctx: Context, roots: dict[str, Path], turns: int) -> Iterato
     with contextlib.ExitStack() as stack:
         conns = {}
         for k, (tree, root) in enumerate(roots.items()):
-            dsn = stack.enter_context(ctx.scratch(f"ab_claim_{k}", migrate=False))
-            cpu_per_task.install(dsn, root)
-            conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            _, conn = tree_database(stack, ctx, f"ab_claim_{k}", root)
             claimshapes.register(conn)
             conn.execute("select anchor.heartbeat_v2('bench', '{}')")
             claimshapes.insert(conn, (turns * CLAIMS_PER_TURN + 10) * 100)

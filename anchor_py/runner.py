@@ -24,23 +24,29 @@ so the SQL core applies the definition's defaults, unique tags and schema valida
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pydantic
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from anchor_py import queries, tracing
-from anchor_py.cron_times import check_schedule
-from anchor_py.taskcore import InvalidOverride, TaskOverride, enqueue_arguments
-from anchor_py.taskspec import TaskSet
+from anchor_py import queries
+from anchor_py.enqueue_args import (
+    FanOut,
+    enqueue_many_query_args,
+    enqueue_query_args,
+    fan_out_of,
+    fan_out_query_args,
+    returned_id,
+    returned_ids,
+    returned_outcome,
+    schedule_query_args,
+    traced,
+)
+from anchor_py.taskcore import TaskOverride
 from anchor_py.waiting import ModelT, TaskOutcome, WaitTimeout, conninfo_of, typed_result, wait_async, wait_sync
 
 __all__ = [
@@ -49,30 +55,7 @@ __all__ = [
     "FanOut",
     "OpenTransactionError",
     "TaskRunnerBase",
-    "nul_path",
-    "refuse_nul",
 ]
-
-_OVERRIDABLE = (
-    "run_at",
-    "delay",
-    "unique_tag",
-    "retry_intervals",
-    "max_attempts",
-    "timeout",
-    "priority",
-    "queue",
-    "depends_on",
-    "parent_id",
-)
-
-
-@dataclass(frozen=True)
-class FanOut:
-    """What ``run_fan_out`` enqueued: the fanned-out tasks' ids (in input order) and the fan-in task's id."""
-
-    task_ids: list[int]
-    fan_in_id: int
 
 
 class AutocommitConnectionError(ValueError):
@@ -81,137 +64,6 @@ class AutocommitConnectionError(ValueError):
 
 class OpenTransactionError(ValueError):
     """``run_*`` was given a connection with a transaction open that it must not commit."""
-
-
-def nul_path(value: Any, path: str = "$") -> str | None:
-    """The JSON path of the first string (value or key) in ``value`` holding U+0000, or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                return f"{path}.{json.dumps(key)}"
-            found = nul_path(item, f"{path}.{key}" if key.isidentifier() else f"{path}.{json.dumps(key)}")
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = nul_path(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
-def _task_set_of(runner_type: type) -> TaskSet | None:
-    """The TASKS of the generated module defining `runner_type` (or the generated class it extends)."""
-    for cls in runner_type.__mro__:
-        tasks = getattr(sys.modules.get(cls.__module__), "TASKS", None)
-        if isinstance(tasks, TaskSet):
-            return tasks
-    return None
-
-
-def _expected_model(runner: object, task_name: str) -> type[pydantic.BaseModel] | None:
-    tasks = _task_set_of(type(runner))
-    return tasks.by_name(task_name).params_model if tasks is not None and task_name in tasks else None
-
-
-def _task_name_of(runner: object, params: object) -> str:
-    """The name of the task whose parameters model ``params`` is, in the runner's generated TASKS."""
-    tasks = _task_set_of(type(runner))
-    for spec in tasks or ():
-        if type(params) is spec.params_model:
-            return spec.name
-    raise TypeError(f"{type(params).__name__} is not the parameters model of a task in this runner's TASKS")
-
-
-def _params_json(
-    task_name: str, params: pydantic.BaseModel, expected: type[pydantic.BaseModel] | None
-) -> dict[str, Any]:
-    if not isinstance(params, pydantic.BaseModel):
-        raise TypeError(f"params must be a generated Parameters model, got {type(params).__name__}")
-    if expected is not None and not isinstance(params, expected):
-        raise TypeError(f"task {task_name} takes {expected.__name__}, got {type(params).__name__}")
-    data = params.model_dump(mode="json", by_alias=True, exclude_none=True)
-    refuse_nul(task_name, data)
-    return data
-
-
-def refuse_nul(task_name: str, params_json: Any) -> None:
-    """Raises ValueError naming the JSON path when the params hold U+0000, which jsonb cannot store."""
-    nul_at = nul_path(params_json)
-    if nul_at is not None:
-        raise ValueError(
-            f"task {task_name}: params {nul_at} contains the character U+0000 (NUL), which PostgreSQL cannot "
-            "store in jsonb; remove it before enqueueing"
-        )
-
-
-def _enqueue_query_args(
-    runner: object, task_name: str, params: pydantic.BaseModel, overrides: tuple[TaskOverride, ...]
-) -> dict[str, Any]:
-    arguments = dict.fromkeys(_OVERRIDABLE)
-    arguments.update(enqueue_arguments(overrides))
-    arguments["name"] = task_name
-    arguments["params"] = Jsonb(_params_json(task_name, params, _expected_model(runner, task_name)))
-    return arguments
-
-
-def _traced(query: str, arguments: dict[str, Any]) -> str:
-    """``query``, or its twin that records the caller's trace context with the tasks while an OpenTelemetry span
-    is active (``anchor_py.tracing``); ``arguments`` gains that context."""
-    trace_context = tracing.current_trace_context()
-    if trace_context is None:
-        return query
-    arguments["trace_context"] = Jsonb(trace_context)
-    return queries.ENQUEUE_TRACED if query == queries.ENQUEUE else queries.ENQUEUE_MANY_TRACED
-
-
-def _enqueue_many_query_args(
-    runner: object, task_name: str, params_list: Sequence[pydantic.BaseModel], overrides: tuple[TaskOverride, ...]
-) -> dict[str, Any]:
-    arguments = dict.fromkeys(_OVERRIDABLE)
-    arguments.update(enqueue_arguments(overrides))
-    unique_tag = arguments.pop("unique_tag")
-    if unique_tag is not None:
-        raise InvalidOverride("with_unique_tag", unique_tag, "cannot apply to a list of tasks; enqueue them one by one")
-    arguments["name"] = task_name
-    expected = _expected_model(runner, task_name)
-    arguments["params"] = Jsonb([_params_json(task_name, params, expected) for params in params_list])
-    return arguments
-
-
-def _fan_out_query_args(
-    runner: object,
-    params_list: Sequence[pydantic.BaseModel],
-    fan_in: pydantic.BaseModel,
-    overrides: tuple[TaskOverride, ...],
-    fan_in_overrides: Sequence[TaskOverride],
-) -> dict[str, Any]:
-    """FAN_OUT's arguments: ENQUEUE_MANY's for the list, and ENQUEUE's, prefixed ``fan_in_``, for the fan-in."""
-    if not params_list:
-        raise ValueError("run_fan_out needs at least one task to fan out to")
-    arguments = _enqueue_many_query_args(runner, _task_name_of(runner, params_list[0]), params_list, overrides)
-    fan_in_arguments = _enqueue_query_args(runner, _task_name_of(runner, fan_in), fan_in, tuple(fan_in_overrides))
-    arguments.update((f"fan_in_{key}", value) for key, value in fan_in_arguments.items())
-    return arguments
-
-
-def _fan_out(row: tuple[Any, ...] | None, expected: int) -> FanOut:
-    return FanOut(_returned_ids(row, expected), _returned_id(None if row is None else row[1:]))
-
-
-def _schedule_query_args(
-    runner: object, task_name: str, name: str, cron_expression: str, params: pydantic.BaseModel, timezone: str | None
-) -> dict[str, Any]:
-    check_schedule(name, cron_expression, timezone)
-    return {
-        "name": name,
-        "task_name": task_name,
-        "cron_expression": cron_expression,
-        "params": Jsonb(_params_json(task_name, params, _expected_model(runner, task_name))),
-        "timezone": timezone,
-    }
 
 
 def _refuse_autocommit(tx: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -243,25 +95,6 @@ async def _fetch_row_async(
         return await cursor.fetchone()
 
 
-def _returned_id(row: tuple[Any, ...] | None) -> int:
-    if row is None or row[0] is None:
-        raise RuntimeError("anchor.enqueue returned no task id")
-    return int(row[0])
-
-
-def _returned_ids(row: tuple[Any, ...] | None, expected: int) -> list[int]:
-    ids = [] if row is None or row[0] is None else [int(task_id) for task_id in row[0]]
-    if len(ids) != expected:
-        raise RuntimeError(f"anchor.enqueue_many returned {len(ids)} ids for {expected} tasks")
-    return ids
-
-
-def _returned_outcome(row: tuple[Any, ...] | None, function: str) -> str:
-    if row is None or row[0] is None:
-        raise RuntimeError(f"anchor.{function} returned no outcome")
-    return str(row[0])
-
-
 class TaskRunnerBase:
     """Enqueues tasks through a psycopg ``Connection`` or ``ConnectionPool``."""
 
@@ -272,8 +105,8 @@ class TaskRunnerBase:
 
     def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(self._fetch_committed(_traced(queries.ENQUEUE, arguments), arguments))
+        arguments = enqueue_query_args(self, task_name, params, overrides)
+        return returned_id(self._fetch_committed(traced(queries.ENQUEUE, arguments), arguments))
 
     def enqueue_with_tx(
         self,
@@ -286,18 +119,18 @@ class TaskRunnerBase:
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(_fetch_row(tx, _traced(queries.ENQUEUE, arguments), arguments))
+        arguments = enqueue_query_args(self, task_name, params, overrides)
+        return returned_id(_fetch_row(tx, traced(queries.ENQUEUE, arguments), arguments))
 
     def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
     ) -> list[int]:
         """Enqueue one task per params in a single round trip and commit them; ids in input order."""
-        arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
+        arguments = enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
-        query = _traced(queries.ENQUEUE_MANY, arguments)
-        return _returned_ids(self._fetch_committed(query, arguments), len(params_list))
+        query = traced(queries.ENQUEUE_MANY, arguments)
+        return returned_ids(self._fetch_committed(query, arguments), len(params_list))
 
     def run_fan_out(
         self,
@@ -308,8 +141,8 @@ class TaskRunnerBase:
     ) -> FanOut:
         """Enqueue one task per params (all of one task) and the task ``fan_in`` depending on all of them, in
         one statement, and commit them. ``overrides`` apply to the list, ``fan_in_overrides`` to the fan-in."""
-        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
-        return _fan_out(self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
+        arguments = fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return fan_out_of(self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
 
     def run_fan_out_with_tx(
         self,
@@ -323,8 +156,8 @@ class TaskRunnerBase:
         if not isinstance(tx, psycopg.Connection):
             raise TypeError(f"tx must be a psycopg Connection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
-        return _fan_out(_fetch_row(tx, queries.FAN_OUT, arguments), len(params_list))
+        arguments = fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return fan_out_of(_fetch_row(tx, queries.FAN_OUT, arguments), len(params_list))
 
     def schedule(
         self,
@@ -337,14 +170,14 @@ class TaskRunnerBase:
         """Create or replace the runtime cron schedule ``name``, which enqueues task_name with params at each
         fire time of cron_expression (seconds first) in timezone (UTC when None), and commit it; returns
         'created', 'replaced' or 'unchanged'. A bad expression or zone raises CronError before anything is sent."""
-        arguments = _schedule_query_args(self, task_name, name, cron_expression, params, timezone)
-        return _returned_outcome(self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
+        arguments = schedule_query_args(self, task_name, name, cron_expression, params, timezone)
+        return returned_outcome(self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
 
     def unschedule(self, name: str) -> bool:
         """Delete the runtime cron schedule ``name`` and commit; False when there was none. A schedule of the
         task definitions is refused (psycopg.Error, SQLSTATE AT003)."""
         row = self._fetch_committed(queries.CRON_DELETE, {"name": name})
-        return _returned_outcome(row, "cron_delete") == "deleted"
+        return returned_outcome(row, "cron_delete") == "deleted"
 
     def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);
@@ -382,8 +215,8 @@ class AsyncTaskRunnerBase:
 
     async def enqueue(self, task_name: str, params: pydantic.BaseModel, *overrides: TaskOverride) -> int:
         """Enqueue one task and commit it; returns its id."""
-        arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(await self._fetch_committed(_traced(queries.ENQUEUE, arguments), arguments))
+        arguments = enqueue_query_args(self, task_name, params, overrides)
+        return returned_id(await self._fetch_committed(traced(queries.ENQUEUE, arguments), arguments))
 
     async def enqueue_with_tx(
         self,
@@ -396,18 +229,18 @@ class AsyncTaskRunnerBase:
         if not isinstance(tx, psycopg.AsyncConnection):
             raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        arguments = _enqueue_query_args(self, task_name, params, overrides)
-        return _returned_id(await _fetch_row_async(tx, _traced(queries.ENQUEUE, arguments), arguments))
+        arguments = enqueue_query_args(self, task_name, params, overrides)
+        return returned_id(await _fetch_row_async(tx, traced(queries.ENQUEUE, arguments), arguments))
 
     async def enqueue_many(
         self, task_name: str, params_list: Sequence[pydantic.BaseModel], *overrides: TaskOverride
     ) -> list[int]:
         """Enqueue one task per params in a single round trip and commit them; ids in input order."""
-        arguments = _enqueue_many_query_args(self, task_name, params_list, overrides)
+        arguments = enqueue_many_query_args(self, task_name, params_list, overrides)
         if not params_list:
             return []
-        query = _traced(queries.ENQUEUE_MANY, arguments)
-        return _returned_ids(await self._fetch_committed(query, arguments), len(params_list))
+        query = traced(queries.ENQUEUE_MANY, arguments)
+        return returned_ids(await self._fetch_committed(query, arguments), len(params_list))
 
     async def run_fan_out(
         self,
@@ -418,8 +251,8 @@ class AsyncTaskRunnerBase:
     ) -> FanOut:
         """Enqueue one task per params (all of one task) and the task ``fan_in`` depending on all of them, in
         one statement, and commit them. ``overrides`` apply to the list, ``fan_in_overrides`` to the fan-in."""
-        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
-        return _fan_out(await self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
+        arguments = fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return fan_out_of(await self._fetch_committed(queries.FAN_OUT, arguments), len(params_list))
 
     async def run_fan_out_with_tx(
         self,
@@ -433,8 +266,8 @@ class AsyncTaskRunnerBase:
         if not isinstance(tx, psycopg.AsyncConnection):
             raise TypeError(f"tx must be a psycopg AsyncConnection, got {type(tx).__name__}")
         _refuse_autocommit(tx)
-        arguments = _fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
-        return _fan_out(await _fetch_row_async(tx, queries.FAN_OUT, arguments), len(params_list))
+        arguments = fan_out_query_args(self, params_list, fan_in, overrides, fan_in_overrides)
+        return fan_out_of(await _fetch_row_async(tx, queries.FAN_OUT, arguments), len(params_list))
 
     async def schedule(
         self,
@@ -447,14 +280,14 @@ class AsyncTaskRunnerBase:
         """Create or replace the runtime cron schedule ``name``, which enqueues task_name with params at each
         fire time of cron_expression (seconds first) in timezone (UTC when None), and commit it; returns
         'created', 'replaced' or 'unchanged'. A bad expression or zone raises CronError before anything is sent."""
-        arguments = _schedule_query_args(self, task_name, name, cron_expression, params, timezone)
-        return _returned_outcome(await self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
+        arguments = schedule_query_args(self, task_name, name, cron_expression, params, timezone)
+        return returned_outcome(await self._fetch_committed(queries.CRON_UPSERT, arguments), "cron_upsert")
 
     async def unschedule(self, name: str) -> bool:
         """Delete the runtime cron schedule ``name`` and commit; False when there was none. A schedule of the
         task definitions is refused (psycopg.Error, SQLSTATE AT003)."""
         row = await self._fetch_committed(queries.CRON_DELETE, {"name": name})
-        return _returned_outcome(row, "cron_delete") == "deleted"
+        return returned_outcome(row, "cron_delete") == "deleted"
 
     async def wait(self, task_id: int, timeout: WaitTimeout = None) -> TaskOutcome:
         """The outcome of task task_id once it is final (succeeded, failed, hook_failed or cancelled);

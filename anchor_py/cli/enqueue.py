@@ -14,8 +14,8 @@ from anchor_py import queries
 from anchor_py.cli.common import UsageError, add_dsn_option, connect, parse_task_id, split_values
 from anchor_py.cli.output import print_json
 from anchor_py.durations import InvalidDuration, parse_duration, parse_intervals
+from anchor_py.enqueue_args import refuse_nul
 from anchor_py.formatting import database_message
-from anchor_py.runner import refuse_nul
 
 
 def register(subparsers: Any) -> None:

@@ -27,7 +27,7 @@ import pydantic
 from psycopg.types.json import Jsonb
 
 from anchor_py import queries
-from anchor_py.runner import nul_path
+from anchor_py.enqueue_args import nul_path
 from anchor_py.taskspec import TaskSpec
 from anchor_py.worker.connections import ClaimPool, one_line
 from anchor_py.worker.job import Job

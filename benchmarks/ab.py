@@ -146,7 +146,8 @@ def claim_databases(ctx: Context, roots: dict[str, Path], turns: int) -> Iterato
             _, conn = tree_database(stack, ctx, f"ab_claim_{k}", root)
             claimshapes.register(conn)
             conn.execute("select anchor.heartbeat_v2('bench', '{}')")
-            claimshapes.insert(conn, (turns * CLAIMS_PER_TURN + 10) * 100)
+            # due an hour ago or later, all due however many turns ask for (one per millisecond)
+            claimshapes.insert(conn, (turns * CLAIMS_PER_TURN + 10) * 100, run_in="-1 hour")
             conn.execute("vacuum analyze anchor.tasks")
             conns[tree] = conn
         yield conns

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,7 +23,7 @@ import psycopg
 from anchor_py.runner import AsyncTaskRunnerBase, TaskRunnerBase
 from anchor_py.worker import Worker, WorkerConfig
 from benchmarks import noop
-from benchmarks.harness import REPO, Context, percentile, timed_clients
+from benchmarks.harness import Context, percentile, timed_clients
 from benchmarks.workers import start_workers
 
 SYSTEM = "anchor-py"
@@ -51,13 +50,11 @@ def send(dsn: str, n: int, rate: float, clients: int, *, through_sql: bool = Fal
     return per_client * clients / timed_clients(dsn, clients, enqueue_paced)
 
 
-def measure(dsn: str, n: int, rate: float, clients: int, concurrency: int = 100, root: Path | None = None
-            ) -> dict[str, Any]:
-    """``root``: the worker runs another checkout's anchor_py (benchmarks.ab), enqueued to through plain SQL."""
-    [worker] = start_workers(dsn, 1, concurrency=concurrency, stop_after=n, root=root or REPO)
+def measure(dsn: str, n: int, rate: float, clients: int, concurrency: int = 100) -> dict[str, Any]:
+    [worker] = start_workers(dsn, 1, concurrency=concurrency, stop_after=n)
     try:
         time.sleep(0.5)  # let it go idle: waiting on LISTEN, not in the middle of start-up
-        achieved = send(dsn, n, rate, clients, through_sql=root is not None)
+        achieved = send(dsn, n, rate, clients)
         worker.process.wait(60)
     finally:
         result = worker.stop()

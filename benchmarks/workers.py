@@ -39,17 +39,16 @@ class WorkerProcess:
 
 def start_workers(
     dsn: str, count: int, *, concurrency: int = 100, stop_after: int = 0, soak: bool = False, metrics: bool = False,
-    flow: bool = False, root: Path = REPO,
+    flow: bool = False,
 ) -> list[WorkerProcess]:
-    """Starts `count` worker processes and returns once all have registered (heartbeat row present); ``root``:
-    the checkout whose anchor_py they run (benchmarks.ab)."""
+    """Starts `count` worker processes and returns once all have registered (heartbeat row present)."""
     procs = []
     for _ in range(count):
         out = Path(tempfile.mkstemp(prefix="anchor-bench-", suffix=".json")[1])
         command = [sys.executable, "-m", "benchmarks.workerproc", dsn, "--concurrency", str(concurrency),
                    "--stop-after", str(stop_after), "--out", str(out), *(["--soak"] if soak else []),
                    *(["--metrics"] if metrics else []), *(["--flow"] if flow else [])]
-        procs.append(WorkerProcess(subprocess.Popen(command, cwd=root), out))
+        procs.append(WorkerProcess(subprocess.Popen(command, cwd=REPO), out))
     with psycopg.connect(dsn, autocommit=True) as conn:
         def registered() -> bool:
             row = conn.execute("select count(*) from anchor.workers").fetchone()

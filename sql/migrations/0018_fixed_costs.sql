@@ -12,8 +12,9 @@
 -- claim_v2 takes a worker's slot for a rescued task under a lock, as a worker may now have two claims in
 -- flight, and stamps the tasks it starts with the clock at the start rather than its transaction's start (a
 -- claim sent while another was completing a fan-in's last dependency stamped the fan-in as started before that
--- dependency finished). And it built its (queue, name) pairs into seven arrays with seven sorts, one per array: 25-37 us per
--- claim where 0013's two arrays took 13. One sort now. A claim of one task costs about 600 us in all.
+-- dependency finished). And it built its (queue, name) pairs into seven arrays with seven sorts, one per
+-- array: 25-37 us per claim where 0013's two arrays took 13. One sort now. A claim of one task costs about
+-- 600 us in all.
 
 -- Whether any task name or queue has a limit: while none has, inserts call no flow-control trigger at all.
 create or replace function anchor.flow_in_use()
